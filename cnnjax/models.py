@@ -1,0 +1,203 @@
+"""Flax modules: a conv -> activation -> pool block and a CNN that stacks blocks, dense layers and a head.
+
+Modules receive the conv, activation and pool as callables (from ``cnnjax.ops``); ``CNN`` resolves them from
+the names in a ``BlockSpec``, so an ablation is a config change. ``layer_shapes`` checks the geometry of a
+stack with closed-form arithmetic before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cnnjax import ops
+
+# Named model sizes: conv features per block and dense widths before the head. 'base' is the CNN of
+# flax/examples/mnist (conv32-conv64-dense256); 'tiny' is for tests.
+VARIANTS: dict[str, dict[str, tuple[int, ...]]] = {
+    'tiny': {'features': (4, 8), 'dense': (16,)},
+    'small': {'features': (16, 32), 'dense': (64,)},
+    'base': {'features': (32, 64), 'dense': (256,)},
+    'large': {'features': (32, 64, 128), 'dense': (256,)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """The hyper-parameters of one ConvBlock, by name (hashable, serialisable)."""
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  padding: str = 'SAME'
+  dilation: int = 1
+  activation: str = 'relu'
+  pool: str = 'max'
+  pool_window: int = 2
+  pool_stride: int = 2
+  flip_kernel: bool = False
+  fixed_filters: str = ''  # '' = learned; else a name for ops.fixed_filter_bank (frozen, no parameters)
+
+
+class ConvBlock(nn.Module):
+  """conv -> activation -> pool, with each part a plain function.
+
+  Attributes:
+    features: output channels (ignored when ``fixed_filters`` sets the bank).
+    kernel_size: square kernel side.
+    conv: ``(x, kernel) -> y``, e.g. ``functools.partial(ops.conv2d, stride=2)``.
+    activation: elementwise function.
+    pool: ``x -> pooled x`` or None for no pooling.
+    fixed_filters: if set, the kernel is the frozen ``ops.fixed_filter_bank`` of that name and has no bias.
+  """
+  features: int
+  kernel_size: int = 3
+  conv: Callable[[jax.Array, jax.Array], jax.Array] = ops.conv2d
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+  pool: Callable[[jax.Array], jax.Array] | None = ops.max_pool
+  fixed_filters: str = ''
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.fixed_filters:
+      kernel = jnp.asarray(ops.fixed_filter_bank(self.fixed_filters, x.shape[-1], self.kernel_size), x.dtype)
+      y = self.conv(x, kernel)
+    else:
+      k = self.kernel_size
+      kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+      bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+      y = self.conv(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+    y = self.activation(y)
+    return y if self.pool is None else self.pool(y)
+
+
+def make_block(spec: BlockSpec, name: str | None = None) -> ConvBlock:
+  """Builds a ConvBlock whose callables are resolved from the names in ``spec``."""
+  pool = ops.get_pool(spec.pool)
+  return ConvBlock(
+      features=spec.features, kernel_size=spec.kernel_size, name=name, fixed_filters=spec.fixed_filters,
+      conv=functools.partial(ops.conv2d, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+                             flip_kernel=spec.flip_kernel),
+      activation=ops.get_activation(spec.activation),
+      pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride))
+
+
+class CNN(nn.Module):
+  """Conv blocks (resolution falls, feature maps grow), then dense layers, then a linear output layer.
+
+  The output is raw (logits or values); the task head in ``cnnjax.heads`` turns it into a loss.
+  With no blocks this is a plain MLP, the dense baseline of the parameter-count ablation.
+  """
+  blocks: Sequence[BlockSpec]
+  dense: Sequence[int] = ()
+  num_outputs: int = 10
+  dense_activation: str = 'relu'
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = x.astype(self.dtype)
+    for i, spec in enumerate(self.blocks):
+      x = make_block(spec, name=f'block{i}')(x)
+    x = x.reshape((x.shape[0], -1))
+    act = ops.get_activation(self.dense_activation)
+    for i, width in enumerate(self.dense):
+      x = act(nn.Dense(width, dtype=self.dtype, name=f'dense{i}')(x))
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_outputs, dtype=self.dtype, name='output')(x).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a config.
+
+def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...]:
+  """The blocks of ``config.model``: per-block features (or the variant's), shared scalar settings."""
+  features = tuple(model_config.features) or VARIANTS[model_config.variant]['features']
+  first = model_config.first_layer
+  return tuple(
+      BlockSpec(features=f, kernel_size=model_config.kernel_size, stride=model_config.stride,
+                padding=str(model_config.padding), dilation=model_config.dilation,
+                activation=model_config.activation, pool=model_config.pool,
+                pool_window=model_config.pool_window, pool_stride=model_config.pool_stride,
+                flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == 'learned') else first)
+      for i, f in enumerate(features))
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_outputs: int) -> CNN:
+  """The CNN described by ``config.model`` with ``num_outputs`` outputs."""
+  dense = tuple(model_config.dense) or VARIANTS[model_config.variant]['dense']
+  return CNN(blocks=block_specs(model_config), dense=dense, num_outputs=num_outputs,
+             dense_activation=model_config.activation, dropout=model_config.dropout,
+             dtype=jnp.dtype(model_config.dtype))
+
+
+def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the ``--config.model.*`` flag for settings that cannot build a model."""
+  if model_config.variant not in VARIANTS:
+    raise ValueError(f'--config.model.variant={model_config.variant!r} is unknown; choose one of {sorted(VARIANTS)}')
+  for flag in ('kernel_size', 'stride', 'dilation', 'pool_window', 'pool_stride'):
+    if model_config[flag] < 1:
+      raise ValueError(f'--config.model.{flag}={model_config[flag]} must be >= 1')
+  for flag, value in (('features', model_config.features), ('dense', model_config.dense)):
+    if any(v < 1 for v in value):
+      raise ValueError(f'--config.model.{flag}={tuple(value)}: every width must be >= 1')
+  checks = ((ops.get_activation, 'activation'), (ops.get_pool, 'pool'), (ops.parse_padding, 'padding'))
+  for check, flag in checks:
+    try:
+      check(model_config[flag])
+    except ValueError as e:
+      raise ValueError(f'--config.model.{flag}: {e}') from None
+  fixed = ('learned', 'gaussian', 'sobel', 'gaussian_sobel')
+  if model_config.first_layer not in fixed:
+    raise ValueError(f'--config.model.first_layer={model_config.first_layer!r} is unknown; choose one of {fixed}')
+  if model_config.first_layer in ('sobel', 'gaussian_sobel') and model_config.kernel_size != 3:
+    raise ValueError(f'--config.model.first_layer={model_config.first_layer!r} needs '
+                     f'--config.model.kernel_size=3, got {model_config.kernel_size}')
+  if not 0 <= model_config.dropout < 1:
+    raise ValueError(f'--config.model.dropout={model_config.dropout} must be in [0, 1)')
+
+
+def layer_shapes(blocks: Sequence[BlockSpec], height: int, width: int, channels: int
+                 ) -> list[tuple[str, tuple[int, int, int]]]:
+  """Closed-form output shape (H, W, C) after each conv and pool of a stack, checking that it fits.
+
+  Args:
+    blocks: the stack.
+    height, width, channels: input image shape.
+
+  Returns:
+    [(layer name, (H, W, C))] for 'block{i}.conv' and 'block{i}.pool' in order.
+
+  Raises:
+    ValueError naming the layer and the sizes if a stride is < 1 or a kernel or window is larger than its
+    padded input (the only way an output could fall below 1x1).
+  """
+  shapes = []
+  h, w, c = height, width, channels
+  for i, b in enumerate(blocks):
+    c = ops.fixed_filter_bank(b.fixed_filters, c, b.kernel_size).shape[-1] if b.fixed_filters else b.features
+    for part, k, s, p, d in (('conv', b.kernel_size, b.stride, b.padding, b.dilation),
+                             ('pool', b.pool_window, b.pool_stride, 'VALID', 1)):
+      if part == 'pool' and b.pool == 'none':
+        continue
+      name = f'block{i}.{part}'
+      if s < 1:
+        flag = 'stride' if part == 'conv' else 'pool_stride'
+        raise ValueError(f'{name}: stride must be >= 1, got {s} (--config.model.{flag})')
+      padding = ops.parse_padding(p)
+      k_eff = d * (k - 1) + 1
+      if padding != 'SAME':
+        pad = 0 if padding == 'VALID' else padding[0][0] + padding[0][1]
+        if k_eff > min(h, w) + pad:
+          raise ValueError(f'{name}: {part} window {k_eff}x{k_eff} is larger than its padded input '
+                           f'{h + pad}x{w + pad} (input {h}x{w}); use fewer blocks, less pooling, more padding '
+                           'or a larger --config.data.image_size')
+      h, w = ops.conv_output_size(h, k, s, p, d), ops.conv_output_size(w, k, s, p, d)  # >= 1: the window fits
+      shapes.append((name, (h, w, c)))
+  return shapes

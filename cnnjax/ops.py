@@ -1,0 +1,229 @@
+"""Pure CNN operations: convolution, activations, pooling, size arithmetic, fixed filters.
+
+Every function here is a plain, stateless JAX function on NHWC arrays (kernels are HWIO), so that modules
+take them as callables and an ablation is a change of which function is passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Padding = str | int | Sequence[tuple[int, int]]
+
+
+def parse_padding(padding: Padding) -> str | list[tuple[int, int]]:
+  """Normalises padding to 'SAME', 'VALID' or explicit [(lo, hi), (lo, hi)] pairs.
+
+  Args:
+    padding: 'SAME', 'VALID', an int p (p pixels on every side), a digit string such as '1' (so that
+      ``--config.model.padding=1`` works), or explicit per-dimension (lo, hi) pairs.
+
+  Returns:
+    A padding value that ``jax.lax.conv_general_dilated`` and ``lax.reduce_window`` accept.
+  """
+  if isinstance(padding, str):
+    if padding.upper() in ('SAME', 'VALID'):
+      return padding.upper()
+    if padding.isdigit():
+      padding = int(padding)
+    else:
+      raise ValueError(f"padding must be 'SAME', 'VALID' or a non-negative int, got {padding!r}")
+  if isinstance(padding, int):
+    if padding < 0:
+      raise ValueError(f'padding must be >= 0, got {padding}')
+    return [(padding, padding), (padding, padding)]
+  return [tuple(p) for p in padding]
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 'VALID', dilation: int = 1,
+           flip_kernel: bool = False) -> jax.Array:
+  """2-D convolution of a batch of images.
+
+  Deep-learning "convolution" is cross-correlation: the kernel slides over the input unflipped. With
+  ``flip_kernel=True`` the kernel is rotated by 180 degrees first, giving true (mathematical) convolution,
+  which on one channel equals ``scipy.signal.convolve2d``.
+
+  Args:
+    x: input, [N, H, W, C_in].
+    kernel: weights, [kh, kw, C_in, C_out].
+    stride: step between neighbouring windows; stride s skips s - 1 locations.
+    padding: see ``parse_padding``.
+    dilation: spacing between kernel taps (1 = dense kernel).
+    flip_kernel: True for true convolution, False for cross-correlation.
+
+  Returns:
+    [N, H_out, W_out, C_out] with H_out = conv_output_size(H, kh, stride, padding, dilation).
+  """
+  if flip_kernel:
+    kernel = kernel[::-1, ::-1]
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(stride, stride), padding=parse_padding(padding),
+      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def conv_output_size(n: int, k: int, s: int = 1, p: Padding = 0, d: int = 1) -> int:
+  """Output length of a convolution or pooling window along one axis.
+
+  floor((n + 2p - k_eff) / s) + 1 with the effective kernel k_eff = d (k - 1) + 1; 'SAME' gives
+  ceil(n / s) and 'VALID' is p = 0.
+
+  Args:
+    n: input length.
+    k: kernel (window) length.
+    s: stride.
+    p: padding (int per side, 'SAME' or 'VALID').
+    d: dilation.
+
+  Returns:
+    The output length; < 1 means the layer does not fit its input.
+  """
+  padding = parse_padding(p)
+  if padding == 'SAME':
+    return math.ceil(n / s)
+  lo, hi = (0, 0) if padding == 'VALID' else padding[0]
+  return (n + lo + hi - (d * (k - 1) + 1)) // s + 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Activations.
+
+def identity(x: jax.Array) -> jax.Array:
+  """Returns x unchanged (a linear layer)."""
+  return x
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'relu': nn.relu,
+    'leaky_relu': nn.leaky_relu,
+    'elu': nn.elu,
+    'gelu': nn.gelu,
+    'silu': nn.silu,
+    'tanh': jnp.tanh,
+    'sigmoid': nn.sigmoid,
+    'identity': identity,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """Looks an activation up by name.
+
+  Args:
+    name: one of ``ACTIVATIONS``.
+
+  Returns:
+    The elementwise activation function.
+  """
+  if name not in ACTIVATIONS:
+    raise ValueError(f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}')
+  return ACTIVATIONS[name]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pooling.
+
+def max_pool(x: jax.Array, window: int = 2, stride: int | None = None, padding: Padding = 'VALID') -> jax.Array:
+  """Max pooling over square windows.
+
+  Args:
+    x: [N, H, W, C].
+    window: window side.
+    stride: step between windows; defaults to ``window`` (non-overlapping).
+    padding: 'VALID', 'SAME' or an int.
+
+  Returns:
+    [N, H_out, W_out, C], each the maximum of its window.
+  """
+  stride = window if stride is None else stride
+  return nn.max_pool(x, (window, window), (stride, stride), parse_padding(padding))
+
+
+def avg_pool(x: jax.Array, window: int = 2, stride: int | None = None, padding: Padding = 'VALID') -> jax.Array:
+  """Average pooling over square windows (padding cells are not counted in the mean).
+
+  Args:
+    x: [N, H, W, C].
+    window: window side.
+    stride: step between windows; defaults to ``window``.
+    padding: 'VALID', 'SAME' or an int.
+
+  Returns:
+    [N, H_out, W_out, C], each the mean of its window.
+  """
+  stride = window if stride is None else stride
+  return nn.avg_pool(x, (window, window), (stride, stride), parse_padding(padding), count_include_pad=False)
+
+
+POOLS: dict[str, Callable[..., jax.Array] | None] = {'max': max_pool, 'avg': avg_pool, 'none': None}
+
+
+def get_pool(name: str) -> Callable[..., jax.Array] | None:
+  """Looks a pooling function up by name.
+
+  Args:
+    name: 'max', 'avg' or 'none'.
+
+  Returns:
+    The pooling function, or None for no pooling.
+  """
+  if name not in POOLS:
+    raise ValueError(f'unknown pool {name!r}; choose one of {sorted(POOLS)}')
+  return POOLS[name]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixed filters.
+
+def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
+  """A normalised 2-D Gaussian blur kernel.
+
+  Args:
+    size: side length (odd sizes centre the peak on a pixel).
+    sigma: standard deviation in pixels.
+
+  Returns:
+    [size, size] float32 array summing to 1.
+  """
+  if size < 1 or sigma <= 0:
+    raise ValueError(f'gaussian_kernel needs size >= 1 and sigma > 0, got size={size}, sigma={sigma}')
+  r = np.arange(size, dtype=np.float64) - (size - 1) / 2
+  g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
+  return (g / g.sum()).astype(np.float32)
+
+
+def sobel_kernels() -> tuple[np.ndarray, np.ndarray]:
+  """The 3x3 Sobel edge filters.
+
+  Returns:
+    (gx, gy): gx responds to horizontal intensity change (vertical edges), gy = gx.T to vertical change.
+  """
+  gx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+  return gx, gx.T.copy()
+
+
+def fixed_filter_bank(name: str, in_channels: int, size: int = 3) -> np.ndarray:
+  """A frozen first-layer kernel that applies fixed filters to the channel mean of the input.
+
+  Args:
+    name: 'gaussian' (one blur, sigma = size / 6 so the window spans +-3 sigma), 'sobel' (gx, gy) or
+      'gaussian_sobel' (all three; needs size 3).
+    in_channels: input channels; each filter is averaged over them.
+    size: kernel side.
+
+  Returns:
+    [size, size, in_channels, num_filters] float32 kernel.
+  """
+  filters = {'gaussian': lambda: [gaussian_kernel(size, size / 6)],
+             'sobel': lambda: list(sobel_kernels()),
+             'gaussian_sobel': lambda: [gaussian_kernel(size, size / 6), *sobel_kernels()]}
+  if name not in filters:
+    raise ValueError(f'unknown fixed filter bank {name!r}; choose one of {sorted(filters)}')
+  if name != 'gaussian' and size != 3:
+    raise ValueError(f'{name!r} filters are 3x3, got kernel size {size}')
+  bank = np.stack(filters[name](), axis=-1)  # [size, size, F]
+  return np.repeat(bank[:, :, None, :] / in_channels, in_channels, axis=2).astype(np.float32)

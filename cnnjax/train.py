@@ -1,0 +1,268 @@
+"""Training and evaluation: a pure pmapped train step, the loop, checkpoints and metrics.
+
+``train_step`` and ``eval_step`` are pure functions of (state, batch[, rng]); hyper-parameters are bound with
+``functools.partial`` and the step is mapped over the local devices with ``jax.pmap`` (gradients and metrics
+are ``pmean``ed over the device axis). Everything with side effects (data, logging, checkpoints) stays in
+``train_and_evaluate``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import parameter_overview, periodic_actions
+from flax import traverse_util
+from flax.training import train_state
+
+from cnnjax import heads, input_pipeline, models, parallel, writers
+
+TrainState = train_state.TrainState
+Metrics = dict[str, jax.Array]
+
+OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimizer.
+
+def create_learning_rate_fn(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """The learning-rate schedule of ``config.optimizer`` over ``num_steps``."""
+  lr, warmup = opt.learning_rate, opt.warmup_steps
+  if opt.schedule == 'constant':
+    return optax.constant_schedule(lr)
+  if opt.schedule == 'cosine':
+    return optax.cosine_decay_schedule(lr, num_steps)
+  if opt.schedule == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1))
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+
+
+def create_optimizer(opt: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+                     ) -> optax.GradientTransformation:
+  """sgd / momentum / adam / adamw, after global-norm gradient clipping when grad_clip_norm > 0."""
+  tx = {'sgd': lambda: optax.sgd(learning_rate_fn),
+        'momentum': lambda: optax.sgd(learning_rate_fn, momentum=opt.momentum, nesterov=opt.nesterov),
+        'adam': lambda: optax.adam(learning_rate_fn),
+        'adamw': lambda: optax.adamw(learning_rate_fn, weight_decay=opt.weight_decay)}[opt.name]()
+  return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx) if opt.grad_clip_norm > 0 else tx
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.CNN, image_shape: tuple[int, ...],
+                       rng: jax.Array) -> TrainState:
+  """Initial parameters and optimizer state (on the host's default device)."""
+  params = jax.jit(model.init, static_argnames='train')(rng, jnp.zeros((1, *image_shape)), train=False)['params']
+  tx = create_optimizer(config.optimizer, create_learning_rate_fn(config.optimizer, config.num_train_steps))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def count_params(model: models.CNN, image_shape: tuple[int, ...]) -> int:
+  """Number of trainable parameters, from shapes alone (``jax.eval_shape``, no FLOPs spent)."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steps (pure; run under pmap with axis_name=parallel.AXIS).
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, head: heads.Head,
+               learning_rate_fn: optax.Schedule, axis_name: str = parallel.AXIS) -> tuple[TrainState, Metrics]:
+  """One SGD step on this device's shard of the batch; gradients and metrics are averaged over devices.
+
+  Args:
+    state: the (per-device) train state.
+    batch: {'image': [B, H, W, C], 'target': [B, ...]}.
+    rng: the run's root key for dropout; the step and the device index are folded in here.
+    head: the task's loss and metrics.
+    learning_rate_fn: the schedule, only to report the current learning rate.
+    axis_name: the device axis to average over.
+
+  Returns:
+    The updated state and {'loss', task metrics, 'grad_norm', 'learning_rate'}.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(axis_name))
+
+  def loss_fn(params):
+    outputs = state.apply_fn({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+    return head.loss(outputs, batch['target']).mean(), outputs
+
+  (_, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name)
+  metrics = {k: v.mean() for k, v in head.metrics(outputs, batch['target']).items()}
+  metrics = jax.lax.pmean(metrics, axis_name)
+  metrics.update(grad_norm=optax.global_norm(grads), learning_rate=learning_rate_fn(state.step))
+  return state.apply_gradients(grads=grads), metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Head,
+              axis_name: str = parallel.AXIS) -> Metrics:
+  """Sums of the task metrics over the real (mask=True) examples of the batch, over all devices.
+
+  Returns:
+    {metric: sum over examples, 'count': number of examples}; divide to get means.
+  """
+  outputs = state.apply_fn({'params': state.params}, batch['image'], train=False)
+  mask = batch['mask'].astype(jnp.float32)
+  sums = {k: (v * mask).sum() for k, v in head.metrics(outputs, batch['target']).items()}
+  return jax.lax.psum({**sums, 'count': mask.sum()}, axis_name)
+
+
+def make_pmapped_steps(head: heads.Head, learning_rate_fn: optax.Schedule) -> tuple[Callable, Callable]:
+  """The pmapped train step (state donated, rng broadcast) and eval step."""
+  p_train = jax.pmap(functools.partial(train_step, head=head, learning_rate_fn=learning_rate_fn),
+                     axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  p_eval = jax.pmap(functools.partial(eval_step, head=head), axis_name=parallel.AXIS)
+  return p_train, p_eval
+
+
+def evaluate(p_eval: Callable, state: TrainState, batches: Iterable[dict], mesh: jax.sharding.Mesh
+             ) -> dict[str, float]:
+  """Mean metrics over one pass of ``batches``, with 'eval_' names."""
+  sums = [p_eval(state, parallel.shard(b, mesh)) for b in batches]
+  totals = jax.tree.map(lambda *xs: float(sum(np.asarray(x)[0] for x in xs)), *sums)
+  count = totals.pop('count')
+  return {f'eval_{k}': v / count for k, v in totals.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config validation (pure: no I/O, nothing compiled).
+
+class ConfigError(ValueError):
+  """A config that cannot train; the message names the flag and the fix."""
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises one ConfigError naming the flag and the fix for any setting that cannot train.
+
+  Args:
+    config: the experiment config.
+    num_devices: all devices taking part (global), which must divide the batch sizes.
+  """
+  try:
+    _validate(config, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  heads.get_head(config.head)
+  input_pipeline.image_size(config.data)  # checks the dataset name and image size
+  for flag in ('batch_size', 'eval_batch_size'):
+    if config[flag] < 1 or config[flag] % num_devices:
+      raise ValueError(f'--config.{flag}={config[flag]} must be a positive multiple of the {num_devices} devices; '
+                       f'use e.g. --config.{flag}={max(1, round(config[flag] / num_devices)) * num_devices}')
+  for flag in ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+               'keep_checkpoints'):
+    if config[flag] < 1:
+      raise ValueError(f'--config.{flag}={config[flag]} must be >= 1')
+  opt = config.optimizer
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f'--config.optimizer.name={opt.name!r} is unknown; choose one of {OPTIMIZERS}')
+  if opt.schedule not in SCHEDULES:
+    raise ValueError(f'--config.optimizer.schedule={opt.schedule!r} is unknown; choose one of {SCHEDULES}')
+  if opt.learning_rate <= 0:
+    raise ValueError(f'--config.optimizer.learning_rate={opt.learning_rate} must be > 0')
+  models.validate_model_config(config.model)
+  h, w, c = model_input_shape(config)
+  models.layer_shapes(models.block_specs(config.model), h, w, c)
+
+
+def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(H, W, C) of the images the model sees."""
+  size = input_pipeline.image_size(config.data)
+  return size, size, input_pipeline.get_spec(config.data.name).channels
+
+
+def prepare_data(config: ml_collections.ConfigDict, data_dir: str | None):
+  """The prepared TFDS builder (generating offline datasets on first use) and the DataInfo."""
+  builder = input_pipeline.get_builder(config.data, data_dir)
+  builder.download_and_prepare()
+  try:
+    input_pipeline.validate_data_config(config, builder)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return builder, input_pipeline.data_info(config, builder)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None
+                       ) -> dict[str, float]:
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates on the test split.
+
+  Args:
+    config: the experiment config (see experiments/shapes.py for every field).
+    workdir: where checkpoints, TensorBoard events and metrics.jsonl go.
+    data_dir: TFDS data directory (None: tfds's default).
+
+  Returns:
+    The final eval metrics, e.g. {'eval_loss': ..., 'eval_accuracy': ...}.
+  """
+  validate_config(config, jax.device_count())
+  builder, info = prepare_data(config, data_dir)
+  head = heads.get_head(config.head)
+  model = models.build_model(config.model, info.num_outputs)
+  mesh = parallel.local_mesh()
+  learning_rate_fn = create_learning_rate_fn(config.optimizer, config.num_train_steps)
+
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  state = create_train_state(config, model, info.image_shape, init_rng)
+  checkpoints = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, 'checkpoints')),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                           save_interval_steps=config.checkpoint_every_steps))
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
+    logging.info('Resumed from %s at step %d.', workdir, int(state.step))
+  start_step = int(state.step)
+
+  writer = writers.create_writer(workdir)
+  if start_step == 0:
+    hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
+    writer.write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()})
+  num_params = count_params(model, info.image_shape)
+  logging.info('Model: %s parameters.\n%s\n%s', f'{num_params:,}', parameter_overview.get_parameter_overview(
+      state.params), model.tabulate(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False))
+
+  p_train, p_eval = make_pmapped_steps(head, learning_rate_fn)
+  state = parallel.replicate(state, mesh)
+  train_iter = input_pipeline.train_iterator(config, builder, mesh.size, start_step)
+  eval_batches = input_pipeline.eval_batches(config, builder, mesh.size)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
+                                                    every_steps=config.log_every_steps)
+  pending: list[Metrics] = []
+  eval_metrics: dict[str, float] = {}
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    state, metrics = p_train(state, parallel.shard(next(train_iter), mesh), dropout_rng)
+    pending.append(metrics)
+    report_progress(step, time.time())
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      rows = jax.device_get(pending)  # one host sync per log period
+      writer.write_scalars(step, {f'train_{k}': np.mean([r[k][0] for r in rows]) for k in rows[0]})
+      pending = []
+    if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+      eval_metrics = evaluate(p_eval, state, eval_batches, mesh)
+      writer.write_scalars(step, eval_metrics)
+    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+      checkpoints.save(step, args=ocp.args.StandardSave(parallel.unreplicate(state)),
+                       force=step == config.num_train_steps)
+  if not eval_metrics:  # resumed a finished run: evaluate what it left
+    eval_metrics = evaluate(p_eval, state, eval_batches, mesh)
+  checkpoints.wait_until_finished()
+  checkpoints.close()
+  writer.write_scalars(config.num_train_steps, {'num_params': num_params})
+  writer.flush()
+  writer.close()
+  return {**eval_metrics, 'num_params': num_params}

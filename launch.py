@@ -1,0 +1,67 @@
+r"""Runs a named experiment:
+
+  python launch.py --experiment=NAME --workdir=DIR [--config.FIELD=VALUE ...] [--data_dir=DIR]
+
+NAME is a file experiments/NAME.py whose get_config() returns the config; any field can be overridden,
+e.g. --config.model.stride=2. Re-running with the same workdir resumes from the latest checkpoint.
+"""
+
+import logging as logging_std
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'experiments')
+
+flags.DEFINE_string('experiment', 'shapes', 'Name of a config file in experiments/ (without .py).')
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and metrics.jsonl.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: ~/tensorflow_datasets).')
+config_flags.DEFINE_config_file('config', None, 'Set by --experiment; override fields with --config.FIELD=VALUE.',
+                                lock_config=True)
+flags.mark_flags_as_required(['workdir'])
+FLAGS = flags.FLAGS
+
+
+def experiment_names() -> list[str]:
+  return sorted(f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith('.py') and not f.startswith('_'))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags, first pointing --config at experiments/<--experiment>.py so overrides apply to it."""
+  name = FLAGS['experiment'].default
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--experiment='):
+      name = arg.split('=', 1)[1]
+    elif arg == '--experiment' and i + 1 < len(argv):
+      name = argv[i + 1]
+  if name not in experiment_names():
+    sys.exit(f'--experiment={name!r} is unknown; choose one of {experiment_names()}')
+  return FLAGS([argv[0], f'--config={os.path.join(EXPERIMENTS_DIR, name)}.py', *argv[1:]])
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO records from orbax's and tfds's internals; warnings and errors still show."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    noisy = any(f'/{lib}/' in record.pathname for lib in ('orbax', 'tensorflow_datasets'))
+    return record.levelno >= logging_std.WARNING or not noisy
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from cnnjax import train  # after flag parsing: importing jax/tf is slow, --help should not be
+
+  logging.info('Experiment %s, config:\n%s', FLAGS.experiment, FLAGS.config)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
+  except train.ConfigError as e:
+    sys.exit(f'Invalid config: {e}')
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # so variants can `from experiments import ...`
+  app.run(main, flags_parser=parse_flags)

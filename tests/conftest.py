@@ -1,0 +1,30 @@
+"""Eight fake CPU devices for every test (set before any JAX backend starts), and shared fixtures."""
+
+import jax
+
+jax.config.update('jax_num_cpu_devices', 8)
+
+import pytest  # noqa: E402
+
+from experiments import shapes  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """One TFDS data dir per test session; the offline datasets are generated into it on first use."""
+  return str(tmp_path_factory.mktemp('tensorflow_datasets'))
+
+
+@pytest.fixture
+def config():
+  """The baseline config with the tiny test model and a short, fast schedule."""
+  config = shapes.get_config()
+  config.model.variant = 'tiny'
+  config.batch_size = 64
+  config.eval_batch_size = 512
+  config.num_train_steps = 20
+  config.log_every_steps = 10
+  config.eval_every_steps = 20
+  config.checkpoint_every_steps = 10
+  config.data.shuffle_buffer = 1000
+  return config

@@ -1,0 +1,80 @@
+"""Input pipelines: offline builders, batch layout, exact resume position, eval coverage, mocked datasets."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from cnnjax import input_pipeline, train
+from cnnjax.datasets import shapes as shapes_ds
+
+
+def test_shapes_examples_are_deterministic_and_labelled():
+  a = shapes_ds.draw_example(np.random.default_rng([0, 0, 7]), 32)
+  b = shapes_ds.draw_example(np.random.default_rng([0, 0, 7]), 32)
+  np.testing.assert_array_equal(a['image'], b['image'])
+  assert a['image'].shape == (32, 32, 3) and a['image'].dtype == np.uint8
+  assert 0 <= a['label'] < len(shapes_ds.CLASSES) and 0.15 <= a['size'] <= 0.35
+
+
+def test_shapes_builder_and_train_batches(config, data_dir):
+  config.data.augment_flip = config.data.augment_crop = True
+  builder, info = train.prepare_data(config, data_dir)
+  assert info.image_shape == (32, 32, 3) and info.num_outputs == 6
+  assert builder.info.splits['train'].num_examples == 10_000 and builder.info.splits['test'].num_examples == 2_000
+  batch = next(input_pipeline.train_iterator(config, builder, num_devices=8))
+  assert batch['image'].shape == (8, 8, 32, 32, 3) and batch['image'].dtype == np.float32
+  assert batch['target'].shape == (8, 8) and batch['target'].dtype == np.int32
+  assert abs(batch['image'].mean()) < 0.5 and 0.5 < batch['image'].std() < 2  # normalised
+
+
+def test_resuming_at_step_k_yields_batch_k(config, data_dir):
+  config.data.augment_flip = config.data.augment_crop = True
+  builder, _ = train.prepare_data(config, data_dir)
+  fresh = input_pipeline.train_iterator(config, builder, num_devices=8)
+  batches = [next(fresh) for _ in range(4)]
+  resumed = next(input_pipeline.train_iterator(config, builder, num_devices=8, start_step=3))
+  for key in ('image', 'target'):
+    np.testing.assert_array_equal(resumed[key], batches[3][key])
+  assert not np.array_equal(batches[2]['image'], batches[3]['image'])
+
+
+def test_eval_batches_cover_the_split_once(config, data_dir):
+  builder, _ = train.prepare_data(config, data_dir)
+  batches = list(input_pipeline.eval_batches(config, builder, num_devices=8))
+  assert len(batches) == 4  # ceil(2000 / 512)
+  assert sum(b['mask'].sum() for b in batches) == 2000 and batches[0]['image'].shape == (8, 64, 32, 32, 3)
+
+
+def test_digits_builder(config, data_dir):
+  config.data.name = 'digits'
+  builder, info = train.prepare_data(config, data_dir)
+  assert info.image_shape == (8, 8, 1) and info.num_outputs == 10
+  assert builder.info.splits['train'].num_examples == 1437 and builder.info.splits['test'].num_examples == 360
+
+
+@pytest.mark.parametrize('head,target_shape', [('binary', (8, 8)), ('regression', (8, 8, 1))])
+def test_task_targets(config, data_dir, head, target_shape):
+  config.head = head
+  builder, info = train.prepare_data(config, data_dir)
+  batch = next(input_pipeline.train_iterator(config, builder, num_devices=8))
+  assert batch['target'].shape == target_shape and batch['target'].dtype == np.float32
+  if head == 'binary':
+    assert set(np.unique(batch['target'])) <= {0.0, 1.0} and info.num_outputs == 1
+  else:
+    assert 0.15 <= batch['target'].min() and batch['target'].max() <= 0.35
+
+
+@pytest.mark.parametrize('name,image_size,shape', [('mnist', 0, (28, 28, 1)), ('fashion_mnist', 0, (28, 28, 1)),
+                                                   ('cifar10', 0, (32, 32, 3)), ('cats_vs_dogs', 64, (64, 64, 3))])
+def test_download_only_datasets_on_mock_data(config, tmp_path, name, image_size, shape):
+  config.data.name, config.data.image_size = name, image_size
+  with tfds.testing.mock_data(num_examples=100):
+    builder, info = train.prepare_data(config, str(tmp_path))
+    batch = next(input_pipeline.train_iterator(config, builder, num_devices=8))
+  assert info.image_shape == shape and batch['image'].shape == (8, 8, *shape)
+
+
+def test_wrong_image_size_for_a_fixed_size_dataset(config):
+  config.data.name, config.data.image_size = 'mnist', 32
+  with pytest.raises(ValueError, match='--config.data.image_size=28'):
+    input_pipeline.image_size(config.data)

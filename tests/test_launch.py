@@ -1,0 +1,40 @@
+"""The launcher as a user runs it: a subprocess with flags, on 8 forced host devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*flags, env_devices=8):
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={env_devices}'}
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *flags], capture_output=True, text=True,
+                        env=env, cwd=ROOT, timeout=300)
+
+
+def test_launch_runs_an_experiment_with_overrides(data_dir, tmp_path):
+  proc = _launch('--experiment=digits', f'--workdir={tmp_path}', f'--data_dir={data_dir}',
+                 '--config.num_train_steps=4', '--config.log_every_steps=2', '--config.model.pool=avg',
+                 '--config.model.features=(8,8)', '--config.batch_size=32')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  hparams = next(r['hparams'] for r in rows if 'hparams' in r)
+  assert hparams['model.pool'] == 'avg' and hparams['data.name'] == 'digits'
+  assert [r['step'] for r in rows if 'train_loss' in r] == [2, 4]
+  assert 'block1' in proc.stderr and 'Total Parameters' in proc.stderr  # the per-layer summary table
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--experiment=nope'], "--experiment='nope' is unknown"),
+    (['--config.batch_size=100'], 'Invalid config: --config.batch_size=100 must be a positive multiple of the 8'),
+])
+def test_launch_refuses_bad_input_with_one_clear_line(tmp_path, flags, message):
+  workdir = tmp_path / 'work'
+  proc = _launch(f'--workdir={workdir}', *flags)
+  assert proc.returncode != 0 and message in proc.stderr
+  assert 'Traceback' not in proc.stderr and not workdir.exists()

@@ -1,0 +1,97 @@
+"""Module shapes and parameter counts against numbers worked out by hand; geometry errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import models, ops, train
+
+
+def _params(model, shape):
+  return model.init(jax.random.key(0), jnp.zeros((1, *shape)))['params']
+
+
+def _count(params):
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def test_tiny_parameter_count_by_hand(config):
+  # 32x32x3 -> conv3x3x4 (3*3*3*4 + 4 = 112) -> pool 16x16x4 -> conv3x3x8 (3*3*4*8 + 8 = 296) -> pool 8x8x8
+  # -> flatten 512 -> dense16 (512*16 + 16 = 8208) -> output6 (16*6 + 6 = 102): 8718 in all.
+  model = models.build_model(config.model, num_outputs=6)
+  params = _params(model, (32, 32, 3))
+  assert {k: _count(v) for k, v in params.items()} == {'block0': 112, 'block1': 296, 'dense0': 8208, 'output': 102}
+  assert train.count_params(model, (32, 32, 3)) == 8718
+
+
+def test_small_parameter_count_by_hand(config):
+  # 3*3*3*16+16 = 448; 3*3*16*32+32 = 4640; (8*8*32)*64+64 = 131136; 64*6+6 = 390.
+  config.model.variant = 'small'
+  assert train.count_params(models.build_model(config.model, 6), (32, 32, 3)) == 448 + 4640 + 131136 + 390
+
+
+# Flattened size after the two tiny blocks on 32x32, worked by hand: SAME conv gives ceil(n/s), 2x2 pool floor(n/2).
+FLAT = {(1, 'max'): 8 * 8 * 8, (1, 'avg'): 8 * 8 * 8, (1, 'none'): 32 * 32 * 8,  # 32-32-16-16-8  | 32-32-32
+        (2, 'max'): 2 * 2 * 8, (2, 'avg'): 2 * 2 * 8, (2, 'none'): 8 * 8 * 8,  # 32-16-8-4-2     | 32-16-8
+        (3, 'max'): 1 * 1 * 8, (3, 'avg'): 1 * 1 * 8, (3, 'none'): 4 * 4 * 8}  # 32-11-5-2-1     | 32-11-4
+
+
+@pytest.mark.parametrize('stride,pool', sorted(FLAT))
+def test_stride_and_pool_shapes_and_params(config, stride, pool):
+  config.model.stride, config.model.pool = stride, pool
+  model = models.build_model(config.model, num_outputs=6)
+  params = _params(model, (32, 32, 3))
+  assert params['dense0']['kernel'].shape == (FLAT[stride, pool], 16)
+  assert _count(params) == 112 + 296 + FLAT[stride, pool] * 16 + 16 + 102
+  assert model.apply({'params': params}, jnp.zeros((5, 32, 32, 3))).shape == (5, 6)
+  h, w, c = models.layer_shapes(models.block_specs(config.model), 32, 32, 3)[-1][1]
+  assert h * w * c == FLAT[stride, pool]
+
+
+def test_block_output_matches_conv_output_size():
+  block = models.ConvBlock(features=5, kernel_size=4, conv=lambda x, k: ops.conv2d(x, k, stride=2, padding=1),
+                           pool=None)
+  y, _ = block.init_with_output(jax.random.key(0), jnp.zeros((2, 17, 17, 3)))
+  assert y.shape == (2, 8, 8, 5)  # floor((17 + 2 - 4) / 2) + 1 = 8
+
+
+def test_seed_224_block_with_2x2_pool_gives_112():
+  spec = models.BlockSpec(features=1, kernel_size=3, padding='SAME')
+  assert models.layer_shapes([spec], 224, 224, 3) == [('block0.conv', (224, 224, 1)), ('block0.pool', (112, 112, 1))]
+
+
+@pytest.mark.parametrize('bank,channels', [('gaussian', 1), ('sobel', 2), ('gaussian_sobel', 3)])
+def test_fixed_first_layer_has_no_parameters(config, bank, channels):
+  config.model.first_layer = bank
+  model = models.build_model(config.model, num_outputs=6)
+  params = _params(model, (32, 32, 3))
+  assert 'block0' not in params
+  assert params['block1']['kernel'].shape == (3, 3, channels, 8)
+
+
+def test_gaussian_first_layer_keeps_a_constant_image_constant():
+  block = models.ConvBlock(features=0, kernel_size=5, fixed_filters='gaussian', pool=None,
+                           activation=ops.identity)
+  y, variables = block.init_with_output(jax.random.key(0), jnp.full((1, 9, 9, 3), 0.7))
+  assert not variables
+  np.testing.assert_allclose(y, 0.7, rtol=1e-5)  # VALID conv: every output sees only the constant
+
+
+def test_too_many_pools_for_the_image_names_the_layer(config):
+  config.model.features = (4, 4, 4, 4)
+  with pytest.raises(ValueError, match=r'block3\.pool: .*1x1'):
+    models.layer_shapes(models.block_specs(config.model), 8, 8, 1)
+
+
+def test_kernel_larger_than_padded_input_names_the_layer(config):
+  config.model.padding, config.model.kernel_size = 'VALID', 5
+  with pytest.raises(ValueError, match=r'block1\.conv: conv window 5x5 is larger than its padded input 4x4'):
+    models.layer_shapes(models.block_specs(config.model), 12, 12, 3)  # 12 -conv5-> 8 -pool-> 4 < 5
+
+
+@pytest.mark.parametrize('flag,value', [('stride', 0), ('kernel_size', 0), ('pool_stride', -1)])
+def test_non_positive_sizes_name_the_flag(config, flag, value):
+  config.model[flag] = value
+  with pytest.raises(ValueError, match=f'--config.model.{flag}={value}'):
+    models.validate_model_config(config.model)

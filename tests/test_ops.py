@@ -1,0 +1,115 @@
+"""cnnjax.ops against independent references: scipy.signal, numpy and closed forms."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.signal
+
+from cnnjax import ops
+
+
+def _single(x):  # [H, W] -> [1, H, W, 1]
+  return jnp.asarray(x, jnp.float32)[None, :, :, None]
+
+
+@pytest.mark.parametrize('n,k', [(7, 3), (10, 4), (5, 5), (12, 2)])
+def test_true_convolution_equals_scipy_convolve2d(n, k):
+  rng = np.random.default_rng(n * k)
+  x, w = rng.normal(size=(n, n)), rng.normal(size=(k, k))
+  for mode, padding in (('valid', 'VALID'), ('full', k - 1)):
+    got = ops.conv2d(_single(x), _single(w).reshape(k, k, 1, 1), padding=padding, flip_kernel=True)[0, :, :, 0]
+    np.testing.assert_allclose(got, scipy.signal.convolve2d(x, w, mode=mode), rtol=1e-4, atol=1e-4)
+
+
+def test_cross_correlation_equals_scipy_correlate2d_and_differs_from_convolution():
+  rng = np.random.default_rng(0)
+  x, w = rng.normal(size=(9, 9)), rng.normal(size=(3, 3))
+  got = ops.conv2d(_single(x), _single(w).reshape(3, 3, 1, 1))[0, :, :, 0]
+  np.testing.assert_allclose(got, scipy.signal.correlate2d(x, w, mode='valid'), rtol=1e-4, atol=1e-4)
+  assert not np.allclose(got, scipy.signal.convolve2d(x, w, mode='valid'), atol=1e-2)
+
+
+def test_multichannel_conv_sums_per_channel_correlations():
+  rng = np.random.default_rng(1)
+  x, w = rng.normal(size=(8, 8, 3)), rng.normal(size=(3, 3, 3, 2))
+  got = ops.conv2d(jnp.asarray(x, jnp.float32)[None], jnp.asarray(w, jnp.float32))[0]
+  want = np.stack([sum(scipy.signal.correlate2d(x[..., c], w[:, :, c, o], mode='valid') for c in range(3))
+                   for o in range(2)], axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride', [2, 3])
+def test_stride_s_skips_s_minus_1_locations(stride):
+  rng = np.random.default_rng(stride)
+  x, w = rng.normal(size=(11, 11)), rng.normal(size=(3, 3))
+  got = ops.conv2d(_single(x), _single(w).reshape(3, 3, 1, 1), stride=stride)[0, :, :, 0]
+  np.testing.assert_allclose(got, scipy.signal.correlate2d(x, w, mode='valid')[::stride, ::stride],
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_dilation_equals_a_kernel_with_zeros_between_taps():
+  rng = np.random.default_rng(2)
+  x, w = rng.normal(size=(12, 12)), rng.normal(size=(3, 3))
+  dilated = np.zeros((5, 5))
+  dilated[::2, ::2] = w
+  got = ops.conv2d(_single(x), _single(w).reshape(3, 3, 1, 1), dilation=2)[0, :, :, 0]
+  np.testing.assert_allclose(got, scipy.signal.correlate2d(x, dilated, mode='valid'), rtol=1e-4, atol=1e-4)
+
+
+# (n, k, s, p, d) -> floor((n + 2p - d(k-1) - 1) / s) + 1, worked by hand.
+SIZES = [(28, 3, 1, 0, 1, 26), (28, 3, 1, 1, 1, 28), (28, 5, 2, 2, 1, 14), (32, 3, 3, 0, 1, 10),
+         (7, 3, 2, 0, 1, 3), (10, 3, 1, 0, 2, 6), (224, 2, 2, 0, 1, 112), (5, 5, 1, 0, 1, 1), (4, 5, 1, 0, 1, 0)]
+
+
+@pytest.mark.parametrize('n,k,s,p,d,want', SIZES)
+def test_conv_output_size_closed_form(n, k, s, p, d, want):
+  assert ops.conv_output_size(n, k, s, p, d) == want
+  if want >= 1:  # and the op agrees
+    y = ops.conv2d(jnp.zeros((1, n, n, 1)), jnp.zeros((k, k, 1, 1)), stride=s, padding=p, dilation=d)
+    assert y.shape == (1, want, want, 1)
+
+
+@pytest.mark.parametrize('n,s,want', [(28, 1, 28), (28, 2, 14), (7, 2, 4), (32, 3, 11)])
+def test_same_padding_gives_ceil_n_over_s(n, s, want):
+  assert ops.conv_output_size(n, 3, s, 'SAME') == want
+  assert ops.conv2d(jnp.zeros((1, n, n, 1)), jnp.zeros((3, 3, 1, 1)), stride=s, padding='SAME').shape[1] == want
+
+
+def test_pools_against_numpy():
+  x = np.random.default_rng(3).normal(size=(2, 8, 6, 3)).astype(np.float32)
+  blocks = x.reshape(2, 4, 2, 3, 2, 3)
+  np.testing.assert_allclose(ops.max_pool(jnp.asarray(x)), blocks.max(axis=(2, 4)), rtol=1e-6)
+  np.testing.assert_allclose(ops.avg_pool(jnp.asarray(x)), blocks.mean(axis=(2, 4)), rtol=1e-5)
+  assert ops.max_pool(jnp.zeros((1, 9, 9, 1)), window=3, stride=2).shape == (1, 4, 4, 1)  # (9 - 3) // 2 + 1
+
+
+def test_seed_224_map_pools_to_112():
+  assert ops.max_pool(jnp.zeros((1, 224, 224, 1)), window=2).shape == (1, 112, 112, 1)
+
+
+def test_gaussian_kernel():
+  g = ops.gaussian_kernel(5, 1.0)
+  assert g.shape == (5, 5) and np.isclose(g.sum(), 1.0) and g.argmax() == 12
+  np.testing.assert_allclose(g, g.T)
+  np.testing.assert_allclose(g[2, 3] / g[2, 2], np.exp(-0.5), rtol=1e-5)  # one sigma from the centre
+
+
+def test_sobel_responds_to_a_ramp_with_eight_times_its_slope():
+  gx, gy = ops.sobel_kernels()
+  ramp = np.tile(np.arange(10.0) * 0.5, (10, 1))  # intensity rises 0.5 per column
+  out = ops.conv2d(_single(ramp), jnp.stack([gx, gy], -1)[:, :, None, :])[0]
+  np.testing.assert_allclose(out[..., 0], 4.0, rtol=1e-5)  # (1 + 2 + 1) * (2 * 0.5)
+  np.testing.assert_allclose(out[..., 1], 0.0, atol=1e-5)
+
+
+def test_fixed_filter_bank_averages_channels():
+  bank = ops.fixed_filter_bank('sobel', in_channels=3)
+  assert bank.shape == (3, 3, 3, 2)
+  np.testing.assert_allclose(bank.sum(axis=2)[..., 0], ops.sobel_kernels()[0], rtol=1e-6)
+
+
+def test_activations_and_unknown_names():
+  np.testing.assert_array_equal(ops.get_activation('relu')(jnp.array([-1.0, 2.0])), [0.0, 2.0])
+  for fn, name in ((ops.get_activation, 'swishy'), (ops.get_pool, 'median'), (ops.parse_padding, 'FULL')):
+    with pytest.raises(ValueError, match=name):
+      fn(name)

@@ -1,0 +1,122 @@
+"""Training: learning on shapes, 8-device pmap == 1 device, exact resume, no re-tracing, refused configs."""
+
+import functools
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from cnnjax import heads, input_pipeline, models, parallel, train
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [row for row in map(json.loads, f) if 'step' in row]
+
+
+def _checkpoint_params(workdir, step):
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
+    return manager.restore(step, args=ocp.args.StandardRestore())['params']
+
+
+def test_training_on_shapes_learns(config, data_dir, tmp_path):
+  config.model.variant = 'small'
+  config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 150, 150, 150
+  result = train.train_and_evaluate(config, str(tmp_path), data_dir)
+  losses = [r['train_loss'] for r in _read_metrics(str(tmp_path)) if 'train_loss' in r]
+  assert losses[-1] < 0.7 * losses[0]
+  assert result['eval_accuracy'] > 0.5  # chance is 1/6
+  assert result['num_params'] == 136614
+  assert os.listdir(tmp_path / 'checkpoints') == ['150']
+
+
+def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_dir):
+  builder, info = train.prepare_data(config, data_dir)
+  model = models.build_model(config.model, info.num_outputs)
+  lr_fn = train.create_learning_rate_fn(config.optimizer, config.num_train_steps)
+  state = train.create_train_state(config, model, info.image_shape, jax.random.key(0))
+  step = jax.pmap(functools.partial(train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn),
+                  axis_name=parallel.AXIS, in_axes=(0, 0, None))
+  batches = input_pipeline.train_iterator(config, builder, num_devices=1)
+  batches = [next(batches) for _ in range(3)]  # global batches of 64, shaped [1, 64, ...]
+
+  def run(n):
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:n]), (parallel.AXIS,))
+    s = parallel.replicate(state, mesh)
+    for batch in batches:
+      split = jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[2:]), batch)  # n devices x 64 / n
+      s, metrics = step(s, parallel.shard(split, mesh), jax.random.key(1))
+    return jax.device_get(parallel.unreplicate(s.params)), float(metrics['loss'][0])
+
+  (params1, loss1), (params8, loss8) = run(1), run(8)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), params1, params8)
+  np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
+  assert not np.allclose(params8['block0']['kernel'], state.params['block0']['kernel'])  # it trained
+
+
+def test_resume_equals_uninterrupted_run(config, data_dir, tmp_path):
+  config.data.augment_flip = config.data.augment_crop = True
+  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(config, full, data_dir)  # checkpoints at 10 and 20
+  shutil.copytree(full, resumed)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))  # as if killed after step 10's checkpoint
+  train.train_and_evaluate(config, resumed, data_dir)
+  jax.tree.map(np.testing.assert_array_equal, _checkpoint_params(full, 20), _checkpoint_params(resumed, 20))
+
+
+def test_train_step_is_traced_once(config, data_dir, tmp_path, monkeypatch):
+  traces, original = [], train.train_step
+
+  def counting_train_step(*args, **kwargs):
+    traces.append(1)  # Python side effects run only while tracing
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(train, 'train_step', counting_train_step)
+  train.train_and_evaluate(config, str(tmp_path), data_dir)
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize('head', ['binary', 'regression'])
+def test_other_heads_train(config, data_dir, tmp_path, head):
+  config.head, config.num_train_steps = head, 10
+  result = train.train_and_evaluate(config, str(tmp_path), data_dir)
+  assert np.isfinite(result['eval_loss'])
+  assert ('eval_accuracy' in result) == (head == 'binary') and ('eval_mae' in result) == (head == 'regression')
+
+
+def test_one_step_end_to_end_on_mocked_mnist(config, tmp_path):
+  config.data.name, config.num_train_steps = 'mnist', 1
+  with tfds.testing.mock_data(num_examples=128):
+    result = train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'data'))
+  assert 0 <= result['eval_accuracy'] <= 1
+  assert [r['step'] for r in _read_metrics(str(tmp_path / 'work')) if 'train_loss' in r] == [1]
+
+
+INVALID = [
+    ({'batch_size': 100}, r'--config.batch_size=100 must be a positive multiple of the 8 devices; use e.g. '
+                          r'--config.batch_size=96'),
+    ({'model.stride': 0}, r'--config.model.stride=0 must be >= 1'),
+    ({'model.features': (4, 4, 4, 4, 4, 4)}, r'block5.pool: pool window 2x2 is larger than its padded input 1x1'),
+    ({'model.padding': 'VALID', 'model.kernel_size': 7, 'data.image_size': 16}, r'block1.conv: conv window 7x7'),
+    ({'optimizer.name': 'lion'}, r"--config.optimizer.name='lion' is unknown"),
+    ({'model.activation': 'swish2'}, r"--config.model.activation: unknown activation 'swish2'"),
+    ({'model.pool': 'median'}, r"--config.model.pool: unknown pool 'median'"),
+    ({'data.name': 'imagenet'}, r"--config.data.name='imagenet' is unknown"),
+    ({'head': 'ranking'}, r"--config.head='ranking' is unknown"),
+]
+
+
+@pytest.mark.parametrize('overrides,message', INVALID)
+def test_invalid_configs_are_refused_before_anything_is_written(config, data_dir, tmp_path, overrides, message):
+  for key, value in overrides.items():
+    section, _, field = key.rpartition('.')
+    (config[section] if section else config)[field] = value
+  workdir = tmp_path / 'work'
+  with pytest.raises(train.ConfigError, match=message):
+    train.train_and_evaluate(config, str(workdir), data_dir)
+  assert not workdir.exists()
