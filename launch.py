@@ -6,6 +6,7 @@ NAME is a file experiments/NAME.py whose get_config() returns the config; any fi
 e.g. --config.model.stride=2. Re-running with the same workdir resumes from the latest checkpoint.
 """
 
+import importlib
 import logging as logging_std
 import os
 import sys
@@ -20,7 +21,9 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard eve
 flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: ~/tensorflow_datasets).')
 config_flags.DEFINE_config_file('config', None, 'Set by --experiment; override fields with --config.FIELD=VALUE.',
                                 lock_config=True)
-flags.mark_flags_as_required(['workdir'])
+flags.DEFINE_integer('sweep_index', None, 'Sweeps: run only point i (0-based), e.g. $SLURM_ARRAY_TASK_ID.')
+flags.DEFINE_bool('report_only', False, 'Sweeps: rebuild report.md and plots from the finished points only.')
+flags.DEFINE_bool('analyze', False, 'Print per-layer shapes, params, FLOPs and receptive fields, then exit.')
 FLAGS = flags.FLAGS
 
 
@@ -53,11 +56,21 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from cnnjax import train  # after flag parsing: importing jax/tf is slow, --help should not be
+  if not FLAGS.workdir and not FLAGS.analyze:
+    raise app.UsageError('--workdir is required (except with --analyze)')
+  from cnnjax import sweep, train  # after flag parsing: importing jax/tf is slow, --help should not be
 
-  logging.info('Experiment %s, config:\n%s', FLAGS.experiment, FLAGS.config)
+  get_sweep = getattr(importlib.import_module(f'experiments.{FLAGS.experiment}'), 'get_sweep', None)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
+    if FLAGS.analyze:
+      print(sweep.analyze(FLAGS.config, get_sweep, FLAGS.data_dir))
+    elif get_sweep:
+      sweep.run(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index, FLAGS.report_only)
+    elif FLAGS.sweep_index is not None or FLAGS.report_only:
+      raise train.ConfigError(f'--experiment={FLAGS.experiment} has no get_sweep(); drop --sweep_index/--report_only')
+    else:
+      logging.info('Experiment %s, config:\n%s', FLAGS.experiment, FLAGS.config)
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   except train.ConfigError as e:
     sys.exit(f'Invalid config: {e}')
 

@@ -19,12 +19,13 @@ import ml_collections
 from cnnjax import ops
 
 # Named model sizes: conv features per block and dense widths before the head. 'base' is the CNN of
-# flax/examples/mnist (conv32-conv64-dense256); 'tiny' is for tests.
+# flax/examples/mnist (conv32-conv64-dense256); 'tiny' is for tests; 'mlp' has no conv blocks.
 VARIANTS: dict[str, dict[str, tuple[int, ...]]] = {
     'tiny': {'features': (4, 8), 'dense': (16,)},
     'small': {'features': (16, 32), 'dense': (64,)},
     'base': {'features': (32, 64), 'dense': (256,)},
     'large': {'features': (32, 64, 128), 'dense': (256,)},
+    'mlp': {'features': (), 'dense': (256,)},  # no conv: the dense baseline of the parameter-count ablation
 }
 
 
@@ -118,7 +119,7 @@ class CNN(nn.Module):
 
 def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...]:
   """The blocks of ``config.model``: per-block features (or the variant's), shared scalar settings."""
-  features = tuple(model_config.features) or VARIANTS[model_config.variant]['features']
+  features = tuple(model_config.features) or VARIANTS[model_config.variant]['features']  # () = the variant's
   first = model_config.first_layer
   return tuple(
       BlockSpec(features=f, kernel_size=model_config.kernel_size, stride=model_config.stride,

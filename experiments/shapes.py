@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   """The baseline config; every field a run reads is here."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.seeds = 1  # sweeps: run every point with seeds seed, seed + 1, ... and report mean ± std
   config.head = 'multiclass'  # multiclass (softmax CE) | binary (sigmoid BCE) | regression (linear, MSE)
 
   config.data = ml_collections.ConfigDict()
@@ -63,4 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 250
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
+
+  config.analysis = ml_collections.ConfigDict()
+  config.analysis.invariance_shifts = 0  # sweeps: > 0 measures accuracy under input shifts of 0..k pixels
   return config

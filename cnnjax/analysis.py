@@ -1,0 +1,127 @@
+"""Closed-form analysis of a CNN: per-layer output shape, parameters, FLOPs, receptive field and the parameter
+count of a dense layer with the same input and output sizes; XLA's FLOP count; shift invariance.
+
+The closed forms count a multiply-add as 2 FLOPs: conv 2·k²·C_in·C_out·H_out·W_out, dense 2·in·out, and a
+pooling window k² operations per output. The receptive field follows r ← r + (k_eff - 1)·j, j ← j·s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cnnjax import models, ops
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+  """One layer of the analysis table."""
+  name: str
+  output_shape: tuple[int, ...]
+  params: int
+  flops: int  # per image, forward pass
+  receptive_field: int  # side, in input pixels, of the window one output sees
+  dense_equivalent: int  # weights of a dense layer mapping this layer's input size to its output size
+
+
+def analyze(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_outputs: int
+            ) -> list[LayerStats]:
+  """The per-layer table of ``config.model`` on images of ``image_shape`` (validates the geometry)."""
+  blocks = models.block_specs(model_config)
+  shapes = dict(models.layer_shapes(blocks, *image_shape))
+  h, w, c = image_shape
+  rf, jump = 1, 1
+  rows = []
+  for i, b in enumerate(blocks):
+    for part in ('conv', 'pool'):
+      if part == 'pool' and b.pool == 'none':
+        continue
+      h2, w2, c2 = shapes[f'block{i}.{part}']
+      k, s, d = (b.kernel_size, b.stride, b.dilation) if part == 'conv' else (b.pool_window, b.pool_stride, 1)
+      rf, jump = rf + d * (k - 1) * jump, jump * s
+      if part == 'conv':
+        params = 0 if b.fixed_filters else k * k * c * c2 + c2
+        flops = 2 * k * k * c * c2 * h2 * w2
+      else:
+        params, flops = 0, k * k * h2 * w2 * c2
+      rows.append(LayerStats(f'block{i}.{part}', (h2, w2, c2), params, flops, rf, h * w * c * h2 * w2 * c2))
+      h, w, c = h2, w2, c2
+  width = h * w * c
+  dense = tuple(model_config.dense) or models.VARIANTS[model_config.variant]['dense']
+  for name, out in [*((f'dense{i}', f) for i, f in enumerate(dense)), ('output', num_outputs)]:
+    rows.append(LayerStats(name, (out,), width * out + out, 2 * width * out, image_shape[0], width * out))
+    width = out
+  return rows
+
+
+def totals(rows: list[LayerStats]) -> dict[str, int]:
+  """Parameters and FLOPs of the whole model."""
+  return {'params': sum(r.params for r in rows), 'flops': sum(r.flops for r in rows)}
+
+
+def format_table(rows: list[LayerStats]) -> str:
+  """A markdown table of the analysis with a total row."""
+  lines = ['| layer | output | params | FLOPs | receptive field | dense-equivalent weights |',
+           '| --- | --- | ---: | ---: | ---: | ---: |']
+  for r in rows:
+    shape = 'x'.join(map(str, r.output_shape))
+    lines.append(f'| {r.name} | {shape} | {r.params:,} | {r.flops:,} | {r.receptive_field} | {r.dense_equivalent:,} |')
+  t = totals(rows)
+  lines.append(f"| **total** | | **{t['params']:,}** | **{t['flops']:,}** | | |")
+  return '\n'.join(lines)
+
+
+def xla_flops(model: models.CNN, image_shape: tuple[int, ...]) -> float:
+  """FLOPs of one forward pass on one image as counted by XLA's cost analysis of the compiled program."""
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  cost = jax.jit(model.apply).lower(params, x).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  return float(cost['flops'])
+
+
+def shift_invariance(apply_fn, params, images: np.ndarray, targets: np.ndarray, max_shift: int
+                     ) -> dict[str, list[float]]:
+  """Accuracy and agreement with the unshifted predictions when inputs are shifted by 0..max_shift pixels.
+
+  Each shift moves the image diagonally by (k, k) pixels, wrapping around (shapes sit away from the border).
+
+  Args:
+    apply_fn: ``model.apply``.
+    params: the trained parameters.
+    images: [N, H, W, C] normalised images.
+    targets: [N] class labels.
+    max_shift: the largest shift.
+
+  Returns:
+    {'shift': [0..max_shift], 'accuracy': [...], 'agreement': [...]}.
+  """
+  predict = jax.jit(lambda x: apply_fn({'params': params}, x).argmax(-1))
+  base = np.asarray(predict(images))
+  result = {'shift': [], 'accuracy': [], 'agreement': []}
+  for k in range(max_shift + 1):
+    pred = np.asarray(predict(jnp.roll(images, (k, k), axis=(1, 2))))
+    result['shift'].append(k)
+    result['accuracy'].append(float((pred == targets).mean()))
+    result['agreement'].append(float((pred == base).mean()))
+  return result
+
+
+def first_layer_maps(model: models.CNN, params, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The first block's filters (averaged over input channels) and its output feature maps for one image.
+
+  Returns:
+    filters [F, k, k] and feature maps [F, H, W] (block0's output, after activation and pooling).
+  """
+  _, state = model.apply({'params': params}, jnp.asarray(image)[None], capture_intermediates=True,
+                         mutable=['intermediates'])
+  maps = np.asarray(state['intermediates']['block0']['__call__'][0][0])
+  spec = model.blocks[0]
+  kernel = (np.asarray(params['block0']['kernel']) if 'block0' in params
+            else ops.fixed_filter_bank(spec.fixed_filters, image.shape[-1], spec.kernel_size))
+  return np.moveaxis(kernel.mean(axis=2), -1, 0), np.moveaxis(maps, -1, 0)

@@ -1,0 +1,190 @@
+"""The sweep report: report.md, results.csv, results.json and PNG plots in the sweep's workdir.
+
+Rows are sweep points (seeds of one point are merged into mean ± std); columns are the varied settings,
+parameters, FLOPs, final train/test metrics, steps/s and wall time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+Result = dict[str, Any]
+SKIP_METRICS = ('train_grad_norm', 'train_learning_rate')
+
+
+def _base_name(name: str) -> str:
+  return re.sub(r',seed=\d+$', '', name)
+
+
+def _group(results: Sequence[Result]) -> dict[str, list[Result]]:
+  groups: dict[str, list[Result]] = {}
+  for r in results:
+    groups.setdefault(_base_name(r['name']), []).append(r)
+  return groups
+
+
+def _metric_keys(results: Sequence[Result]) -> list[str]:
+  keys = {k for r in results for k in r if k.startswith(('train_', 'eval_')) and k not in SKIP_METRICS}
+  return sorted(keys, key=lambda k: (not k.startswith('train_'), k))
+
+
+def main_metric(results: Sequence[Result]) -> str:
+  """Test accuracy where every point has it, else test loss."""
+  return 'eval_accuracy' if all('eval_accuracy' in r for r in results) else 'eval_loss'
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
+  """One row per point (seeds merged): settings, params, flops, metric (mean, std) pairs, speed, time."""
+  varied = sorted({k for r in results for k in r['overrides'] if k not in ('name', 'seed')})
+  rows = []
+  for name, group in _group(results).items():
+    row = {'point': name, 'seeds': len(group), **{k: group[0]['overrides'].get(k, '') for k in varied},
+           'params': group[0]['num_params'], 'flops': group[0]['flops']}
+    for key in [*_metric_keys(results), 'steps_per_sec', 'wall_time_s']:
+      values = [r[key] for r in group if key in r]
+      row[key] = _stats(values) if values else None
+    rows.append(row)
+  return rows
+
+
+def _cell(value: Any) -> str:
+  if value is None:
+    return '–'
+  if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, float) for v in value):
+    mean, std = value
+    return f'{mean:.4g} ± {std:.2g}' if std else f'{mean:.4g}'
+  if isinstance(value, int):
+    return f'{value:,}'
+  return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+  """The summary rows as a markdown table."""
+  columns = list(rows[0])
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + ' --- |' * len(columns)]
+  lines += ['| ' + ' | '.join(_cell(row[c]) for c in columns) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dict[str, float]]]) -> None:
+  """Writes report.md, results.csv, results.json and the plots for the finished points."""
+  rows = summarize(results)
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump({'points': list(results), 'summary': rows}, f, indent=1)
+  _write_csv(os.path.join(workdir, 'results.csv'), results)
+  metric = main_metric(results)
+  plots = [_plot_vs(workdir, rows, metric, 'params'), _plot_vs(workdir, rows, metric, 'flops'),
+           _plot_per_setting(workdir, rows, metric), _plot_learning_curves(workdir, histories, metric),
+           _plot_invariance(workdir, results), _plot_first_layers(workdir, results)]
+  with open(os.path.join(workdir, 'report.md'), 'w') as f:
+    f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
+            'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
+            f'per image (closed form); steps/s is the median over the run.\n\n{markdown_table(rows)}\n\n')
+    f.writelines(f'![{p}]({p})\n\n' for p in plots if p)
+
+
+def _write_csv(path: str, results: Sequence[Result]) -> None:
+  fields = sorted({k for r in results for k in r if k not in ('overrides', 'invariance')})
+  overrides = sorted({k for r in results for k in r['overrides']})
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(fields + overrides)
+    for r in results:
+      writer.writerow([r.get(k, '') for k in fields] + [r['overrides'].get(k, '') for k in overrides])
+
+
+def _save(fig, workdir: str, name: str) -> str:
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, name), dpi=100)
+  plt.close(fig)
+  return name
+
+
+def _plot_vs(workdir: str, rows, metric: str, x: str) -> str:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for row in rows:
+    mean, std = row[metric]
+    ax.errorbar(row[x], mean, yerr=std, fmt='o', capsize=3)
+    ax.annotate(row['point'], (row[x], mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
+  ax.set(xscale='log', xlabel=f'{x} (log scale)', ylabel=metric, title=f'{metric} vs {x}')
+  ax.grid(alpha=0.3)
+  return _save(fig, workdir, f'{metric}_vs_{x}.png')
+
+
+def _plot_per_setting(workdir: str, rows, metric: str) -> str:
+  fig, ax = plt.subplots(figsize=(max(4, 1 + 0.9 * len(rows)), 4))
+  means, stds = zip(*(row[metric] for row in rows), strict=True)
+  ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color='tab:blue')
+  ax.set_xticks(range(len(rows)), [row['point'] for row in rows], rotation=30, ha='right', fontsize=8)
+  ax.set(ylabel=metric, title=f'{metric} per setting')
+  return _save(fig, workdir, f'{metric}_per_setting.png')
+
+
+def _plot_learning_curves(workdir: str, histories: dict[str, list[dict]], metric: str) -> str:
+  fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+  for name, history in histories.items():
+    for ax, key in ((ax_train, 'train_loss'), (ax_eval, metric)):
+      points = [(r['step'], r[key]) for r in history if key in r]
+      if points:
+        ax.plot(*zip(*points, strict=True), marker='.' if key == metric else None, label=name)
+  ax_train.set(xlabel='step', ylabel='train_loss', yscale='log', title='training loss')
+  ax_eval.set(xlabel='step', ylabel=metric, title=f'test {metric}')
+  ax_eval.legend(fontsize=7)
+  return _save(fig, workdir, 'learning_curves.png')
+
+
+def _plot_invariance(workdir: str, results: Sequence[Result]) -> str | None:
+  groups = {name: [r['invariance'] for r in group if 'invariance' in r] for name, group in _group(results).items()}
+  groups = {name: runs for name, runs in groups.items() if runs}
+  if not groups:
+    return None
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for name, runs in groups.items():
+    for ax, key in zip(axes, ('accuracy', 'agreement'), strict=True):
+      ax.plot(runs[0]['shift'], np.mean([r[key] for r in runs], axis=0), marker='o', label=name)
+  axes[0].set(xlabel='shift (pixels, diagonal)', ylabel='test accuracy', title='accuracy under input shifts')
+  axes[1].set(xlabel='shift (pixels, diagonal)', ylabel='agreement', title='predictions unchanged by the shift')
+  axes[1].legend(fontsize=7)
+  return _save(fig, workdir, 'invariance.png')
+
+
+def _plot_first_layers(workdir: str, results: Sequence[Result], per_row: int = 8) -> str | None:
+  runs = [(name, os.path.join(workdir, group[0]['name'], 'first_layer.npz')) for name, group in _group(results).items()]
+  runs = [(name, np.load(path)) for name, path in runs if os.path.exists(path)]
+  if not runs:
+    return None
+  fig, axes = plt.subplots(len(runs), 1 + 2 * per_row, figsize=(1.1 * (1 + 2 * per_row), 1.3 * len(runs)),
+                           squeeze=False)
+  for row, (name, data) in zip(axes, runs, strict=True):
+    image = data['image']
+    row[0].imshow(_unit(image) if image.shape[-1] == 3 else image[..., 0], cmap='gray')
+    row[0].set_ylabel(name, fontsize=7, rotation=0, ha='right')
+    for i in range(per_row):
+      for ax, maps, label in ((row[1 + i], data['filters'], 'filter'), (row[1 + per_row + i], data['maps'], 'map')):
+        if i < len(maps):
+          ax.imshow(maps[i], cmap='gray')
+          ax.set_title(f'{label} {i}', fontsize=6)
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.suptitle('input | first-layer filters (mean over input channels) | first-block feature maps', fontsize=9)
+  return _save(fig, workdir, 'filters.png')
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  return (x - x.min()) / max(float(x.max() - x.min()), 1e-8)

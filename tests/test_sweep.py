@@ -1,0 +1,106 @@
+"""Sweeps, the report and the analysis: expansion, --sweep_index, reports from fake runs, closed forms."""
+
+import json
+import os
+
+import pytest
+
+from cnnjax import analysis, models, report, sweep, train
+
+
+def test_grid_and_names():
+  points = sweep.grid({'model.pool': ['max', 'avg'], 'model.stride': [1, 2]})
+  assert points == [{'model.pool': 'max', 'model.stride': 1}, {'model.pool': 'max', 'model.stride': 2},
+                    {'model.pool': 'avg', 'model.stride': 1}, {'model.pool': 'avg', 'model.stride': 2}]
+  assert sweep.point_name(points[1]) == 'pool=max,stride=2'
+  assert sweep.point_name({'model.features': (8, 16)}) == 'features=8-16'
+  assert sweep.point_name({'name': 'conv stride/2', 'model.stride': 2}) == 'conv_stride_2'
+
+
+def test_expand_over_seeds():
+  points = sweep.expand([{'model.pool': 'max'}, {'model.pool': 'avg'}], seeds=2, base_seed=5)
+  assert [p.name for p in points] == ['pool=max,seed=5', 'pool=max,seed=6', 'pool=avg,seed=5', 'pool=avg,seed=6']
+  assert points[1].overrides == {'model.pool': 'max', 'seed': 6}
+  with pytest.raises(train.ConfigError, match='same name'):
+    sweep.expand([{'model.pool': 'max'}, {'model.pool': 'max'}], seeds=1, base_seed=0)
+
+
+def test_apply_overrides_copies_and_checks_fields(config):
+  changed = sweep.apply_overrides(config, {'model.stride': 2, 'name': 'x', 'head': 'binary'})
+  assert (changed.model.stride, changed.head, config.model.stride, config.head) == (2, 'binary', 1, 'multiclass')
+  with pytest.raises(train.ConfigError, match="'model.strid' is not a config field"):
+    sweep.apply_overrides(config, {'model.strid': 2})
+
+
+def test_bad_sweep_index_and_bad_point_are_refused_before_writing(config, tmp_path):
+  workdir = tmp_path / 'work'
+  with pytest.raises(train.ConfigError, match=r'--sweep_index=2 is out of range: this sweep has 2 points \(0..1\)'):
+    sweep.run(config, lambda: [{'model.stride': 1}, {'model.stride': 2}], str(workdir), sweep_index=2)
+  with pytest.raises(train.ConfigError, match=r'sweep point stride=0: .*--config.model.stride=0'):
+    sweep.run(config, lambda: [{'model.stride': 1}, {'model.stride': 0}], str(workdir))
+  assert not workdir.exists()
+
+
+def _fake_result(name, pool, seed, accuracy):
+  return {'name': name, 'overrides': {'model.pool': pool, 'seed': seed}, 'seed': seed, 'num_params': 100,
+          'flops': 1000, 'eval_accuracy': accuracy, 'eval_loss': 1 - accuracy, 'train_loss': 0.5,
+          'steps_per_sec': 10.0, 'wall_time_s': 3.0,
+          'invariance': {'shift': [0, 1], 'accuracy': [accuracy, accuracy - 0.1], 'agreement': [1.0, 0.8]}}
+
+
+def test_report_from_fake_finished_runs(tmp_path):
+  results = [_fake_result('pool=max,seed=0', 'max', 0, 0.8), _fake_result('pool=max,seed=1', 'max', 1, 0.9),
+             _fake_result('pool=avg,seed=0', 'avg', 0, 0.7), _fake_result('pool=avg,seed=1', 'avg', 1, 0.7)]
+  histories = {r['name']: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.5, 'eval_accuracy': 0.8}]
+               for r in results}
+  report.write(str(tmp_path), results, histories)
+  text = (tmp_path / 'report.md').read_text()
+  # point | seeds | pool | params | flops | train_loss | eval_accuracy: mean ± sample std of (0.8, 0.9) | eval_loss
+  assert '| pool=max | 2 | max | 100 | 1,000 | 0.5 | 0.85 ± 0.071 | 0.15 ± 0.071 |' in text
+  assert '| pool=avg | 2 | avg | 100 | 1,000 | 0.5 | 0.7 | 0.3 |' in text
+  for png in ('eval_accuracy_vs_params.png', 'eval_accuracy_vs_flops.png', 'eval_accuracy_per_setting.png',
+              'learning_curves.png', 'invariance.png'):
+    assert (tmp_path / png).stat().st_size > 1000 and f'({png})' in text
+  assert len((tmp_path / 'results.csv').read_text().splitlines()) == 5
+  assert len(json.loads((tmp_path / 'results.json').read_text())['summary']) == 2
+
+
+def test_analysis_reproduces_the_seed_numbers(config):
+  # One 3x3 conv on a 224x224 single-channel map: 9 weights (+1 bias) against 224^4 for a dense layer of the
+  # same input and output size; 2x2 pooling then gives 112x112.
+  config.model.features, config.model.dense = (1,), (1,)
+  rows = analysis.analyze(config.model, (224, 224, 1), num_outputs=1)
+  conv, pool = rows[0], rows[1]
+  assert (conv.output_shape, conv.params - 1, conv.dense_equivalent) == ((224, 224, 1), 9, 224 * 224 * 224 * 224)
+  assert pool.output_shape == (112, 112, 1)
+
+
+def test_analysis_closed_forms_for_tiny(config):
+  rows = analysis.analyze(config.model, (32, 32, 3), num_outputs=6)
+  by_name = {r.name: r for r in rows}
+  assert [r.receptive_field for r in rows[:4]] == [3, 4, 8, 10]  # 3; 3+1*1; 4+2*2; 8+1*2
+  assert by_name['block0.conv'].flops == 2 * 9 * 3 * 4 * 32 * 32 and by_name['dense0'].flops == 2 * 512 * 16
+  assert analysis.totals(rows)['params'] == 8718  # as counted by hand in test_models
+  model = models.build_model(config.model, 6)
+  assert abs(analysis.xla_flops(model, (32, 32, 3)) / analysis.totals(rows)['flops'] - 1) < 0.1
+
+
+def test_tiny_sweep_end_to_end_and_sweep_index(config, data_dir, tmp_path):
+  config.num_train_steps, config.checkpoint_every_steps, config.analysis.invariance_shifts = 4, 4, 2
+
+  def get_sweep():
+    return [{'model.pool': 'max'}, {'model.pool': 'avg'}]
+
+  one = tmp_path / 'one'
+  sweep.run(config, get_sweep, str(one), data_dir, sweep_index=1)
+  assert sorted(os.listdir(one)) == ['pool=avg'] and (one / 'pool=avg' / 'result.json').exists()
+  sweep.run(config, get_sweep, str(one), data_dir, report_only=True)  # merges what is finished
+  assert '| pool=avg |' in (one / 'report.md').read_text() and '| pool=max |' not in (one / 'report.md').read_text()
+
+  full = tmp_path / 'full'
+  sweep.run(config, get_sweep, str(full), data_dir)
+  files = set(os.listdir(full))
+  assert {'report.md', 'results.csv', 'results.json', 'eval_accuracy_vs_params.png', 'eval_accuracy_vs_flops.png',
+          'eval_accuracy_per_setting.png', 'learning_curves.png', 'invariance.png', 'filters.png'} <= files
+  result = json.loads((full / 'pool=max' / 'result.json').read_text())
+  assert result['num_params'] == 8718 and len(result['invariance']['accuracy']) == 3
