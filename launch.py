@@ -24,6 +24,8 @@ config_flags.DEFINE_config_file('config', None, 'Set by --experiment; override f
 flags.DEFINE_integer('sweep_index', None, 'Sweeps: run only point i (0-based), e.g. $SLURM_ARRAY_TASK_ID.')
 flags.DEFINE_bool('report_only', False, 'Sweeps: rebuild report.md and plots from the finished points only.')
 flags.DEFINE_bool('analyze', False, 'Print per-layer shapes, params, FLOPs and receptive fields, then exit.')
+flags.DEFINE_bool('overwrite', False, 'Move a previous run in --workdir aside (to WORKDIR.overwritten-TIME) and '
+                  'start again, instead of resuming it.')
 FLAGS = flags.FLAGS
 
 
@@ -58,21 +60,26 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if not FLAGS.workdir and not FLAGS.analyze:
     raise app.UsageError('--workdir is required (except with --analyze)')
-  from cnnjax import sweep, train  # after flag parsing: importing jax/tf is slow, --help should not be
+  from cnnjax import checkpointing, sweep, train  # after flag parsing: importing jax/tf is slow, --help is not
 
   get_sweep = getattr(importlib.import_module(f'experiments.{FLAGS.experiment}'), 'get_sweep', None)
   try:
     if FLAGS.analyze:
       print(sweep.analyze(FLAGS.config, get_sweep, FLAGS.data_dir))
     elif get_sweep:
-      sweep.run(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index, FLAGS.report_only)
+      sweep.run(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index, FLAGS.report_only,
+                FLAGS.overwrite)
     elif FLAGS.sweep_index is not None or FLAGS.report_only:
       raise train.ConfigError(f'--experiment={FLAGS.experiment} has no get_sweep(); drop --sweep_index/--report_only')
     else:
       logging.info('Experiment %s, config:\n%s', FLAGS.experiment, FLAGS.config)
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir, FLAGS.overwrite)
   except train.ConfigError as e:
     sys.exit(f'Invalid config: {e}')
+  except train.NonFiniteLoss as e:
+    sys.exit(f'Stopped: {e}')
+  except checkpointing.Preempted as e:
+    logging.warning('%s', e)  # a clean stop: exit status 0
 
 
 if __name__ == '__main__':

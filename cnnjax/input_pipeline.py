@@ -63,6 +63,9 @@ def image_size(data_config: ml_collections.ConfigDict) -> int:
   """The side of the images the model sees: config.data.image_size, or the dataset's own when it is 0."""
   spec = get_spec(data_config.name)
   size = data_config.image_size or spec.image_size or 224
+  if data_config.name == 'shapes' and not datasets.shapes.MIN_SIZE <= size <= datasets.shapes.MAX_SIZE:
+    raise ValueError(f'--config.data.image_size={size}: shapes are generated at sizes '
+                     f'{datasets.shapes.MIN_SIZE}..{datasets.shapes.MAX_SIZE}')
   if spec.image_size and data_config.name != 'shapes' and size != spec.image_size:
     raise ValueError(f'--config.data.image_size={size}: {data_config.name} images are {spec.image_size}x'
                      f'{spec.image_size}; set --config.data.image_size={spec.image_size} (or 0 for native)')

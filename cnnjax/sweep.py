@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from cnnjax import analysis, input_pipeline, models, report, train
+from cnnjax import analysis, checkpointing, input_pipeline, models, report, train
 
 Overrides = dict[str, Any]
 
@@ -158,10 +158,12 @@ def load_result(point_dir: str) -> dict[str, Any]:
 # The experiment entry point.
 
 def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]], workdir: str,
-        data_dir: str | None = None, sweep_index: int | None = None, report_only: bool = False) -> list[Point]:
+        data_dir: str | None = None, sweep_index: int | None = None, report_only: bool = False,
+        overwrite: bool = False) -> list[Point]:
   """Runs a sweep (all points, or only ``sweep_index``), then writes the report of the finished points.
 
-  Every point's config is validated before anything is trained or written.
+  Every point's config is validated before anything is trained or written; ``overwrite`` then moves a
+  previous sweep in ``workdir`` aside.
 
   Returns:
     The sweep's points.
@@ -176,6 +178,8 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
       train.validate_config(point_config, jax.device_count())
     except train.ConfigError as e:
       raise train.ConfigError(f'sweep point {name}: {e}') from None
+  if overwrite and not report_only:
+    checkpointing.move_aside(workdir)
   if not report_only:
     for i, point in enumerate(points):
       if sweep_index is None or i == sweep_index:

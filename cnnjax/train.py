@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -24,13 +25,15 @@ from clu import parameter_overview, periodic_actions
 from flax import traverse_util
 from flax.training import train_state
 
-from cnnjax import heads, input_pipeline, models, parallel, writers
+from cnnjax import checkpointing, heads, input_pipeline, models, parallel, writers
 
 TrainState = train_state.TrainState
 Metrics = dict[str, jax.Array]
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
+MAX_SKIPPED_STEPS = 100  # skip_nonfinite: after this many consecutive non-finite steps, updates apply again
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant')
+RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,12 +61,17 @@ def create_optimizer(opt: ml_collections.ConfigDict, learning_rate_fn: optax.Sch
   return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx) if opt.grad_clip_norm > 0 else tx
 
 
+def create_tx(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The run's optimizer; with config.skip_nonfinite, updates with non-finite gradients are skipped."""
+  tx = create_optimizer(config.optimizer, create_learning_rate_fn(config.optimizer, config.num_train_steps))
+  return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPPED_STEPS) if config.skip_nonfinite else tx
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: models.CNN, image_shape: tuple[int, ...],
                        rng: jax.Array) -> TrainState:
   """Initial parameters and optimizer state (on the host's default device)."""
   params = jax.jit(model.init, static_argnames='train')(rng, jnp.zeros((1, *image_shape)), train=False)['params']
-  tx = create_optimizer(config.optimizer, create_learning_rate_fn(config.optimizer, config.num_train_steps))
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=create_tx(config))
 
 
 def count_params(model: models.CNN, image_shape: tuple[int, ...]) -> int:
@@ -142,6 +150,10 @@ class ConfigError(ValueError):
   """A config that cannot train; the message names the flag and the fix."""
 
 
+class NonFiniteLoss(FloatingPointError):
+  """The training loss became NaN or Inf; no checkpoint of the bad state was written."""
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises one ConfigError naming the flag and the fix for any setting that cannot train.
 
@@ -173,6 +185,8 @@ def _validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f'--config.optimizer.schedule={opt.schedule!r} is unknown; choose one of {SCHEDULES}')
   if opt.learning_rate <= 0:
     raise ValueError(f'--config.optimizer.learning_rate={opt.learning_rate} must be > 0')
+  if config.rng_impl not in RNG_IMPLS:
+    raise ValueError(f'--config.rng_impl={config.rng_impl!r} is unknown; choose one of {RNG_IMPLS}')
   models.validate_model_config(config.model)
   h, w, c = model_input_shape(config)
   models.layer_shapes(models.block_specs(config.model), h, w, c)
@@ -185,9 +199,18 @@ def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]
 
 
 def prepare_data(config: ml_collections.ConfigDict, data_dir: str | None):
-  """The prepared TFDS builder (generating offline datasets on first use) and the DataInfo."""
+  """The prepared TFDS builder (generating offline datasets on first use) and the DataInfo.
+
+  Raises:
+    ConfigError for a data_dir that is not a usable directory, a dataset the task cannot use, or a download
+    that does not finish within config.data.download_timeout_s (no internet), with advice.
+  """
+  if data_dir and (os.path.exists(data_dir) and not os.path.isdir(data_dir)
+                   or os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)):
+    raise ConfigError(f'--data_dir={data_dir} is not a readable and writable directory; point it at one')
   builder = input_pipeline.get_builder(config.data, data_dir)
-  builder.download_and_prepare()
+  if not builder.is_prepared():
+    _download_and_prepare(builder, config)
   try:
     input_pipeline.validate_data_config(config, builder)
   except ValueError as e:
@@ -195,40 +218,87 @@ def prepare_data(config: ml_collections.ConfigDict, data_dir: str | None):
   return builder, input_pipeline.data_info(config, builder)
 
 
+def _download_and_prepare(builder, config: ml_collections.ConfigDict) -> None:
+  """Runs builder.download_and_prepare(), giving up after config.data.download_timeout_s for downloads.
+
+  tfds retries a failing download for a long time; offline, that is a hang. The download runs in a daemon
+  thread so that a timeout can end the run with advice instead.
+  """
+  if input_pipeline.get_spec(config.data.name).offline:
+    builder.download_and_prepare()  # generated locally: no network, no timeout
+    return
+  errors: list[BaseException] = []
+
+  def target():
+    try:
+      builder.download_and_prepare()
+    except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+      errors.append(e)
+
+  thread = threading.Thread(target=target, daemon=True, name='tfds-download')
+  thread.start()
+  thread.join(config.data.download_timeout_s)
+  if thread.is_alive():
+    raise ConfigError(
+        f'--config.data.name={config.data.name} is not in --data_dir={builder.data_dir_root} and downloading it '
+        f'did not finish in {config.data.download_timeout_s} s (no internet?). Download it once on a machine with '
+        'internet into that --data_dir (python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{config.data.name}', data_dir='DIR').download_and_prepare()\"), raise "
+        '--config.data.download_timeout_s, or use an offline dataset: --config.data.name=shapes or digits')
+  if errors:
+    raise errors[0]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The loop.
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None
-                       ) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None,
+                       overwrite: bool = False) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates on the test split.
 
   Args:
     config: the experiment config (see experiments/shapes.py for every field).
-    workdir: where checkpoints, TensorBoard events and metrics.jsonl go.
+    workdir: where checkpoints, TensorBoard events, metrics.jsonl and config.json go.
     data_dir: TFDS data directory (None: tfds's default).
+    overwrite: move a previous run in ``workdir`` aside instead of resuming it.
 
   Returns:
-    The final eval metrics, e.g. {'eval_loss': ..., 'eval_accuracy': ...}.
+    The final eval metrics, e.g. {'eval_loss': ..., 'eval_accuracy': ..., 'num_params': ...}.
+
+  Raises:
+    ConfigError before anything is compiled or written, for a config that cannot train or a workdir that
+    holds another config's run; NonFiniteLoss if the loss becomes NaN/Inf (without skip_nonfinite);
+    checkpointing.Preempted after saving a checkpoint on SIGTERM/SIGINT.
   """
   validate_config(config, jax.device_count())
+  with checkpointing.PreemptionSignals() as preemption:  # from here on, SIGTERM/SIGINT stop the run cleanly
+    return _train_and_evaluate(config, workdir, data_dir, overwrite, preemption)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None, overwrite: bool,
+                        preemption: checkpointing.PreemptionSignals) -> dict[str, float]:
+  try:
+    checkpointing.check_workdir(config, workdir, overwrite)
+  except checkpointing.WorkdirMismatch as e:
+    raise ConfigError(str(e)) from None
   builder, info = prepare_data(config, data_dir)
   head = heads.get_head(config.head)
   model = models.build_model(config.model, info.num_outputs)
   mesh = parallel.local_mesh()
   learning_rate_fn = create_learning_rate_fn(config.optimizer, config.num_train_steps)
 
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed, impl=config.rng_impl))
   state = create_train_state(config, model, info.image_shape, init_rng)
   checkpoints = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, 'checkpoints')),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                           save_interval_steps=config.checkpoint_every_steps))
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
-    logging.info('Resumed from %s at step %d.', workdir, int(state.step))
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints))
+  state = checkpointing.restore_latest(checkpoints, state, workdir)
   start_step = int(state.step)
-
+  if start_step:
+    logging.info('Resumed from %s at step %d.', workdir, start_step)
   writer = writers.create_writer(workdir)
+  if jax.process_index() == 0:
+    checkpointing.write_config(config, workdir)
   if start_step == 0:
     hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
     writer.write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()})
@@ -242,27 +312,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
   eval_batches = input_pipeline.eval_batches(config, builder, mesh.size)
   report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                                     every_steps=config.log_every_steps)
-  pending: list[Metrics] = []
+  pending: list[tuple[int, Metrics]] = []
   eval_metrics: dict[str, float] = {}
-  for step in range(start_step + 1, config.num_train_steps + 1):
-    state, metrics = p_train(state, parallel.shard(next(train_iter), mesh), dropout_rng)
-    pending.append(metrics)
-    report_progress(step, time.time())
-    if step % config.log_every_steps == 0 or step == config.num_train_steps:
-      rows = jax.device_get(pending)  # one host sync per log period
-      writer.write_scalars(step, {f'train_{k}': np.mean([r[k][0] for r in rows]) for k in rows[0]})
-      pending = []
-    if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+  try:
+    for step in range(start_step + 1, config.num_train_steps + 1):
+      state, metrics = p_train(state, parallel.shard(next(train_iter), mesh), dropout_rng)
+      pending.append((step, metrics))
+      report_progress(step, time.time())
+      last, stop = step == config.num_train_steps, preemption.requested is not None
+      save = step % config.checkpoint_every_steps == 0 or last or stop
+      if step % config.log_every_steps == 0 or save:  # train metrics are checked before any save
+        _write_train_metrics(writer, pending, config, checkpoints.latest_step())
+        pending = []
+      if step % config.eval_every_steps == 0 or last:
+        eval_metrics = evaluate(p_eval, state, eval_batches, mesh)
+        writer.write_scalars(step, eval_metrics)
+      if save:
+        checkpoints.save(step, args=ocp.args.StandardSave(parallel.unreplicate(state)), force=True)
+      if stop:
+        raise checkpointing.Preempted(step, workdir)
+    if not eval_metrics:  # resumed a finished run: evaluate what it left
       eval_metrics = evaluate(p_eval, state, eval_batches, mesh)
-      writer.write_scalars(step, eval_metrics)
-    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-      checkpoints.save(step, args=ocp.args.StandardSave(parallel.unreplicate(state)),
-                       force=step == config.num_train_steps)
-  if not eval_metrics:  # resumed a finished run: evaluate what it left
-    eval_metrics = evaluate(p_eval, state, eval_batches, mesh)
-  checkpoints.wait_until_finished()
-  checkpoints.close()
-  writer.write_scalars(config.num_train_steps, {'num_params': num_params})
-  writer.flush()
-  writer.close()
+    writer.write_scalars(config.num_train_steps, {'num_params': num_params})
+  finally:  # however the loop ends, finish the checkpoints already started
+    checkpoints.wait_until_finished()
+    checkpoints.close()
+    writer.flush()
+    writer.close()
   return {**eval_metrics, 'num_params': num_params}
+
+
+def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_collections.ConfigDict,
+                         last_checkpoint: int | None) -> None:
+  """Writes the mean of the pending steps' metrics (one host sync); stops on a non-finite loss."""
+  rows = jax.device_get([m for _, m in pending])
+  losses = np.array([r['loss'][0] for r in rows])
+  bad = ~np.isfinite(losses)
+  if bad.any() and not config.skip_nonfinite:
+    step = pending[int(bad.argmax())][0]
+    raise NonFiniteLoss(f'the training loss is {losses[bad][0]} at step {step}; the last good checkpoint is step '
+                        f'{last_checkpoint} (kept). Lower --config.optimizer.learning_rate, clip with '
+                        '--config.optimizer.grad_clip_norm, or skip such updates with --config.skip_nonfinite=True')
+  scalars = {f'train_{k}': np.mean([r[k][0] for r, b in zip(rows, bad, strict=True) if not b] or [np.nan])
+             for k in rows[0]}
+  writer.write_scalars(pending[-1][0], {**scalars, 'train_skipped_steps': int(bad.sum())} if bad.any() else scalars)

@@ -15,7 +15,11 @@ def get_config() -> ml_collections.ConfigDict:
   """The baseline config; every field a run reads is here."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # The root key's PRNG: rbg (XLA's RngBitGenerator) compiles 3-5x faster on CPU than threefry2x32, which
+  # gives bit-identical random streams on every backend.
+  config.rng_impl = 'rbg'
   config.seeds = 1  # sweeps: run every point with seeds seed, seed + 1, ... and report mean ± std
+  config.skip_nonfinite = False  # True: skip updates whose gradients are NaN/Inf instead of stopping the run
   config.head = 'multiclass'  # multiclass (softmax CE) | binary (sigmoid BCE) | regression (linear, MSE)
 
   config.data = ml_collections.ConfigDict()
@@ -29,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.shuffle_buffer = 10_000
   config.data.cache = True
   config.data.prefetch = 2
+  config.data.download_timeout_s = 300  # datasets that need a download: give up (with advice) after this
 
   config.model = ml_collections.ConfigDict()
   config.model.variant = 'small'  # models.VARIANTS: tiny | small | base | large

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 CLASSES = ('square', 'circle', 'triangle', 'cross', 'diamond', 'ring')
 SPLITS = ('train', 'test')
+MIN_SIZE, MAX_SIZE = 8, 224
 
 
 @dataclasses.dataclass
@@ -28,8 +29,8 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
 def shapes_config(image_size: int) -> ShapesConfig:
   """The config for images of side ``image_size`` (8..224); large images get fewer examples."""
-  if not 8 <= image_size <= 224:
-    raise ValueError(f'shapes image size must be in [8, 224], got {image_size} (--config.data.image_size)')
+  if not MIN_SIZE <= image_size <= MAX_SIZE:
+    raise ValueError(f'shapes image size must be in [{MIN_SIZE}, {MAX_SIZE}], got {image_size}')
   scale = 1 if image_size <= 64 else 4
   return ShapesConfig(name=str(image_size), description=f'{image_size}x{image_size} RGB shapes',
                       image_size=image_size, num_train=10_000 // scale, num_test=2_000 // scale)

@@ -1,0 +1,218 @@
+"""Reliability: real SIGKILL/SIGTERM, corrupt checkpoints, foreign workdirs, NaN guard, bad input, determinism."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from cnnjax import checkpointing, models, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_FLAGS = ['--experiment=shapes', '--config.model.variant=tiny', '--config.num_train_steps=60',
+             '--config.checkpoint_every_steps=5', '--config.log_every_steps=5', '--config.eval_every_steps=60',
+             '--config.batch_size=32', '--config.data.augment_flip=True', '--config.data.shuffle_buffer=500']
+
+
+def _start(workdir, data_dir):
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={workdir}',
+                           f'--data_dir={data_dir}', *RUN_FLAGS], env=env, cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _params(workdir, step=None):
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
+    return manager.restore(step or manager.latest_step(), args=ocp.args.StandardRestore())['params']
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=240):
+  deadline = time.time() + timeout
+  path = os.path.join(workdir, 'checkpoints')
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path)):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'no checkpoint appeared; stderr: {proc.communicate()[1][-2000:]}')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  proc = _start(workdir, data_dir)
+  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  return _params(workdir, 60)
+
+
+def test_sigkilled_run_resumes_bitwise_exactly(uninterrupted, data_dir, tmp_path):
+  workdir = str(tmp_path)
+  proc = _start(workdir, data_dir)
+  _wait_for_checkpoint(workdir, proc)
+  time.sleep(random.uniform(0, 1.5))  # a random later step
+  proc.kill()
+  assert proc.wait(timeout=60) == -signal.SIGKILL
+  killed_at = max(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+  assert killed_at < 60, 'the run finished before the kill; nothing was tested'
+  proc = _start(workdir, data_dir)  # the same command again
+  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  assert f'Resumed from {workdir} at step {killed_at}' in proc.stderr.read()
+  jax.tree.map(np.testing.assert_array_equal, _params(workdir, 60), uninterrupted)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_preemption_signals_are_caught_and_handlers_restored(sig):
+  before = signal.getsignal(sig)
+  with checkpointing.PreemptionSignals() as preemption:
+    os.kill(os.getpid(), sig)
+    time.sleep(0.01)  # the handler runs between bytecodes of the main thread
+    assert preemption.requested == sig
+  assert signal.getsignal(sig) is before
+
+
+def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tmp_path):
+  sig = signal.SIGTERM
+  config.num_train_steps, config.checkpoint_every_steps = 60, 25
+  full, preempted = str(tmp_path / 'full'), str(tmp_path / 'preempted')
+  train.train_and_evaluate(config, full, data_dir)
+
+  def send_signal_after_training_starts():
+    while not os.path.exists(os.path.join(preempted, 'metrics.jsonl')):
+      time.sleep(0.01)
+    time.sleep(0.2)
+    os.kill(os.getpid(), sig)  # a real signal, handled in the main thread
+
+  threading.Thread(target=send_signal_after_training_starts, daemon=True).start()
+  with pytest.raises(checkpointing.Preempted, match=r'saved a checkpoint at step (\d+)') as err:
+    train.train_and_evaluate(config, preempted, data_dir)
+  assert 0 < err.value.step < 60 and err.value.step % 25  # saved at the step it stopped on, off the schedule
+  assert str(err.value.step) in os.listdir(os.path.join(preempted, 'checkpoints'))
+  train.train_and_evaluate(config, preempted, data_dir)
+  jax.tree.map(np.testing.assert_array_equal, _params(preempted, 60), _params(full, 60))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(config, data_dir, tmp_path, caplog):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir, data_dir)  # checkpoints at 10 and 20
+  want = _params(workdir, 20)
+  data = os.path.join(workdir, 'checkpoints', '20', 'default', 'd')
+  for name in os.listdir(data):  # truncate every data file of the latest checkpoint
+    with open(os.path.join(data, name), 'r+b') as f:
+      f.truncate(os.path.getsize(f.name) // 2)
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(config, workdir, data_dir)  # resumes from 10, trains 11..20 again
+  assert 'Checkpoint at step 20 is unreadable' in caplog.text
+  assert len(os.listdir(os.path.join(workdir, 'corrupt_checkpoints'))) == 1  # kept, not deleted
+  jax.tree.map(np.testing.assert_array_equal, _params(workdir, 20), want)
+
+
+def test_workdir_of_another_config_is_refused_unless_overwrite(config, data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  config.num_train_steps = 2
+  train.train_and_evaluate(config, workdir, data_dir)
+  config.model.stride, config.log_every_steps = 2, 1  # log_every_steps alone would be allowed
+  with pytest.raises(train.ConfigError, match=r'holds a run of a different config \(model.stride: 1 -> 2\)'):
+    train.train_and_evaluate(config, workdir, data_dir)
+  train.train_and_evaluate(config, workdir, data_dir, overwrite=True)
+  moved = [d for d in os.listdir(tmp_path) if d.startswith('run.overwritten-')]
+  assert len(moved) == 1 and os.listdir(tmp_path / moved[0] / 'checkpoints') == ['2']
+  assert json.load(open(os.path.join(workdir, 'config.json')))['model']['stride'] == 2
+
+
+def _diverging(config):
+  config.optimizer.name, config.optimizer.schedule, config.optimizer.learning_rate = 'sgd', 'constant', 1e30
+  config.optimizer.grad_clip_norm, config.checkpoint_every_steps, config.log_every_steps = 0.0, 1, 1
+  return config
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(config, data_dir, tmp_path):
+  with pytest.raises(train.NonFiniteLoss, match=r'the training loss is (nan|inf) at step (\d+); the last good '
+                                                r'checkpoint is step (\d+) \(kept\)') as err:
+    train.train_and_evaluate(_diverging(config), str(tmp_path), data_dir)
+  bad_step = int(err.value.args[0].split(' at step ')[1].split(';')[0])
+  steps = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints'))
+  assert steps and steps[-1] == bad_step - 1
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), steps[-1])))
+
+
+def test_skip_nonfinite_skips_bad_updates(config, data_dir, tmp_path):
+  config = _diverging(config)
+  config.skip_nonfinite, config.num_train_steps = True, 6
+  result = train.train_and_evaluate(config, str(tmp_path), data_dir)
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert sum(r.get('train_skipped_steps', 0) for r in rows) >= 1
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), 6)))
+  assert 'eval_loss' in result
+
+
+def test_offline_download_times_out_with_advice(config, tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', lambda self, **kw: time.sleep(30))
+  config.data.name, config.data.download_timeout_s = 'mnist', 1
+  start = time.time()
+  with pytest.raises(train.ConfigError, match=r'did not finish in 1 s \(no internet\?\).*offline dataset'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'data'))
+  assert time.time() - start < 20 and not (tmp_path / 'work').exists()
+
+
+def test_data_dir_that_is_not_a_directory_is_refused(config, tmp_path):
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(train.ConfigError, match='--data_dir=.*file is not a readable and writable directory'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'file'))
+  assert not (tmp_path / 'work').exists()
+
+
+def test_same_config_and_seed_give_bitwise_identical_metrics(config, data_dir, tmp_path):
+  config.data.augment_flip = config.data.augment_crop = True
+  config.num_train_steps, config.log_every_steps, config.eval_every_steps = 10, 2, 5
+  runs = []
+  for name in ('a', 'b'):
+    train.train_and_evaluate(config, str(tmp_path / name), data_dir)
+    rows = [json.loads(line) for line in open(tmp_path / name / 'metrics.jsonl')]
+    runs.append([{k: v for k, v in r.items() if k not in ('steps_per_sec', 'uptime')} for r in rows])
+  assert runs[0] == runs[1] and any('train_loss' in r for r in runs[0])
+
+
+def _out_size(n, k, s, p, d):  # independent closed form: SAME -> ceil(n / s), else floor((n + 2p - k_eff) / s) + 1
+  return -(-n // s) if p == 'SAME' else (n + 2 * (0 if p == 'VALID' else int(p)) - d * (k - 1) - 1) // s + 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(8, 64), blocks=st.integers(1, 3), k=st.sampled_from([1, 2, 3, 3, 3, 5, 7, 0]),
+       s=st.sampled_from([1, 1, 1, 2, 2, 3, 0, -1]), p=st.sampled_from(['SAME', 'SAME', 'VALID', '0', '1', '2']),
+       d=st.sampled_from([1, 1, 1, 2, 3]), pool=st.sampled_from(['max', 'avg', 'none']),
+       pw=st.sampled_from([2, 2, 1, 3]), ps=st.sampled_from([2, 2, 1, 3, 0]))
+def test_random_configs_raise_clearly_or_match_closed_form_shapes(config, size, blocks, k, s, p, d, pool, pw, ps):
+  config.data.image_size = size
+  m = config.model
+  m.features, m.kernel_size, m.stride, m.padding, m.dilation = (3,) * blocks, k, s, p, d
+  m.pool, m.pool_window, m.pool_stride = pool, pw, ps
+  try:
+    train.validate_config(config, 8)
+  except train.ConfigError as e:
+    event('refused')
+    assert '--config.' in str(e) or 'block' in str(e), e
+    return
+  event('built')
+  n, want = size, []
+  for _ in range(blocks):
+    n = _out_size(n, k, s, p, d)
+    if pool != 'none':
+      n = _out_size(n, pw, ps, 'VALID', 1)
+    want.append((1, n, n, 3))
+  model = models.build_model(m, 6)
+  x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  _, state = jax.eval_shape(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates']),
+                            variables, x)
+  got = [state['intermediates'][f'block{i}']['__call__'][0].shape for i in range(blocks)]
+  assert got == want and min(n for _, n, _, _ in want) >= 1
