@@ -23,9 +23,15 @@ config_flags.DEFINE_config_file('config', None, 'Set by --experiment; override f
                                 lock_config=True)
 flags.DEFINE_integer('sweep_index', None, 'Sweeps: run only point i (0-based), e.g. $SLURM_ARRAY_TASK_ID.')
 flags.DEFINE_bool('report_only', False, 'Sweeps: rebuild report.md and plots from the finished points only.')
+flags.DEFINE_bool('list_points', False, 'Sweeps: print the point names, one per line (index = line number), and exit.')
 flags.DEFINE_bool('analyze', False, 'Print per-layer shapes, params, FLOPs and receptive fields, then exit.')
 flags.DEFINE_bool('overwrite', False, 'Move a previous run in --workdir aside (to WORKDIR.overwritten-TIME) and '
                   'start again, instead of resuming it.')
+flags.DEFINE_bool('multihost', False, 'Join a multi-process run (jax.distributed.initialize); the coordinator comes '
+                  'from the flags below or from the cluster environment (SLURM, TPU pods, Kubernetes).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0..num_processes-1.')
 FLAGS = flags.FLAGS
 
 
@@ -58,13 +64,19 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if not FLAGS.workdir and not FLAGS.analyze:
-    raise app.UsageError('--workdir is required (except with --analyze)')
-  from cnnjax import checkpointing, sweep, train  # after flag parsing: importing jax/tf is slow, --help is not
+  if not FLAGS.workdir and not (FLAGS.analyze or FLAGS.list_points):
+    raise app.UsageError('--workdir is required (except with --analyze or --list_points)')
+  from cnnjax import checkpointing, parallel, sweep, train  # after flag parsing: jax/tf imports are slow
+
+  if FLAGS.multihost:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
   get_sweep = getattr(importlib.import_module(f'experiments.{FLAGS.experiment}'), 'get_sweep', None)
   try:
-    if FLAGS.analyze:
+    if FLAGS.list_points:
+      print('\n'.join(p.name for p in sweep.expand(get_sweep(), FLAGS.config.seeds, FLAGS.config.seed))
+            if get_sweep else '')
+    elif FLAGS.analyze:
       print(sweep.analyze(FLAGS.config, get_sweep, FLAGS.data_dir))
     elif get_sweep:
       sweep.run(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index, FLAGS.report_only,

@@ -141,12 +141,19 @@ def _preprocess(config: ml_collections.ConfigDict, spec: DatasetSpec, train: boo
   return fn
 
 
+Shard = tuple[int, int]  # (this process's index, number of processes)
+
+
+def process_shard() -> Shard:
+  return jax.process_index(), jax.process_count()
+
+
 def _source(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, split: str,
-            drop_remainder: bool) -> tf.data.Dataset:
-  """This process's share of ``split`` as {'image': uint8, 'target'}, cached in memory."""
-  head = config.head
-  target = _target(config.data, head, builder.info.features['label'].num_classes)
-  process_split = tfds.split_for_jax_process(split, drop_remainder=drop_remainder)
+            drop_remainder: bool, shard: Shard) -> tf.data.Dataset:
+  """Shard ``shard`` of ``split`` (as tfds.split_for_jax_process cuts it) as {'image', 'target'}, cached."""
+  target = _target(config.data, config.head, builder.info.features['label'].num_classes)
+  index, count = shard
+  process_split = tfds.even_splits(split, n=count, drop_remainder=drop_remainder)[index] if count > 1 else split
   ds = builder.as_dataset(split=process_split, shuffle_files=False,
                           read_config=tfds.ReadConfig(add_tfds_id=False))
   ds = ds.map(lambda ex: {'image': ex['image'], 'target': target(ex)}, num_parallel_calls=tf.data.AUTOTUNE)
@@ -165,13 +172,8 @@ def _device_batches(ds: tf.data.Dataset, num_devices: int) -> tf.data.Dataset:
   return ds.map(lambda b: tf.nest.map_structure(lambda x: tf.reshape(x, [num_devices, -1, *x.shape[1:]]), b))
 
 
-def local_batch_size(global_batch_size: int) -> int:
-  """This process's share of a global batch."""
-  return global_batch_size // jax.process_count()
-
-
 def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, num_devices: int,
-                   start_step: int = 0) -> Iterator[Batch]:
+                   start_step: int = 0, shard: Shard | None = None) -> Iterator[Batch]:
   """Endless training batches {'image': [D, B, H, W, C], 'target': [D, B, ...]}, starting at ``start_step``.
 
   Args:
@@ -179,13 +181,16 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
     builder: the prepared TFDS builder.
     num_devices: local devices, the leading batch axis.
     start_step: batches to skip, for resuming a run exactly where it stopped.
+    shard: (process index, process count) whose share of the data and of the global batch to produce;
+      default this process's.
 
   Returns:
     An iterator of numpy batches.
   """
   spec = get_spec(config.data.name)
-  batch = local_batch_size(config.batch_size)
-  ds = _source(config, builder, spec.train_split, drop_remainder=True)
+  shard = shard or process_shard()
+  batch = config.batch_size // shard[1]
+  ds = _source(config, builder, spec.train_split, drop_remainder=True, shard=shard)
   ds = ds.repeat().shuffle(config.data.shuffle_buffer, seed=config.seed).enumerate().skip(start_step * batch)
   ds = ds.map(_preprocess(config, spec, train=True), num_parallel_calls=tf.data.AUTOTUNE)
   ds = _device_batches(ds.batch(batch, drop_remainder=True), num_devices)
@@ -198,14 +203,20 @@ def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBu
 
   Returns:
     A re-iterable of numpy batches {'image', 'target', 'mask'}, each shaped [D, B, ...]; every pass is one
-    epoch and reuses the in-memory cache.
+    epoch and reuses the in-memory cache. With several processes every process yields the same number of
+    batches (all-padding ones at the end where its share is smaller), as the collectives need.
   """
   spec = get_spec(config.data.name)
-  batch = local_batch_size(config.eval_batch_size)
-  ds = _source(config, builder, spec.eval_split, drop_remainder=False).enumerate()
+  index, count = process_shard()
+  batch = config.eval_batch_size // count
+  ds = _source(config, builder, spec.eval_split, drop_remainder=False, shard=(index, count)).enumerate()
   ds = ds.map(_preprocess(config, spec, train=False), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: {**ex, 'mask': tf.constant(True)})
   ds = ds.padded_batch(batch).map(lambda b: _pad_to(b, batch))
+  if count > 1:
+    largest_share = -(-builder.info.splits[spec.eval_split].num_examples // count)
+    empty = ds.take(1).map(lambda b: tf.nest.map_structure(tf.zeros_like, b)).repeat()  # mask all False
+    ds = ds.concatenate(empty).take(-(-largest_share // batch))
   return tfds.as_numpy(_device_batches(ds, num_devices).prefetch(config.data.prefetch).with_options(_options()))
 
 

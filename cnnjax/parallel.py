@@ -1,21 +1,45 @@
-"""Data-parallel placement over the local devices with current APIs (NamedSharding + jax.device_put).
+"""Data parallelism on JAX's own runtime: two back-ends for one per-device step, and multi-host start-up.
 
-``jax.pmap`` maps over a leading device axis; these helpers build that axis: parameters are replicated
-(one copy per device) and batches are split, each placed with a ``NamedSharding`` over a 1-D mesh.
+The train and eval steps are written once, per device, with collectives over the axis ``AXIS``. A back-end
+maps them over devices and places data:
+
+- ``pmap`` (default): ``jax.pmap`` over the local devices; the state carries a leading device axis and batches
+  are [local devices, per-device batch, ...].
+- ``shard_map``: ``jax.jit`` of ``jax.shard_map`` over a 1-D mesh of all devices; the state is replicated
+  (``P()``) and a batch is one global array sharded on its first axis.
+
+Checkpoints hold the state replicated over the mesh of all devices, whichever back-end wrote them.
+Placement uses ``jax.device_put`` with shardings and ``jax.make_array_from_process_local_data``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-AXIS = 'batch'  # the data-parallel axis name used by pmap and in every collective
+AXIS = 'batch'  # the data-parallel axis name used in every collective
+BACKENDS = ('pmap', 'shard_map')
 
 PyTree = Any
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins a multi-process run with ``jax.distributed.initialize``.
+
+  With no arguments JAX detects the cluster (SLURM, TPU pods, Kubernetes...); on CPU, collectives use gloo.
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+  logging.info('Process %d of %d; %d local / %d global devices.', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
 
 
 def local_mesh() -> Mesh:
@@ -23,23 +47,117 @@ def local_mesh() -> Mesh:
   return Mesh(np.array(jax.local_devices()), (AXIS,))
 
 
-def device_sharding(mesh: Mesh) -> NamedSharding:
-  """Splits the leading (device) axis of an array over the mesh."""
-  return NamedSharding(mesh, P(AXIS))
+def global_mesh() -> Mesh:
+  """A 1-D mesh over every device of every process."""
+  return Mesh(np.array(jax.devices()), (AXIS,))
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-  """One copy of every leaf per device, stacked on a new leading axis."""
-  sharding = device_sharding(mesh)
-  n = mesh.size
-  return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), sharding), tree)
+  """One copy of every leaf per device of ``mesh``, stacked on a new leading axis (pmap's layout)."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(local_value(x), (mesh.size, *np.shape(x))),
+                                               sharding), tree)
 
 
 def unreplicate(tree: PyTree) -> PyTree:
-  """The first device's copy of a replicated tree."""
+  """The first device's copy of a tree with a leading device axis."""
   return jax.tree.map(lambda x: x[0], tree)
 
 
 def shard(batch: PyTree, mesh: Mesh) -> PyTree:
   """Places a [devices, per-device batch, ...] host batch with slice i on device i."""
-  return jax.device_put(batch, device_sharding(mesh))
+  return jax.device_put(batch, NamedSharding(mesh, P(AXIS)))
+
+
+def local_value(x: Any) -> np.ndarray:
+  """A host copy of this process's first shard of ``x`` (the whole value for replicated arrays)."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+def first(x: Any) -> float:
+  """The value of a metric that every device holds (pmap: one per device; shard_map: replicated)."""
+  return float(local_value(x).reshape(-1)[0])
+
+
+class Backend:
+  """How the per-device steps are mapped over devices and how state and batches are laid out for them."""
+  name: str
+
+  def __init__(self):
+    self.checkpoint_sharding = NamedSharding(global_mesh(), P())
+
+  def to_checkpoint(self, state: PyTree) -> PyTree:
+    """The state replicated over all devices, as checkpoints hold it."""
+    raise NotImplementedError
+
+  def from_checkpoint(self, state: PyTree) -> PyTree:
+    """A checkpoint-layout state placed for the steps."""
+    raise NotImplementedError
+
+  def put_batch(self, batch: PyTree) -> PyTree:
+    """Places this process's [local devices, per-device batch, ...] host batch."""
+    raise NotImplementedError
+
+  def map_train_step(self, step: Callable) -> Callable:
+    """``step(state, batch, rng)`` mapped over devices, the state donated."""
+    raise NotImplementedError
+
+  def map_eval_step(self, step: Callable) -> Callable:
+    """``step(state, batch)`` mapped over devices."""
+    raise NotImplementedError
+
+
+class PmapBackend(Backend):
+  name = 'pmap'
+
+  def __init__(self):
+    super().__init__()
+    self.mesh = local_mesh()
+
+  def to_checkpoint(self, state):
+    return jax.tree.map(lambda x: jax.device_put(local_value(x)[0], self.checkpoint_sharding), state)
+
+  def from_checkpoint(self, state):
+    return replicate(state, self.mesh)
+
+  def put_batch(self, batch):
+    return shard(batch, self.mesh)
+
+  def map_train_step(self, step):
+    return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+
+  def map_eval_step(self, step):
+    return jax.pmap(step, axis_name=AXIS)
+
+
+class ShardMapBackend(Backend):
+  name = 'shard_map'
+
+  def __init__(self):
+    super().__init__()
+    self.mesh = global_mesh()
+    self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
+
+  def to_checkpoint(self, state):
+    return state
+
+  def from_checkpoint(self, state):
+    return jax.device_put(state, self.checkpoint_sharding)
+
+  def put_batch(self, batch):
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        self.batch_sharding, x.reshape(-1, *x.shape[2:])), batch)
+
+  def map_train_step(self, step):
+    mapped = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()))
+    return jax.jit(mapped, donate_argnums=(0,))
+
+  def map_eval_step(self, step):
+    return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
+
+
+def get_backend(name: str) -> Backend:
+  """The back-end named by ``--config.parallel``."""
+  if name not in BACKENDS:
+    raise ValueError(f'--config.parallel={name!r} is unknown; choose one of {BACKENDS}')
+  return PmapBackend() if name == 'pmap' else ShardMapBackend()

@@ -1,14 +1,15 @@
-"""Training and evaluation: a pure pmapped train step, the loop, checkpoints and metrics.
+"""Training and evaluation: a pure per-device train step, the loop, checkpoints and metrics.
 
-``train_step`` and ``eval_step`` are pure functions of (state, batch[, rng]); hyper-parameters are bound with
-``functools.partial`` and the step is mapped over the local devices with ``jax.pmap`` (gradients and metrics
-are ``pmean``ed over the device axis). Everything with side effects (data, logging, checkpoints) stays in
-``train_and_evaluate``.
+``train_step`` and ``eval_step`` are pure functions of (state, batch[, rng]) on one device's shard, with
+collectives over ``parallel.AXIS``; hyper-parameters are bound with ``functools.partial`` and the step is
+mapped over devices by ``--config.parallel``: ``jax.pmap`` (default) or ``jax.jit`` of ``jax.shard_map``.
+Everything with side effects (data, logging, checkpoints) stays in ``train_and_evaluate``.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from absl import logging
 from clu import parameter_overview, periodic_actions
 from flax import traverse_util
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
 from cnnjax import checkpointing, heads, input_pipeline, models, parallel, writers
 
@@ -72,6 +74,14 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.CNN, ima
   """Initial parameters and optimizer state (on the host's default device)."""
   params = jax.jit(model.init, static_argnames='train')(rng, jnp.zeros((1, *image_shape)), train=False)['params']
   return TrainState.create(apply_fn=model.apply, params=params, tx=create_tx(config))
+
+
+def params_fingerprint(params) -> str:
+  """sha256 of this process's copy of the parameters' bytes: equal fingerprints mean bitwise-equal params."""
+  digest = hashlib.sha256()
+  for x in jax.tree.leaves(params):
+    digest.update(parallel.local_value(x).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def count_params(model: models.CNN, image_shape: tuple[int, ...]) -> int:
@@ -126,19 +136,18 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Hea
   return jax.lax.psum({**sums, 'count': mask.sum()}, axis_name)
 
 
-def make_pmapped_steps(head: heads.Head, learning_rate_fn: optax.Schedule) -> tuple[Callable, Callable]:
-  """The pmapped train step (state donated, rng broadcast) and eval step."""
-  p_train = jax.pmap(functools.partial(train_step, head=head, learning_rate_fn=learning_rate_fn),
-                     axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
-  p_eval = jax.pmap(functools.partial(eval_step, head=head), axis_name=parallel.AXIS)
-  return p_train, p_eval
+def make_steps(backend: parallel.Backend, head: heads.Head, learning_rate_fn: optax.Schedule
+               ) -> tuple[Callable, Callable]:
+  """The train step (state donated, rng broadcast) and eval step, mapped over devices by ``backend``."""
+  return (backend.map_train_step(functools.partial(train_step, head=head, learning_rate_fn=learning_rate_fn)),
+          backend.map_eval_step(functools.partial(eval_step, head=head)))
 
 
-def evaluate(p_eval: Callable, state: TrainState, batches: Iterable[dict], mesh: jax.sharding.Mesh
+def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], backend: parallel.Backend
              ) -> dict[str, float]:
   """Mean metrics over one pass of ``batches``, with 'eval_' names."""
-  sums = [p_eval(state, parallel.shard(b, mesh)) for b in batches]
-  totals = jax.tree.map(lambda *xs: float(sum(np.asarray(x)[0] for x in xs)), *sums)
+  sums = [eval_fn(state, backend.put_batch(b)) for b in batches]
+  totals = jax.tree.map(lambda *xs: sum(parallel.first(x) for x in xs), *sums)
   count = totals.pop('count')
   return {f'eval_{k}': v / count for k, v in totals.items()}
 
@@ -185,6 +194,7 @@ def _validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f'--config.optimizer.schedule={opt.schedule!r} is unknown; choose one of {SCHEDULES}')
   if opt.learning_rate <= 0:
     raise ValueError(f'--config.optimizer.learning_rate={opt.learning_rate} must be > 0')
+  parallel.get_backend(config.parallel)
   if config.rng_impl not in RNG_IMPLS:
     raise ValueError(f'--config.rng_impl={config.rng_impl!r} is unknown; choose one of {RNG_IMPLS}')
   models.validate_model_config(config.model)
@@ -209,8 +219,13 @@ def prepare_data(config: ml_collections.ConfigDict, data_dir: str | None):
                    or os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)):
     raise ConfigError(f'--data_dir={data_dir} is not a readable and writable directory; point it at one')
   builder = input_pipeline.get_builder(config.data, data_dir)
-  if not builder.is_prepared():
+  if jax.process_index() == 0 and not builder.is_prepared():
     _download_and_prepare(builder, config)
+  if jax.process_count() > 1:  # the others wait for process 0, then prepare only if they see no data
+    multihost_utils.sync_global_devices('cnnjax: data prepared by process 0')
+    builder = input_pipeline.get_builder(config.data, data_dir)
+    if not builder.is_prepared():  # a host without the shared filesystem: deterministic, so the same data
+      _download_and_prepare(builder, config)
   try:
     input_pipeline.validate_data_config(config, builder)
   except ValueError as e:
@@ -284,11 +299,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_di
   builder, info = prepare_data(config, data_dir)
   head = heads.get_head(config.head)
   model = models.build_model(config.model, info.num_outputs)
-  mesh = parallel.local_mesh()
+  backend = parallel.get_backend(config.parallel)
   learning_rate_fn = create_learning_rate_fn(config.optimizer, config.num_train_steps)
 
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed, impl=config.rng_impl))
   state = create_train_state(config, model, info.image_shape, init_rng)
+  state = jax.tree.map(lambda x: jax.device_put(np.asarray(x), backend.checkpoint_sharding), state)
   checkpoints = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, 'checkpoints')),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints))
@@ -306,17 +322,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_di
   logging.info('Model: %s parameters.\n%s\n%s', f'{num_params:,}', parameter_overview.get_parameter_overview(
       state.params), model.tabulate(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False))
 
-  p_train, p_eval = make_pmapped_steps(head, learning_rate_fn)
-  state = parallel.replicate(state, mesh)
-  train_iter = input_pipeline.train_iterator(config, builder, mesh.size, start_step)
-  eval_batches = input_pipeline.eval_batches(config, builder, mesh.size)
+  train_fn, eval_fn = make_steps(backend, head, learning_rate_fn)
+  state = backend.from_checkpoint(state)
+  train_iter = input_pipeline.train_iterator(config, builder, jax.local_device_count(), start_step)
+  eval_batches = input_pipeline.eval_batches(config, builder, jax.local_device_count())
   report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                                     every_steps=config.log_every_steps)
   pending: list[tuple[int, Metrics]] = []
   eval_metrics: dict[str, float] = {}
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      state, metrics = p_train(state, parallel.shard(next(train_iter), mesh), dropout_rng)
+      state, metrics = train_fn(state, backend.put_batch(next(train_iter)), dropout_rng)
       pending.append((step, metrics))
       report_progress(step, time.time())
       last, stop = step == config.num_train_steps, preemption.requested is not None
@@ -325,15 +341,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_di
         _write_train_metrics(writer, pending, config, checkpoints.latest_step())
         pending = []
       if step % config.eval_every_steps == 0 or last:
-        eval_metrics = evaluate(p_eval, state, eval_batches, mesh)
+        eval_metrics = evaluate(eval_fn, state, eval_batches, backend)
         writer.write_scalars(step, eval_metrics)
       if save:
-        checkpoints.save(step, args=ocp.args.StandardSave(parallel.unreplicate(state)), force=True)
+        checkpoints.save(step, args=ocp.args.StandardSave(backend.to_checkpoint(state)), force=True)
       if stop:
         raise checkpointing.Preempted(step, workdir)
     if not eval_metrics:  # resumed a finished run: evaluate what it left
-      eval_metrics = evaluate(p_eval, state, eval_batches, mesh)
+      eval_metrics = evaluate(eval_fn, state, eval_batches, backend)
     writer.write_scalars(config.num_train_steps, {'num_params': num_params})
+    logging.info('Process %d: final params fingerprint %s', jax.process_index(),
+                 params_fingerprint(backend.to_checkpoint(state).params))
   finally:  # however the loop ends, finish the checkpoints already started
     checkpoints.wait_until_finished()
     checkpoints.close()
@@ -345,14 +363,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_di
 def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_collections.ConfigDict,
                          last_checkpoint: int | None) -> None:
   """Writes the mean of the pending steps' metrics (one host sync); stops on a non-finite loss."""
-  rows = jax.device_get([m for _, m in pending])
-  losses = np.array([r['loss'][0] for r in rows])
+  rows = [{k: parallel.first(v) for k, v in m.items()} for _, m in pending]  # one host sync
+  losses = np.array([r['loss'] for r in rows])
   bad = ~np.isfinite(losses)
   if bad.any() and not config.skip_nonfinite:
     step = pending[int(bad.argmax())][0]
     raise NonFiniteLoss(f'the training loss is {losses[bad][0]} at step {step}; the last good checkpoint is step '
                         f'{last_checkpoint} (kept). Lower --config.optimizer.learning_rate, clip with '
                         '--config.optimizer.grad_clip_norm, or skip such updates with --config.skip_nonfinite=True')
-  scalars = {f'train_{k}': np.mean([r[k][0] for r, b in zip(rows, bad, strict=True) if not b] or [np.nan])
+  scalars = {f'train_{k}': np.mean([r[k] for r, b in zip(rows, bad, strict=True) if not b] or [np.nan])
              for k in rows[0]}
   writer.write_scalars(pending[-1][0], {**scalars, 'train_skipped_steps': int(bad.sum())} if bad.any() else scalars)

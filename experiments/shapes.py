@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-4
   config.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
 
+  config.parallel = 'pmap'  # pmap (jax.pmap over local devices) | shard_map (jax.jit of jax.shard_map, 1-D mesh)
   config.batch_size = 128  # global: split over all devices
   config.eval_batch_size = 256
   config.num_train_steps = 1000

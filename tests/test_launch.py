@@ -38,3 +38,9 @@ def test_launch_refuses_bad_input_with_one_clear_line(tmp_path, flags, message):
   proc = _launch(f'--workdir={workdir}', *flags)
   assert proc.returncode != 0 and message in proc.stderr
   assert 'Traceback' not in proc.stderr and not workdir.exists()
+
+
+def test_list_points_prints_one_sweep_point_per_line():
+  proc = _launch('--experiment=pooling', '--list_points', env_devices=1)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ['pool=max', 'pool=avg', 'pool=none', 'conv_stride2']

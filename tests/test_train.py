@@ -35,28 +35,40 @@ def test_training_on_shapes_learns(config, data_dir, tmp_path):
   assert os.listdir(tmp_path / 'checkpoints') == ['150']
 
 
-def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_dir):
+@pytest.mark.parametrize('backend', parallel.BACKENDS)
+def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_dir, backend):
   builder, info = train.prepare_data(config, data_dir)
   model = models.build_model(config.model, info.num_outputs)
   lr_fn = train.create_learning_rate_fn(config.optimizer, config.num_train_steps)
   state = train.create_train_state(config, model, info.image_shape, jax.random.key(0))
-  step = jax.pmap(functools.partial(train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn),
-                  axis_name=parallel.AXIS, in_axes=(0, 0, None))
+  initial_kernel = np.array(state.params['block0']['kernel'])  # a copy: donation may free state's buffers
+  step = functools.partial(train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn)
   batches = input_pipeline.train_iterator(config, builder, num_devices=1)
   batches = [next(batches) for _ in range(3)]  # global batches of 64, shaped [1, 64, ...]
 
-  def run(n):
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:n]), (parallel.AXIS,))
-    s = parallel.replicate(state, mesh)
-    for batch in batches:
-      split = jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[2:]), batch)  # n devices x 64 / n
-      s, metrics = step(s, parallel.shard(split, mesh), jax.random.key(1))
-    return jax.device_get(parallel.unreplicate(s.params)), float(metrics['loss'][0])
+  # Reference: the same step on one device (pmap over a 1-device mesh), the whole batch on it.
+  one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
+  ref, ref_step = parallel.replicate(state, one), jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None))
+  for batch in batches:
+    ref, ref_metrics = ref_step(ref, parallel.shard(batch, one), jax.random.key(1))
 
-  (params1, loss1), (params8, loss8) = run(1), run(8)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), params1, params8)
-  np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
-  assert not np.allclose(params8['block0']['kernel'], state.params['block0']['kernel'])  # it trained
+  mapped = parallel.get_backend(backend)  # all 8 devices, 8 examples each
+  s, train_fn = mapped.from_checkpoint(state), mapped.map_train_step(step)
+  for batch in batches:
+    s, metrics = train_fn(s, mapped.put_batch(jax.tree.map(lambda x: x.reshape(8, 8, *x.shape[2:]), batch)),
+                          jax.random.key(1))
+  got = jax.tree.map(parallel.local_value, mapped.to_checkpoint(s).params)
+  want = jax.tree.map(lambda x: parallel.local_value(x)[0], ref.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, want)
+  np.testing.assert_allclose(parallel.first(metrics['loss']), parallel.first(ref_metrics['loss']), rtol=1e-5)
+  assert not np.allclose(got['block0']['kernel'], initial_kernel)  # it trained
+
+
+def test_shard_map_backend_trains_end_to_end(config, data_dir, tmp_path):
+  config.parallel, config.num_train_steps = 'shard_map', 10
+  result = train.train_and_evaluate(config, str(tmp_path), data_dir)
+  assert np.isfinite(result['eval_loss']) and os.listdir(tmp_path / 'checkpoints') == ['10']
+  train.train_and_evaluate(config, str(tmp_path), data_dir)  # restores the replicated checkpoint layout
 
 
 def test_resume_equals_uninterrupted_run(config, data_dir, tmp_path):
