@@ -43,6 +43,7 @@ class BlockSpec:
   pool_stride: int = 2
   flip_kernel: bool = False
   fixed_filters: str = ''  # '' = learned; else a name for ops.fixed_filter_bank (frozen, no parameters)
+  conv_impl: str = 'xla'  # ops.CONVS: how the convolution is computed (same result)
 
 
 class ConvBlock(nn.Module):
@@ -82,8 +83,8 @@ def make_block(spec: BlockSpec, name: str | None = None) -> ConvBlock:
   pool = ops.get_pool(spec.pool)
   return ConvBlock(
       features=spec.features, kernel_size=spec.kernel_size, name=name, fixed_filters=spec.fixed_filters,
-      conv=functools.partial(ops.conv2d, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
-                             flip_kernel=spec.flip_kernel),
+      conv=functools.partial(ops.get_conv(spec.conv_impl), stride=spec.stride, padding=spec.padding,
+                             dilation=spec.dilation, flip_kernel=spec.flip_kernel),
       activation=ops.get_activation(spec.activation),
       pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride))
 
@@ -126,7 +127,8 @@ def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...
                 padding=str(model_config.padding), dilation=model_config.dilation,
                 activation=model_config.activation, pool=model_config.pool,
                 pool_window=model_config.pool_window, pool_stride=model_config.pool_stride,
-                flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == 'learned') else first)
+                flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == 'learned') else first,
+                conv_impl=model_config.conv_impl)
       for i, f in enumerate(features))
 
 
@@ -148,7 +150,8 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   for flag, value in (('features', model_config.features), ('dense', model_config.dense)):
     if any(v < 1 for v in value):
       raise ValueError(f'--config.model.{flag}={tuple(value)}: every width must be >= 1')
-  checks = ((ops.get_activation, 'activation'), (ops.get_pool, 'pool'), (ops.parse_padding, 'padding'))
+  checks = ((ops.get_activation, 'activation'), (ops.get_pool, 'pool'), (ops.parse_padding, 'padding'),
+            (ops.get_conv, 'conv_impl'))
   for check, flag in checks:
     try:
       check(model_config[flag])

@@ -6,6 +6,7 @@ take them as callables and an ablation is a change of which function is passed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -65,6 +66,69 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 
   return jax.lax.conv_general_dilated(
       x, kernel, window_strides=(stride, stride), padding=parse_padding(padding),
       rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 'VALID', dilation: int = 1,
+                  flip_kernel: bool = False) -> jax.Array:
+  """``conv2d`` computed as one matrix product over extracted patches (im2col).
+
+  The patches are kh*kw strided slices of the padded input, so the forward pass and both gradients are a
+  matmul plus cheap slicing. On CPU this can beat XLA's direct convolution for wide layers and large
+  batches (see benchmarks/); the result equals ``conv2d`` up to float rounding.
+
+  Args and Returns: as ``conv2d``.
+  """
+  if flip_kernel:
+    kernel = kernel[::-1, ::-1]
+  kh, kw, cin, cout = kernel.shape
+  n, h, w, _ = x.shape
+  oh, ow = conv_output_size(h, kh, stride, padding, dilation), conv_output_size(w, kw, stride, padding, dilation)
+  pad = parse_padding(padding)
+  if pad == 'VALID':
+    pad = [(0, 0), (0, 0)]
+  elif pad == 'SAME':  # XLA's split: the extra pixel, if any, goes after
+    total = [max((o - 1) * stride + dilation * (k - 1) + 1 - i, 0) for o, k, i in ((oh, kh, h), (ow, kw, w))]
+    pad = [(t // 2, t - t // 2) for t in total]
+  x = jnp.pad(x, [(0, 0), *pad, (0, 0)])
+  patches = jnp.concatenate([
+      jax.lax.slice(x, (0, i * dilation, j * dilation, 0),
+                    (n, i * dilation + (oh - 1) * stride + 1, j * dilation + (ow - 1) * stride + 1, cin),
+                    (1, stride, stride, 1))
+      for i in range(kh) for j in range(kw)], axis=-1)  # [n, oh, ow, kh*kw*cin] in the kernel's (i, j, c) order
+  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv2d_im2col_grad(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 'VALID',
+                       dilation: int = 1, flip_kernel: bool = False) -> jax.Array:
+  """``conv2d`` forward (XLA's convolution), with the gradients of ``conv2d_im2col`` (two matmuls).
+
+  XLA:CPU's direct convolution is fast forward but slow in its gradients; the im2col gradients are matrix
+  products. Args and Returns: as ``conv2d``.
+  """
+  return conv2d(x, kernel, stride, padding, dilation, flip_kernel)
+
+
+def _im2col_grad_fwd(x, kernel, stride, padding, dilation, flip_kernel):
+  return conv2d(x, kernel, stride, padding, dilation, flip_kernel), (x, kernel)
+
+
+def _im2col_grad_bwd(stride, padding, dilation, flip_kernel, residuals, g):
+  _, vjp = jax.vjp(lambda x, k: conv2d_im2col(x, k, stride, padding, dilation, flip_kernel), *residuals)
+  return vjp(g)
+
+
+conv2d_im2col_grad.defvjp(_im2col_grad_fwd, _im2col_grad_bwd)
+
+CONVS: dict[str, Callable[..., jax.Array]] = {'xla': conv2d, 'im2col': conv2d_im2col,
+                                              'im2col_grad': conv2d_im2col_grad}
+
+
+def get_conv(name: str) -> Callable[..., jax.Array]:
+  """Looks a conv implementation up by name ('xla', 'im2col' or 'im2col_grad')."""
+  if name not in CONVS:
+    raise ValueError(f'unknown conv implementation {name!r}; choose one of {sorted(CONVS)}')
+  return CONVS[name]
 
 
 def conv_output_size(n: int, k: int, s: int = 1, p: Padding = 0, d: int = 1) -> int:
@@ -140,6 +204,8 @@ def max_pool(x: jax.Array, window: int = 2, stride: int | None = None, padding: 
     [N, H_out, W_out, C], each the maximum of its window.
   """
   stride = window if stride is None else stride
+  if stride == window and parse_padding(padding) == 'VALID':
+    return _tiles(x, window).max(axis=(2, 4))
   return nn.max_pool(x, (window, window), (stride, stride), parse_padding(padding))
 
 
@@ -156,7 +222,20 @@ def avg_pool(x: jax.Array, window: int = 2, stride: int | None = None, padding: 
     [N, H_out, W_out, C], each the mean of its window.
   """
   stride = window if stride is None else stride
+  if stride == window and parse_padding(padding) == 'VALID':
+    return _tiles(x, window).mean(axis=(2, 4))
   return nn.avg_pool(x, (window, window), (stride, stride), parse_padding(padding), count_include_pad=False)
+
+
+def _tiles(x: jax.Array, window: int) -> jax.Array:
+  """[N, H, W, C] -> [N, H//k, k, W//k, k, C]: non-overlapping windows as axes (the rest cropped, as VALID).
+
+  Reducing these axes is the same pooling as ``lax.reduce_window`` with stride == window, and XLA compiles
+  its gradient to a broadcast instead of a scatter: 1.4x (avg) to 2.5x (max) faster on CPU.
+  """
+  n, h, w, c = x.shape
+  h, w = h // window * window, w // window * window
+  return x[:, :h, :w].reshape(n, h // window, window, w // window, window, c)
 
 
 POOLS: dict[str, Callable[..., jax.Array] | None] = {'max': max_pool, 'avg': avg_pool, 'none': None}

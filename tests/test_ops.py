@@ -1,5 +1,6 @@
 """cnnjax.ops against independent references: scipy.signal, numpy and closed forms."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,13 +13,35 @@ def _single(x):  # [H, W] -> [1, H, W, 1]
   return jnp.asarray(x, jnp.float32)[None, :, :, None]
 
 
+CONVS = sorted(ops.CONVS)
+
+
+@pytest.mark.parametrize('impl', CONVS)
 @pytest.mark.parametrize('n,k', [(7, 3), (10, 4), (5, 5), (12, 2)])
-def test_true_convolution_equals_scipy_convolve2d(n, k):
+def test_true_convolution_equals_scipy_convolve2d(n, k, impl):
   rng = np.random.default_rng(n * k)
   x, w = rng.normal(size=(n, n)), rng.normal(size=(k, k))
   for mode, padding in (('valid', 'VALID'), ('full', k - 1)):
-    got = ops.conv2d(_single(x), _single(w).reshape(k, k, 1, 1), padding=padding, flip_kernel=True)[0, :, :, 0]
-    np.testing.assert_allclose(got, scipy.signal.convolve2d(x, w, mode=mode), rtol=1e-4, atol=1e-4)
+    got = ops.CONVS[impl](_single(x), _single(w).reshape(k, k, 1, 1), padding=padding, flip_kernel=True)
+    np.testing.assert_allclose(got[0, :, :, 0], scipy.signal.convolve2d(x, w, mode=mode), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('impl', ['im2col', 'im2col_grad'])
+@pytest.mark.parametrize('stride,padding,dilation', [(1, 'SAME', 1), (2, 'SAME', 1), (3, 'VALID', 1), (1, 2, 2),
+                                                     (2, 'SAME', 2)])
+def test_im2col_convs_match_xla_values_and_gradients(impl, stride, padding, dilation):
+  rng = np.random.default_rng(stride)
+  x = jnp.asarray(rng.normal(size=(2, 11, 9, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride=stride, padding=padding, dilation=dilation)))
+
+  np.testing.assert_allclose(ops.CONVS[impl](x, w, stride, padding, dilation),
+                             ops.conv2d(x, w, stride, padding, dilation), rtol=1e-4, atol=1e-4)
+  got, want = jax.grad(loss(ops.CONVS[impl]), (0, 1))(x, w), jax.grad(loss(ops.conv2d), (0, 1))(x, w)
+  for a, b in zip(got, want, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_cross_correlation_equals_scipy_correlate2d_and_differs_from_convolution():
@@ -76,11 +99,15 @@ def test_same_padding_gives_ceil_n_over_s(n, s, want):
 
 
 def test_pools_against_numpy():
-  x = np.random.default_rng(3).normal(size=(2, 8, 6, 3)).astype(np.float32)
-  blocks = x.reshape(2, 4, 2, 3, 2, 3)
+  x = np.random.default_rng(3).normal(size=(2, 9, 7, 3)).astype(np.float32)  # odd sizes: VALID drops the rest
+  blocks = x[:, :8, :6].reshape(2, 4, 2, 3, 2, 3)
   np.testing.assert_allclose(ops.max_pool(jnp.asarray(x)), blocks.max(axis=(2, 4)), rtol=1e-6)
   np.testing.assert_allclose(ops.avg_pool(jnp.asarray(x)), blocks.mean(axis=(2, 4)), rtol=1e-5)
-  assert ops.max_pool(jnp.zeros((1, 9, 9, 1)), window=3, stride=2).shape == (1, 4, 4, 1)  # (9 - 3) // 2 + 1
+  overlapping = ops.max_pool(jnp.asarray(x), window=3, stride=2)  # the reduce_window path
+  assert overlapping.shape == (2, 4, 3, 3)  # (9 - 3) // 2 + 1, (7 - 3) // 2 + 1
+  np.testing.assert_allclose(overlapping[0, 1, 2, 0], x[0, 2:5, 4:7, 0].max(), rtol=1e-6)
+  np.testing.assert_allclose(ops.avg_pool(jnp.asarray(x), window=3, stride=2)[1, 3, 0, 2],
+                             x[1, 6:9, 0:3, 2].mean(), rtol=1e-5)
 
 
 def test_seed_224_map_pools_to_112():

@@ -1,0 +1,223 @@
+r"""Train-step benchmark: compile time, throughput, FLOP/s against a measured matmul peak, eval throughput,
+input-pipeline stall, and (with --vs_torch) PyTorch eager on the same model and batch, in one process.
+
+  python benchmarks/bench.py                          # the flax mnist-example CNN, batch 128 and 512
+  python benchmarks/bench.py --vs_torch --json=/tmp/bench.json
+  python benchmarks/bench.py --experiment=shapes --config.model.variant=small --batch_sizes=128
+
+The model is the experiment's (default `mnist`: conv32-relu-avgpool-conv64-relu-avgpool-dense256-dense10,
+SGD with momentum), fed device-resident synthetic batches of its input shape. FLOPs are the closed-form
+forward FLOPs (cnnjax.analysis) times 3 for forward + backward. Throughput is the median over windows; with
+--vs_torch, JAX and PyTorch windows alternate so that both see the same machine state. Runs in ~3-5 minutes
+on 2 CPU cores.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+flags.DEFINE_string('experiment', 'mnist', 'Experiment whose model and optimizer are benchmarked.')
+config_flags.DEFINE_config_file('config', None, 'Set from --experiment; override with --config.FIELD=VALUE.')
+flags.DEFINE_list('batch_sizes', ['128', '512'], 'Global batch sizes to measure.')
+flags.DEFINE_integer('windows', 5, 'Timed windows per measurement (the median is reported).')
+flags.DEFINE_float('window_seconds', 3.0, 'Approximate length of one timed window.')
+flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorch eager model (needs torch).')
+flags.DEFINE_bool('pipeline', True, 'Measure the input-pipeline stall on the offline shapes dataset.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory for the pipeline measurement.')
+flags.DEFINE_string('json', None, 'Also write the results as JSON here.')
+FLAGS = flags.FLAGS
+
+
+def timed_windows(run_steps, steps_per_window: int, windows: int) -> list[float]:
+  """Seconds per step of each window; run_steps(n) must block until its n steps are done."""
+  times = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    run_steps(steps_per_window)
+    times.append((time.perf_counter() - start) / steps_per_window)
+  return times
+
+
+def matmul_peak_gflops(n: int = 2048) -> float:
+  """fp32 matmul GFLOP/s of XLA on this backend: the median of several timed n x n products."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(7):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / statistics.median(times) / 1e9
+
+
+class JaxRunner:
+  """The cnnjax train and eval steps on synthetic, device-resident batches."""
+
+  def __init__(self, config, batch_size: int):
+    import jax
+    import numpy as np
+
+    from cnnjax import analysis, heads, input_pipeline, models, parallel, train
+    self.jax = jax
+    config.batch_size = config.eval_batch_size = batch_size
+    size = input_pipeline.image_size(config.data)
+    shape = (size, size, input_pipeline.get_spec(config.data.name).channels)
+    num_outputs = 10
+    model = models.build_model(config.model, num_outputs)
+    self.fwd_flops = analysis.totals(analysis.analyze(config.model, shape, num_outputs))['flops']
+    self.num_params = train.count_params(model, shape)
+    self.backend = parallel.get_backend(config.parallel)
+    lr_fn = train.create_learning_rate_fn(config.optimizer, 10**6)
+    self.train_fn, self.eval_fn = train.make_steps(self.backend, heads.get_head('multiclass'), lr_fn)
+    rng = np.random.default_rng(0)
+    n = jax.local_device_count()
+    host = {'image': rng.normal(size=(n, batch_size // n, *shape)).astype(np.float32),
+            'target': rng.integers(0, num_outputs, (n, batch_size // n)).astype(np.int32),
+            'mask': np.ones((n, batch_size // n), bool)}
+    self.batch = self.backend.put_batch(host)
+    self.state = self.backend.from_checkpoint(
+        train.create_train_state(config, model, shape, jax.random.key(0, impl=config.rng_impl)))
+    self.rng = jax.random.key(1, impl=config.rng_impl)
+    self.config, self.host_batch = config, host
+
+  def compile_seconds(self) -> float:
+    """First call (trace + compile + one step) minus a steady step."""
+    start = time.perf_counter()
+    self.train(1)
+    first = time.perf_counter() - start
+    return first - min(timed_windows(self.train, 1, 3))
+
+  def train(self, steps: int) -> None:
+    for _ in range(steps):
+      self.state, metrics = self.train_fn(self.state, self.batch, self.rng)
+    self.jax.block_until_ready(metrics)
+
+  def eval(self, steps: int) -> None:
+    for _ in range(steps):
+      out = self.eval_fn(self.state, self.batch)
+    self.jax.block_until_ready(out)
+
+  def train_from(self, iterator, steps: int) -> None:
+    for _ in range(steps):
+      self.state, metrics = self.train_fn(self.state, self.backend.put_batch(next(iterator)), self.rng)
+    self.jax.block_until_ready(metrics)
+
+
+class TorchRunner:
+  """The same CNN in PyTorch eager (NCHW), SGD with the same momentum."""
+
+  def __init__(self, config, batch_size: int, shape):
+    import torch
+    from torch import nn
+    torch.set_num_threads(os.cpu_count())
+    if tuple(config.model.features or ()) not in ((), (32, 64)) or config.model.variant != 'base':
+      raise app.UsageError('--vs_torch mirrors the base variant (conv32-conv64-dense256) only')
+    pool = {'avg': nn.AvgPool2d(2), 'max': nn.MaxPool2d(2)}[config.model.pool]
+    h, w, c = shape
+    self.model = nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), pool, nn.Conv2d(32, 64, 3, padding=1),
+                               nn.ReLU(), pool, nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 256), nn.ReLU(),
+                               nn.Linear(256, 10))
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=config.optimizer.momentum)
+    self.x = torch.randn(batch_size, c, h, w)
+    self.y = torch.randint(0, 10, (batch_size,))
+    self.loss = nn.CrossEntropyLoss()
+    self.torch = torch
+
+  def train(self, steps: int) -> None:
+    for _ in range(steps):
+      self.opt.zero_grad(set_to_none=True)
+      self.loss(self.model(self.x), self.y).backward()
+      self.opt.step()
+
+
+def steps_for(run, seconds: float) -> int:
+  """How many steps fill about ``seconds`` (after one warm-up step)."""
+  run(1)
+  start = time.perf_counter()
+  run(2)
+  return max(2, int(seconds / ((time.perf_counter() - start) / 2)))
+
+
+def bench_batch(base_config, batch_size: int, peak: float) -> dict:
+  config = base_config.copy_and_resolve_references()
+  jx = JaxRunner(config, batch_size)
+  row = {'batch_size': batch_size, 'params': jx.num_params, 'parallel': config.parallel,
+         'dtype': config.model.dtype, 'compile_s': jx.compile_seconds()}
+  n = steps_for(jx.train, FLAGS.window_seconds)
+  runners = {'jax': jx.train}
+  if FLAGS.vs_torch:
+    th = TorchRunner(config, batch_size, jx.host_batch['image'].shape[2:])
+    runners['torch'] = th.train
+    n_torch = steps_for(th.train, FLAGS.window_seconds)
+  times = {name: [] for name in runners}
+  for _ in range(FLAGS.windows):  # alternate the frameworks window by window
+    times['jax'] += timed_windows(jx.train, n, 1)
+    if FLAGS.vs_torch:
+      times['torch'] += timed_windows(th.train, n_torch, 1)
+  step = statistics.median(times['jax'])
+  row['train_img_s'] = batch_size / step
+  row['gflops'] = 3 * jx.fwd_flops * row['train_img_s'] / 1e9
+  row['pct_peak'] = 100 * row['gflops'] / peak
+  n_eval = steps_for(jx.eval, FLAGS.window_seconds / 2)
+  row['eval_img_s'] = batch_size / statistics.median(timed_windows(jx.eval, n_eval, FLAGS.windows))
+  if FLAGS.vs_torch:
+    row['torch_img_s'] = batch_size / statistics.median(times['torch'])
+    row['jax_over_torch'] = row['train_img_s'] / row['torch_img_s']
+  if FLAGS.pipeline:
+    row.update(pipeline_stall(config, jx, batch_size))
+  return row
+
+
+def pipeline_stall(config, jx: JaxRunner, batch_size: int) -> dict:
+  """Throughput with the real tf.data pipeline (offline `shapes` at the model's image size, converted to the
+  model's channels) against the same steps on a device-resident batch."""
+  import numpy as np
+
+  from cnnjax import input_pipeline, train
+  data = config.copy_and_resolve_references()
+  size, channels = jx.host_batch['image'].shape[2], jx.host_batch['image'].shape[-1]
+  data.data.name, data.data.image_size = 'shapes', size
+  builder, _ = train.prepare_data(data, FLAGS.data_dir)
+  batches = input_pipeline.train_iterator(data, builder, jx.jax.local_device_count())
+  converted = ({'image': b['image'][..., :channels], 'target': b['target'] % 10} for b in batches)
+  n = steps_for(lambda k: jx.train_from(converted, k), FLAGS.window_seconds)
+  real = statistics.median(timed_windows(lambda k: jx.train_from(converted, k), n, 3))
+  synthetic = statistics.median(timed_windows(jx.train, n, 3))
+  return {'pipeline_img_s': batch_size / real, 'pipeline_stall_pct': float(np.clip(100 * (1 - synthetic / real),
+                                                                                   0, 100))}
+
+
+def main(argv):
+  del argv
+  import jax
+  peak = matmul_peak_gflops()
+  rows = [bench_batch(FLAGS.config, int(b), peak) for b in FLAGS.batch_sizes]
+  device = f'{jax.devices()[0].platform} x{jax.device_count()} ({jax.devices()[0].device_kind})'
+  print(f'\n{FLAGS.experiment} on {device}, jax {jax.__version__}; fp32 matmul peak {peak:.1f} GFLOP/s')
+  columns = [c for c in rows[0] if c not in ('params',)]
+  print('| ' + ' | '.join(columns) + ' |\n|' + ' --- |' * len(columns))
+  for row in rows:
+    print('| ' + ' | '.join(f'{row[c]:.3g}' if isinstance(row[c], float) else str(row[c]) for c in columns) + ' |')
+  if FLAGS.json:
+    with open(FLAGS.json, 'w') as f:
+      json.dump({'device': device, 'jax': jax.__version__, 'matmul_peak_gflops': peak, 'rows': rows}, f, indent=1)
+
+
+def parse(argv):
+  name = next((a.split('=', 1)[1] for a in argv if a.startswith('--experiment=')), FLAGS['experiment'].default)
+  return FLAGS([argv[0], f'--config={os.path.join(ROOT, "experiments", name)}.py', *argv[1:]])
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse)
