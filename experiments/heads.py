@@ -2,8 +2,8 @@ r"""Task heads on one trunk: multi-class (which shape), binary (is it a square) 
 
   python launch.py --experiment=heads --workdir=/tmp/cnnjax/heads
 
-Runtime: about 3 minutes on 2 CPU cores. Expected: multi-class and binary accuracy well above chance (1/6,
-and 5/6 for always answering "not a square"); regression MSE far below the target variance (about 0.0033).
+3 points x 300 steps; not yet timed. Baselines to beat: chance 1/6 (multi-class), 5/6 for always answering
+"not a square" (binary), and the variance of the size target, 0.2^2/12 = 0.0033 (regression MSE).
 """
 
 from experiments import _ablation

@@ -3,8 +3,8 @@ r"""Parameter counts: conv stacks of three sizes vs dense networks with the same
   python launch.py --experiment=params --workdir=/tmp/cnnjax/params
   python launch.py --experiment=params --analyze      # per-layer params, FLOPs, dense-equivalent counts
 
-Runtime: about 5 minutes on 2 CPU cores. Expected: the MLPs need more parameters than the small CNNs (a
-dense layer on 32x32x3 inputs has 3,072 weights per unit) and still reach lower test accuracy.
+5 points x 300 steps; not yet timed. By the closed forms, a dense layer on 32x32x3 inputs has 3,072 weights
+per unit, so mlp256 has 788,230 parameters against 8,718 for the tiny CNN.
 """
 
 from experiments import _ablation

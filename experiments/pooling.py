@@ -2,9 +2,9 @@ r"""Pooling ablation: 2x2 max vs average vs no pooling, and a stride-2 conv in p
 
   python launch.py --experiment=pooling --workdir=/tmp/cnnjax/pooling
 
-Runtime: about 5 minutes on 2 CPU cores. Expected: no pooling keeps full resolution, so it has ~16x the dense
-parameters and ~4x the FLOPs of max/avg pooling; max and avg pooling reach similar accuracy; the report adds
-accuracy and prediction agreement under input shifts of 0..4 pixels.
+Runtime: 6 minutes measured on 2 CPU cores. Measured (1 seed): test accuracy max 0.9645, avg 0.79, none 0.211
+(15x the parameters, near chance at this learning rate), stride-2 conv 0.7865; the report adds accuracy and
+prediction agreement under input shifts of 0..4 pixels.
 """
 
 import ml_collections

@@ -1,5 +1,6 @@
 """Sweeps, the report and the analysis: expansion, --sweep_index, reports from fake runs, closed forms."""
 
+import importlib
 import json
 import os
 
@@ -104,3 +105,17 @@ def test_tiny_sweep_end_to_end_and_sweep_index(config, data_dir, tmp_path):
           'eval_accuracy_per_setting.png', 'learning_curves.png', 'invariance.png', 'filters.png'} <= files
   result = json.loads((full / 'pool=max' / 'result.json').read_text())
   assert result['num_params'] == 8718 and len(result['invariance']['accuracy']) == 3
+
+
+EXPERIMENTS = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), '..', 'experiments'))
+                     if f.endswith('.py') and not f.startswith('_'))
+
+
+@pytest.mark.parametrize('name', EXPERIMENTS)
+def test_every_experiment_and_sweep_point_is_a_valid_config(name):
+  module = importlib.import_module(f'experiments.{name}')
+  config = module.get_config()
+  points = sweep.expand(module.get_sweep(), config.seeds, config.seed) if hasattr(module, 'get_sweep') else []
+  for point in points or [sweep.Point('config', {})]:
+    train.validate_config(sweep.apply_overrides(config, point.overrides), 8)
+  assert module.__doc__ and f'--experiment={name}' in module.__doc__  # the docstring gives the command
