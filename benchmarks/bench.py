@@ -89,7 +89,7 @@ class JaxRunner:
     self.state = self.backend.from_checkpoint(
         train.create_train_state(config, model, shape, jax.random.key(0, impl=config.rng_impl)))
     self.rng = jax.random.key(1, impl=config.rng_impl)
-    self.config, self.host_batch = config, host
+    self.config, self.host_batch, self.max_in_flight = config, host, train.MAX_STEPS_IN_FLIGHT
 
   def compile_seconds(self) -> float:
     """First call (trace + compile + one step) minus a steady step."""
@@ -99,14 +99,17 @@ class JaxRunner:
     return first - min(timed_windows(self.train, 1, 3))
 
   def train(self, steps: int) -> None:
-    for _ in range(steps):
+    in_flight = []
+    for _ in range(steps):  # as the training loop: at most train.MAX_STEPS_IN_FLIGHT steps ahead
       self.state, metrics = self.train_fn(self.state, self.batch, self.rng)
+      in_flight.append(metrics)
+      if len(in_flight) > self.max_in_flight:
+        self.jax.block_until_ready(in_flight.pop(0))
     self.jax.block_until_ready(metrics)
 
   def eval(self, steps: int) -> None:
-    for _ in range(steps):
-      out = self.eval_fn(self.state, self.batch)
-    self.jax.block_until_ready(out)
+    for _ in range(steps):  # one at a time, as train.evaluate does
+      self.jax.block_until_ready(self.eval_fn(self.state, self.batch))
 
   def train_from(self, iterator, steps: int) -> None:
     for _ in range(steps):

@@ -33,6 +33,9 @@ TrainState = train_state.TrainState
 Metrics = dict[str, jax.Array]
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
+# Steps dispatched ahead of the host. Unbounded queues of collectives time out XLA:CPU's in-process
+# all-reduce with many fake devices on few cores; two steps ahead keeps real accelerators busy.
+MAX_STEPS_IN_FLIGHT = 2
 MAX_SKIPPED_STEPS = 100  # skip_nonfinite: after this many consecutive non-finite steps, updates apply again
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant')
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
@@ -145,8 +148,12 @@ def make_steps(backend: parallel.Backend, head: heads.Head, learning_rate_fn: op
 
 def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], backend: parallel.Backend
              ) -> dict[str, float]:
-  """Mean metrics over one pass of ``batches``, with 'eval_' names."""
-  sums = [eval_fn(state, backend.put_batch(b)) for b in batches]
+  """Mean metrics over one pass of ``batches``, with 'eval_' names.
+
+  Each step is waited for before the next is dispatched: independent steps in flight at once can starve
+  the in-process collectives of many (fake) CPU devices sharing few cores.
+  """
+  sums = [jax.block_until_ready(eval_fn(state, backend.put_batch(b))) for b in batches]
   totals = jax.tree.map(lambda *xs: sum(parallel.first(x) for x in xs), *sums)
   count = totals.pop('count')
   return {f'eval_{k}': v / count for k, v in totals.items()}
@@ -334,6 +341,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_di
     for step in range(start_step + 1, config.num_train_steps + 1):
       state, metrics = train_fn(state, backend.put_batch(next(train_iter)), dropout_rng)
       pending.append((step, metrics))
+      if len(pending) > MAX_STEPS_IN_FLIGHT:  # bound the async queue without stalling the devices
+        jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
       report_progress(step, time.time())
       last, stop = step == config.num_train_steps, preemption.requested is not None
       save = step % config.checkpoint_every_steps == 0 or last or stop
