@@ -59,11 +59,6 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
                                                sharding), tree)
 
 
-def unreplicate(tree: PyTree) -> PyTree:
-  """The first device's copy of a tree with a leading device axis."""
-  return jax.tree.map(lambda x: x[0], tree)
-
-
 def shard(batch: PyTree, mesh: Mesh) -> PyTree:
   """Places a [devices, per-device batch, ...] host batch with slice i on device i."""
   return jax.device_put(batch, NamedSharding(mesh, P(AXIS)))
