@@ -76,10 +76,13 @@ def first(x: Any) -> float:
 
 class Backend:
   """How the per-device steps are mapped over devices and how state and batches are laid out for them."""
-  name: str
 
   def __init__(self):
     self.checkpoint_sharding = NamedSharding(global_mesh(), P())
+
+  def replicated(self, tree: PyTree) -> PyTree:
+    """This process's values of ``tree`` placed replicated over all devices (the checkpoint layout)."""
+    return jax.tree.map(lambda x: jax.device_put(local_value(x), self.checkpoint_sharding), tree)
 
   def to_checkpoint(self, state: PyTree) -> PyTree:
     """The state replicated over all devices, as checkpoints hold it."""
@@ -103,14 +106,12 @@ class Backend:
 
 
 class PmapBackend(Backend):
-  name = 'pmap'
-
   def __init__(self):
     super().__init__()
     self.mesh = local_mesh()
 
   def to_checkpoint(self, state):
-    return jax.tree.map(lambda x: jax.device_put(local_value(x)[0], self.checkpoint_sharding), state)
+    return self.replicated(jax.tree.map(lambda x: local_value(x)[0], state))
 
   def from_checkpoint(self, state):
     return replicate(state, self.mesh)
@@ -126,8 +127,6 @@ class PmapBackend(Backend):
 
 
 class ShardMapBackend(Backend):
-  name = 'shard_map'
-
   def __init__(self):
     super().__init__()
     self.mesh = global_mesh()

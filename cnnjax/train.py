@@ -311,7 +311,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_di
 
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed, impl=config.rng_impl))
   state = create_train_state(config, model, info.image_shape, init_rng)
-  state = jax.tree.map(lambda x: jax.device_put(np.asarray(x), backend.checkpoint_sharding), state)
+  state = backend.replicated(state)
   checkpoints = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, 'checkpoints')),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints))
@@ -372,7 +372,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_di
 def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_collections.ConfigDict,
                          last_checkpoint: int | None) -> None:
   """Writes the mean of the pending steps' metrics (one host sync); stops on a non-finite loss."""
-  rows = [{k: parallel.first(v) for k, v in m.items()} for _, m in pending]  # one host sync
+  local = jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), [m for _, m in pending]))  # one sync
+  rows = [{k: float(np.reshape(v, -1)[0]) for k, v in m.items()} for m in local]
   losses = np.array([r['loss'] for r in rows])
   bad = ~np.isfinite(losses)
   if bad.any() and not config.skip_nonfinite:
