@@ -32,6 +32,10 @@ flags.DEFINE_bool('multihost', False, 'Join a multi-process run (jax.distributed
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0..num_processes-1.')
+flags.DEFINE_bool('default_xla_flags', True, 'Add cnnjax.compiler.DEFAULT_XLA_FLAGS (YNNPACK dots on CPU) to '
+                  '$XLA_FLAGS; --nodefault_xla_flags runs XLA\'s own CPU kernels.')
+flags.DEFINE_string('compilation_cache_dir', None, 'Persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR '
+                    'or ~/.cache/cnnjax/jax_compilation_cache); --compilation_cache_dir= turns it off.')
 FLAGS = flags.FLAGS
 
 
@@ -66,6 +70,9 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if not FLAGS.workdir and not (FLAGS.analyze or FLAGS.list_points):
     raise app.UsageError('--workdir is required (except with --analyze or --list_points)')
+  from cnnjax import compiler
+  logging.info('XLA_FLAGS=%r', compiler.set_default_xla_flags(FLAGS.default_xla_flags))  # before any backend
+  logging.info('Compilation cache: %r', compiler.set_compilation_cache(FLAGS.compilation_cache_dir))
   from cnnjax import checkpointing, parallel, sweep, train  # after flag parsing: jax/tf imports are slow
 
   if FLAGS.multihost:

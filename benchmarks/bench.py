@@ -33,6 +33,7 @@ flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorch eager mode
 flags.DEFINE_bool('pipeline', True, 'Measure the input-pipeline stall on the offline shapes dataset.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory for the pipeline measurement.')
 flags.DEFINE_string('json', None, 'Also write the results as JSON here.')
+flags.DEFINE_bool('default_xla_flags', True, 'As in launch.py: add cnnjax.compiler.DEFAULT_XLA_FLAGS to $XLA_FLAGS.')
 FLAGS = flags.FLAGS
 
 
@@ -203,18 +204,23 @@ def pipeline_stall(config, jx: JaxRunner, batch_size: int) -> dict:
 
 def main(argv):
   del argv
+  from cnnjax import compiler
+  xla_env = compiler.set_default_xla_flags(FLAGS.default_xla_flags)  # before JAX starts its backend
+  compiler.set_compilation_cache('')  # compile times are cold compiles
   import jax
   peak = matmul_peak_gflops()
   rows = [bench_batch(FLAGS.config, int(b), peak) for b in FLAGS.batch_sizes]
   device = f'{jax.devices()[0].platform} x{jax.device_count()} ({jax.devices()[0].device_kind})'
-  print(f'\n{FLAGS.experiment} on {device}, jax {jax.__version__}; fp32 matmul peak {peak:.1f} GFLOP/s')
+  print(f'\n{FLAGS.experiment} on {device}, jax {jax.__version__}, XLA_FLAGS={xla_env!r}; '
+        f'fp32 matmul peak {peak:.1f} GFLOP/s')
   columns = [c for c in rows[0] if c not in ('params',)]
   print('| ' + ' | '.join(columns) + ' |\n|' + ' --- |' * len(columns))
   for row in rows:
     print('| ' + ' | '.join(f'{row[c]:.3g}' if isinstance(row[c], float) else str(row[c]) for c in columns) + ' |')
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
-      json.dump({'device': device, 'jax': jax.__version__, 'matmul_peak_gflops': peak, 'rows': rows}, f, indent=1)
+      json.dump({'device': device, 'jax': jax.__version__, 'xla_flags': xla_env, 'matmul_peak_gflops': peak,
+                 'rows': rows}, f, indent=1)
 
 
 def parse(argv):

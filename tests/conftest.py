@@ -1,12 +1,25 @@
-"""Eight fake CPU devices for every test (set before any JAX backend starts), and shared fixtures."""
+"""Eight fake CPU devices and cnnjax's default XLA flags for every test (set before any JAX backend starts),
+and shared fixtures."""
 
-import jax
+from cnnjax import compiler
+
+compiler.set_default_xla_flags()
+
+import jax  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
+
+import os  # noqa: E402
 
 import pytest  # noqa: E402
 
 from experiments import shapes  # noqa: E402
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for the launcher subprocesses of a test session (instead of ~/.cache)."""
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('jax_compilation_cache'))
 
 
 @pytest.fixture(scope='session')

@@ -29,6 +29,19 @@ def test_launch_runs_an_experiment_with_overrides(data_dir, tmp_path):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
 
 
+def test_a_rerun_loads_its_programs_from_the_compilation_cache(data_dir, tmp_path):
+  cache = tmp_path / 'cache'
+  flags = ['--experiment=digits', f'--data_dir={data_dir}', f'--compilation_cache_dir={cache}',
+           '--config.num_train_steps=2', '--config.model.features=(8,8)', '--config.batch_size=32']
+  first = _launch(f'--workdir={tmp_path / "a"}', *flags)
+  assert first.returncode == 0, first.stderr[-3000:]
+  entries = set(os.listdir(cache))
+  assert entries  # init, train step, eval step, ...
+  second = _launch(f'--workdir={tmp_path / "b"}', *flags)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert set(os.listdir(cache)) == entries  # nothing compiled anew
+
+
 @pytest.mark.parametrize('flags,message', [
     (['--experiment=nope'], "--experiment='nope' is unknown"),
     (['--config.batch_size=100'], 'Invalid config: --config.batch_size=100 must be a positive multiple of the 8'),
