@@ -6,7 +6,6 @@ take them as callables and an ablation is a change of which function is passed.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -73,8 +72,9 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Pad
   """``conv2d`` computed as one matrix product over extracted patches (im2col).
 
   The patches are kh*kw strided slices of the padded input, so the forward pass and both gradients are a
-  matmul plus cheap slicing. On CPU this can beat XLA's direct convolution for wide layers and large
-  batches (see benchmarks/); the result equals ``conv2d`` up to float rounding.
+  matmul plus slicing: the textbook lowering, kept as an ablation of how the conv is computed. It was faster
+  than XLA:CPU's own convolution before cnnjax's default XLA flags, and is ~1.6x slower since (README,
+  Performance); the result equals ``conv2d`` up to float rounding.
 
   Args and Returns: as ``conv2d``.
   """
@@ -98,34 +98,11 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Pad
   return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv2d_im2col_grad(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 'VALID',
-                       dilation: int = 1, flip_kernel: bool = False) -> jax.Array:
-  """``conv2d`` forward (XLA's convolution), with the gradients of ``conv2d_im2col`` (two matmuls).
-
-  XLA:CPU's direct convolution is fast forward but slow in its gradients; the im2col gradients are matrix
-  products. Args and Returns: as ``conv2d``.
-  """
-  return conv2d(x, kernel, stride, padding, dilation, flip_kernel)
-
-
-def _im2col_grad_fwd(x, kernel, stride, padding, dilation, flip_kernel):
-  return conv2d(x, kernel, stride, padding, dilation, flip_kernel), (x, kernel)
-
-
-def _im2col_grad_bwd(stride, padding, dilation, flip_kernel, residuals, g):
-  _, vjp = jax.vjp(lambda x, k: conv2d_im2col(x, k, stride, padding, dilation, flip_kernel), *residuals)
-  return vjp(g)
-
-
-conv2d_im2col_grad.defvjp(_im2col_grad_fwd, _im2col_grad_bwd)
-
-CONVS: dict[str, Callable[..., jax.Array]] = {'xla': conv2d, 'im2col': conv2d_im2col,
-                                              'im2col_grad': conv2d_im2col_grad}
+CONVS: dict[str, Callable[..., jax.Array]] = {'xla': conv2d, 'im2col': conv2d_im2col}
 
 
 def get_conv(name: str) -> Callable[..., jax.Array]:
-  """Looks a conv implementation up by name ('xla', 'im2col' or 'im2col_grad')."""
+  """Looks a conv implementation up by name ('xla' or 'im2col')."""
   if name not in CONVS:
     raise ValueError(f'unknown conv implementation {name!r}; choose one of {sorted(CONVS)}')
   return CONVS[name]

@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pool = 'max'  # max | avg | none
   config.model.pool_window = 2
   config.model.pool_stride = 2
-  config.model.conv_impl = 'xla'  # xla (lax.conv_general_dilated) | im2col (patches @ kernel; faster on CPU at times)
+  config.model.conv_impl = 'xla'  # xla (lax.conv_general_dilated) | im2col (patches @ kernel; same result)
   config.model.flip_kernel = False  # True: true convolution (flipped kernel) instead of cross-correlation
   config.model.first_layer = 'learned'  # learned | gaussian | sobel | gaussian_sobel (frozen filters)
   config.model.dropout = 0.0
