@@ -1,6 +1,8 @@
 """Eight fake CPU devices and cnnjax's default XLA flags for every test (set before any JAX backend starts),
 and shared fixtures."""
 
+import os
+
 from cnnjax import compiler
 
 compiler.set_default_xla_flags()
@@ -8,8 +10,6 @@ compiler.set_default_xla_flags()
 import jax  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
-
-import os  # noqa: E402
 
 import pytest  # noqa: E402
 
