@@ -57,17 +57,16 @@ def point_times(config, data_dir: str | None) -> dict[str, float]:
   train_fn, eval_fn = train.make_steps(backend, heads.get_head(config.head),
                                        train.create_learning_rate_fn(config.optimizer, config.num_train_steps))
   key = jax.random.key(config.seed, impl=config.rng_impl)
-  box = {}
+  box = {}  # the latest state: each train call donates the one before
   init_s = first_call_seconds(lambda: box.update(state=jax.block_until_ready(
       train.create_train_state(config, model, info.image_shape, key))))
-  state = backend.from_checkpoint(backend.replicated(box['state']))
+  box['state'] = backend.from_checkpoint(backend.replicated(box['state']))
   n = jax.local_device_count()
   batch = backend.put_batch(next(input_pipeline.train_iterator(config, builder, n)))
   eval_batch = backend.put_batch(next(iter(input_pipeline.eval_batches(config, builder, n))))
 
   def train_call():
-    box['state'], metrics = train_fn(box.get('state_in', state), batch, key)
-    box['state_in'] = box['state']
+    box['state'], metrics = train_fn(box['state'], batch, key)
     jax.block_until_ready(metrics)
 
   return {'init_s': init_s, 'train_step_s': first_call_seconds(train_call),

@@ -84,11 +84,8 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Pad
   n, h, w, _ = x.shape
   oh, ow = conv_output_size(h, kh, stride, padding, dilation), conv_output_size(w, kw, stride, padding, dilation)
   pad = parse_padding(padding)
-  if pad == 'VALID':
-    pad = [(0, 0), (0, 0)]
-  elif pad == 'SAME':  # XLA's split: the extra pixel, if any, goes after
-    total = [max((o - 1) * stride + dilation * (k - 1) + 1 - i, 0) for o, k, i in ((oh, kh, h), (ow, kw, w))]
-    pad = [(t // 2, t - t // 2) for t in total]
+  if isinstance(pad, str):  # 'SAME'/'VALID' -> (lo, hi) pairs, split as lax.conv_general_dilated splits them
+    pad = jax.lax.padtype_to_pads((h, w), (dilation * (kh - 1) + 1, dilation * (kw - 1) + 1), (stride, stride), pad)
   x = jnp.pad(x, [(0, 0), *pad, (0, 0)])
   patches = jnp.concatenate([
       jax.lax.slice(x, (0, i * dilation, j * dilation, 0),

@@ -125,7 +125,7 @@ def restore_params(config: ml_collections.ConfigDict, model: models.CNN, info: i
   """The parameters of the latest checkpoint in ``workdir``."""
   state = jax.eval_shape(lambda: train.create_train_state(config, model, info.image_shape, jax.random.key(0)))
   with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints'))) as manager:
-    return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state)).params
+    return checkpointing.restore_latest(manager, state, workdir).params
 
 
 def _eval_sample(config: ml_collections.ConfigDict, builder, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:

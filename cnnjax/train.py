@@ -373,7 +373,7 @@ def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_
                          last_checkpoint: int | None) -> None:
   """Writes the mean of the pending steps' metrics (one host sync); stops on a non-finite loss."""
   local = jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), [m for _, m in pending]))  # one sync
-  rows = [{k: float(np.reshape(v, -1)[0]) for k, v in m.items()} for m in local]
+  rows = [{k: parallel.first(v) for k, v in m.items()} for m in local]
   losses = np.array([r['loss'] for r in rows])
   bad = ~np.isfinite(losses)
   if bad.any() and not config.skip_nonfinite:
