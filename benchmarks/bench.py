@@ -80,7 +80,8 @@ class JaxRunner:
     self.num_params = train.count_params(model, shape)
     self.backend = parallel.get_backend(config.parallel)
     lr_fn = train.create_learning_rate_fn(config.optimizer, 10**6)
-    self.train_fn, self.eval_fn = train.make_steps(self.backend, heads.get_head('multiclass'), lr_fn)
+    self.train_fn, self.eval_fn = train.make_steps(self.backend, heads.get_head('multiclass'), lr_fn,
+                                                   config.microbatch_size)
     rng = np.random.default_rng(0)
     n = jax.local_device_count()
     host = {'image': rng.normal(size=(n, batch_size // n, *shape)).astype(np.float32),

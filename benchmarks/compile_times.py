@@ -55,7 +55,8 @@ def point_times(config, data_dir: str | None) -> dict[str, float]:
   model = models.build_model(config.model, info.num_outputs)
   backend = parallel.get_backend(config.parallel)
   train_fn, eval_fn = train.make_steps(backend, heads.get_head(config.head),
-                                       train.create_learning_rate_fn(config.optimizer, config.num_train_steps))
+                                       train.create_learning_rate_fn(config.optimizer, config.num_train_steps),
+                                       config.microbatch_size)
   key = jax.random.key(config.seed, impl=config.rng_impl)
   box = {}  # the latest state: each train call donates the one before
   init_s = first_call_seconds(lambda: box.update(state=jax.block_until_ready(

@@ -73,7 +73,7 @@ class ConvBlock(nn.Module):
       k = self.kernel_size
       kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
       bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-      y = self.conv(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+      y = ops.add_bias(self.conv(x, kernel.astype(x.dtype)), bias.astype(x.dtype))
     y = self.activation(y)
     return y if self.pool is None else self.pool(y)
 

@@ -105,6 +105,25 @@ def get_conv(name: str) -> Callable[..., jax.Array]:
   return CONVS[name]
 
 
+def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
+  """``x + bias``, broadcast in two steps so that the bias gradient is reduced in two steps.
+
+  The bias is broadcast over the non-batch axes behind an optimisation barrier, then over the batch axis, so
+  the gradient sums over the batch axis and then over the rest. As one reduction over several axes, XLA:CPU
+  runs a reduce-window over the batch axis alone, which reads the array with a stride and parallelises over a
+  handful of outputs: 5 ms against 0.4 ms for a [128, 28, 28, 32] activation on 2 cores, ~7 % of the
+  benchmark CNN's train step (README, Performance).
+
+  Args:
+    x: [N, ..., C].
+    bias: [C], in x's dtype.
+
+  Returns:
+    x + bias.
+  """
+  return x + jax.lax.optimization_barrier(jnp.broadcast_to(bias, x.shape[1:]))
+
+
 def conv_output_size(n: int, k: int, s: int = 1, p: Padding = 0, d: int = 1) -> int:
   """Output length of a convolution or pooling window along one axis.
 

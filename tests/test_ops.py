@@ -97,6 +97,17 @@ def test_same_padding_gives_ceil_n_over_s(n, s, want):
   assert ops.conv2d(jnp.zeros((1, n, n, 1)), jnp.zeros((3, 3, 1, 1)), stride=s, padding='SAME').shape[1] == want
 
 
+@pytest.mark.parametrize('shape', [(4, 5, 6, 3), (128, 28, 28, 32), (7, 3)])
+def test_add_bias_value_and_gradients_against_numpy(shape):
+  x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  b = np.random.default_rng(1).normal(size=shape[-1:]).astype(np.float32)
+  w = np.random.default_rng(2).normal(size=shape).astype(np.float32)  # d/dy of sum(w * y) is w
+  np.testing.assert_allclose(ops.add_bias(x, b), x + b, rtol=1e-6)
+  dx, db = jax.jit(jax.grad(lambda x, b: jnp.sum(w * ops.add_bias(x, b)), (0, 1)))(x, b)
+  np.testing.assert_allclose(dx, w, rtol=1e-6)
+  np.testing.assert_allclose(db, w.astype(np.float64).reshape(-1, shape[-1]).sum(0), rtol=1e-5, atol=1e-3)
+
+
 def test_pools_against_numpy():
   x = np.random.default_rng(3).normal(size=(2, 9, 7, 3)).astype(np.float32)  # odd sizes: VALID drops the rest
   blocks = x[:, :8, :6].reshape(2, 4, 2, 3, 2, 3)

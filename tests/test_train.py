@@ -64,6 +64,30 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_di
   assert not np.allclose(got['block0']['kernel'], initial_kernel)  # it trained
 
 
+@pytest.mark.parametrize('microbatch_size', [16, 24, 32])  # 24: chunks of 24, 24 and 16
+def test_micro_batches_give_the_whole_batch_step(config, data_dir, microbatch_size):
+  builder, info = train.prepare_data(config, data_dir)
+  model = models.build_model(config.model, info.num_outputs)
+  state = train.create_train_state(config, model, info.image_shape, jax.random.key(0))
+  lr_fn = train.create_learning_rate_fn(config.optimizer, config.num_train_steps)
+  batches = input_pipeline.train_iterator(config, builder, num_devices=1)
+  batches = [next(batches) for _ in range(3)]  # [1, 64, ...]
+  one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
+  results = []
+  for micro in (0, microbatch_size):
+    step = jax.pmap(functools.partial(train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn,
+                                      microbatch_size=micro), axis_name=parallel.AXIS, in_axes=(0, 0, None))
+    s = parallel.replicate(state, one)
+    for batch in batches:
+      s, metrics = step(s, parallel.shard(batch, one), jax.random.key(1))
+    results.append((jax.tree.map(lambda x: np.asarray(parallel.local_value(x)[0]), s.params), metrics))
+  (want, want_metrics), (got, got_metrics) = results
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  for k in ('loss', 'accuracy', 'grad_norm'):
+    np.testing.assert_allclose(parallel.first(got_metrics[k]), parallel.first(want_metrics[k]), rtol=1e-5)
+  assert not np.allclose(got['block0']['kernel'], np.asarray(state.params['block0']['kernel']))  # it trained
+
+
 def test_shard_map_backend_trains_end_to_end(config, data_dir, tmp_path):
   config.parallel, config.num_train_steps = 'shard_map', 10
   result = train.train_and_evaluate(config, str(tmp_path), data_dir)
@@ -112,6 +136,7 @@ def test_one_step_end_to_end_on_mocked_mnist(config, tmp_path):
 INVALID = [
     ({'batch_size': 100}, r'--config.batch_size=100 must be a positive multiple of the 8 devices; use e.g. '
                           r'--config.batch_size=96'),
+    ({'microbatch_size': -1}, r'--config.microbatch_size=-1 must be >= 0'),
     ({'model.stride': 0}, r'--config.model.stride=0 must be >= 1'),
     ({'model.features': (4, 4, 4, 4, 4, 4)}, r'block5.pool: pool window 2x2 is larger than its padded input 1x1'),
     ({'model.padding': 'VALID', 'model.kernel_size': 7, 'data.image_size': 16}, r'block1.conv: conv window 7x7'),
