@@ -151,15 +151,14 @@ def _grads(state: TrainState, images: jax.Array, targets: jax.Array, rng: jax.Ar
   return jax.grad(loss_fn, has_aux=True)(state.params)
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Head, microbatch_size: int = 0,
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Head,
               axis_name: str = parallel.AXIS) -> Metrics:
   """Sums of the task metrics over the real (mask=True) examples of the batch, over all devices.
 
   Returns:
     {metric: sum over examples, 'count': number of examples}; divide to get means.
   """
-  outputs = jnp.concatenate([state.apply_fn({'params': state.params}, chunk['image'], train=False)
-                             for chunk in _micro_batches(batch, microbatch_size)])
+  outputs = state.apply_fn({'params': state.params}, batch['image'], train=False)
   mask = batch['mask'].astype(jnp.float32)
   sums = {k: (v * mask).sum() for k, v in head.metrics(outputs, batch['target']).items()}
   return jax.lax.psum({**sums, 'count': mask.sum()}, axis_name)
@@ -170,7 +169,7 @@ def make_steps(backend: parallel.Backend, head: heads.Head, learning_rate_fn: op
   """The train step (state donated, rng broadcast) and eval step, mapped over devices by ``backend``."""
   step = functools.partial(train_step, head=head, learning_rate_fn=learning_rate_fn, microbatch_size=microbatch_size)
   return (backend.map_train_step(step),
-          backend.map_eval_step(functools.partial(eval_step, head=head, microbatch_size=microbatch_size)))
+          backend.map_eval_step(functools.partial(eval_step, head=head)))
 
 
 def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], backend: parallel.Backend
