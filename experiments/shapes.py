@@ -2,8 +2,8 @@ r"""Baseline: the `small` CNN on the offline `shapes` dataset (6 classes, 32x32 
 
   python launch.py --experiment=shapes --workdir=/tmp/cnnjax/shapes
 
-Runtime: 35 s of training on 2 CPU cores (~35 steps/s), plus ~10 s to generate the dataset on first use.
-Measured: test accuracy 0.99 (chance 1/6).
+Runtime: ~31 s of training on 2 CPU cores (31-35 steps/s), plus ~10 s to generate the dataset on first use.
+Measured: test accuracy 0.988 (chance 1/6).
 Every other experiment imports this config and overrides a few fields; any field can be overridden from the
 command line, e.g. --config.model.stride=2 --config.model.pool=avg --config.batch_size=256.
 """
