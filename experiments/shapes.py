@@ -68,7 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   # Per-device examples per forward/backward pass: a larger per-device batch is split into micro-batches whose
   # gradients are summed (the same gradient up to rounding), which keeps activations in cache on CPU (1.16x
-  # faster training of the benchmark CNN at batch 128; README, Performance). 0 = the whole per-device batch at once (GPU/TPU).
+  # faster training of the benchmark CNN at batch 128; README, Performance). 0 = the whole per-device batch at
+  # once (GPU/TPU).
   config.microbatch_size = 64
   config.num_train_steps = 1000
   config.log_every_steps = 50
