@@ -35,22 +35,31 @@ def test_training_on_shapes_learns(config, data_dir, tmp_path):
   assert os.listdir(tmp_path / 'checkpoints') == ['150']
 
 
-@pytest.mark.parametrize('backend', parallel.BACKENDS)
-def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_dir, backend):
+def _three_steps_setup(config, data_dir):
+  """A fresh train state, the schedule, and three global batches of 64 shaped [1, 64, ...]."""
   builder, info = train.prepare_data(config, data_dir)
   model = models.build_model(config.model, info.num_outputs)
   lr_fn = train.create_learning_rate_fn(config.optimizer, config.num_train_steps)
   state = train.create_train_state(config, model, info.image_shape, jax.random.key(0))
+  batches = input_pipeline.train_iterator(config, builder, num_devices=1)
+  return state, lr_fn, [next(batches) for _ in range(3)]
+
+
+def _run_on_one_device(state, step, batches):
+  """``step`` under pmap on a 1-device mesh, the whole batch on it: final params (host copies), last metrics."""
+  one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
+  s, step_fn = parallel.replicate(state, one), jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None))
+  for batch in batches:
+    s, metrics = step_fn(s, parallel.shard(batch, one), jax.random.key(1))
+  return jax.tree.map(lambda x: np.asarray(parallel.local_value(x)[0]), s.params), metrics
+
+
+@pytest.mark.parametrize('backend', parallel.BACKENDS)
+def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_dir, backend):
+  state, lr_fn, batches = _three_steps_setup(config, data_dir)
   initial_kernel = np.array(state.params['block0']['kernel'])  # a copy: donation may free state's buffers
   step = functools.partial(train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn)
-  batches = input_pipeline.train_iterator(config, builder, num_devices=1)
-  batches = [next(batches) for _ in range(3)]  # global batches of 64, shaped [1, 64, ...]
-
-  # Reference: the same step on one device (pmap over a 1-device mesh), the whole batch on it.
-  one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
-  ref, ref_step = parallel.replicate(state, one), jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None))
-  for batch in batches:
-    ref, ref_metrics = ref_step(ref, parallel.shard(batch, one), jax.random.key(1))
+  want, ref_metrics = _run_on_one_device(state, step, batches)
 
   mapped = parallel.get_backend(backend)  # all 8 devices, 8 examples each
   s, train_fn = mapped.from_checkpoint(state), mapped.map_train_step(step)
@@ -58,7 +67,6 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_di
     s, metrics = train_fn(s, mapped.put_batch(jax.tree.map(lambda x: x.reshape(8, 8, *x.shape[2:]), batch)),
                           jax.random.key(1))
   got = jax.tree.map(parallel.local_value, mapped.to_checkpoint(s).params)
-  want = jax.tree.map(lambda x: parallel.local_value(x)[0], ref.params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, want)
   np.testing.assert_allclose(parallel.first(metrics['loss']), parallel.first(ref_metrics['loss']), rtol=1e-5)
   assert not np.allclose(got['block0']['kernel'], initial_kernel)  # it trained
@@ -66,26 +74,17 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_di
 
 @pytest.mark.parametrize('microbatch_size', [16, 24, 32])  # 24: chunks of 24, 24 and 16
 def test_micro_batches_give_the_whole_batch_step(config, data_dir, microbatch_size):
-  builder, info = train.prepare_data(config, data_dir)
-  model = models.build_model(config.model, info.num_outputs)
-  state = train.create_train_state(config, model, info.image_shape, jax.random.key(0))
-  lr_fn = train.create_learning_rate_fn(config.optimizer, config.num_train_steps)
-  batches = input_pipeline.train_iterator(config, builder, num_devices=1)
-  batches = [next(batches) for _ in range(3)]  # [1, 64, ...]
-  one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
-  results = []
-  for micro in (0, microbatch_size):
-    step = jax.pmap(functools.partial(train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn,
-                                      microbatch_size=micro), axis_name=parallel.AXIS, in_axes=(0, 0, None))
-    s = parallel.replicate(state, one)
-    for batch in batches:
-      s, metrics = step(s, parallel.shard(batch, one), jax.random.key(1))
-    results.append((jax.tree.map(lambda x: np.asarray(parallel.local_value(x)[0]), s.params), metrics))
-  (want, want_metrics), (got, got_metrics) = results
+  state, lr_fn, batches = _three_steps_setup(config, data_dir)
+  initial_kernel = np.array(state.params['block0']['kernel'])
+  want, want_metrics = _run_on_one_device(state, functools.partial(
+      train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn), batches)
+  got, got_metrics = _run_on_one_device(state, functools.partial(
+      train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn,
+      microbatch_size=microbatch_size), batches)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
   for k in ('loss', 'accuracy', 'grad_norm'):
     np.testing.assert_allclose(parallel.first(got_metrics[k]), parallel.first(want_metrics[k]), rtol=1e-5)
-  assert not np.allclose(got['block0']['kernel'], np.asarray(state.params['block0']['kernel']))  # it trained
+  assert not np.allclose(got['block0']['kernel'], initial_kernel)  # it trained
 
 
 def test_shard_map_backend_trains_end_to_end(config, data_dir, tmp_path):
