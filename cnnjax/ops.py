@@ -6,6 +6,7 @@ take them as callables and an ablation is a change of which function is passed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -62,9 +63,64 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 
   """
   if flip_kernel:
     kernel = kernel[::-1, ::-1]
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(stride, stride), padding=parse_padding(padding),
-      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride, dilation)
+  return _conv(x, kernel, stride, pads, dilation)
+
+
+def explicit_padding(padding: Padding, size: Sequence[int], kernel_size: Sequence[int], stride: int,
+                     dilation: int) -> tuple[tuple[int, int], ...]:
+  """``padding`` as (lo, hi) pairs per spatial axis, split as ``lax.conv_general_dilated`` splits 'SAME'."""
+  pads = parse_padding(padding)
+  if isinstance(pads, str):
+    pads = jax.lax.padtype_to_pads(size, [dilation * (k - 1) + 1 for k in kernel_size], (stride, stride), pads)
+  return tuple((int(lo), int(hi)) for lo, hi in pads)
+
+
+def _nhwc_conv(lhs: jax.Array, rhs: jax.Array, **kwargs) -> jax.Array:
+  return jax.lax.conv_general_dilated(lhs, rhs, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), **kwargs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple[tuple[int, int], ...],
+          dilation: int) -> jax.Array:
+  """The NHWC/HWIO convolution, with a backward pass whose two convolutions are NHWC/HWIO too.
+
+  JAX's own transpose rules give the input and kernel gradients other dimension orders (the kernel gradient
+  contracts over the batch axis). XLA:CPU rewrites such convolutions into transposes around a fast NHWC/HWIO
+  one, but only in a program's top-level computation: inside a ``lax.scan`` (train.py's micro-batch loop) they
+  stay on a slow generic loop, ~15x slower steps of the benchmark CNN. Same values as JAX's rules (tested).
+  """
+  return _nhwc_conv(x, kernel, window_strides=(stride, stride), padding=pads, rhs_dilation=(dilation, dilation))
+
+
+def _conv_fwd(x, kernel, stride, pads, dilation):
+  return _conv(x, kernel, stride, pads, dilation), (x, kernel)
+
+
+def _conv_bwd(stride, pads, dilation, residuals, g):
+  """The two gradients as in jax.lax's conv transpose rules, with the operands transposed to NHWC/HWIO."""
+  x, kernel = residuals
+  k = [_dilated(n, dilation) for n in kernel.shape[:2]]  # the kernel's extent with its dilation
+  out = [_dilated(n, stride) for n in g.shape[1:3]]  # the output's extent with the stride's gaps
+  size = x.shape[1:3]
+  # dx: the output gradient, stride-dilated, convolved with the flipped kernel with C_in and C_out swapped.
+  lhs_pads = [(k[i] - lo - 1, size[i] - out[i] + lo) for i, (lo, _) in enumerate(pads)]
+  dx = _nhwc_conv(g, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)), window_strides=(1, 1), padding=lhs_pads,
+                  lhs_dilation=(stride, stride), rhs_dilation=(dilation, dilation))
+  # dkernel: x as [C_in, H, W, N] convolved with g as [H_out, W_out, N, C_out]: a sum over the batch and the
+  # output positions, giving [C_in, kh, kw, C_out].
+  rhs_pads = [(lo, out[i] - size[i] + k[i] - lo - 1) for i, (lo, _) in enumerate(pads)]
+  dkernel = _nhwc_conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)),
+                       window_strides=(dilation, dilation), padding=rhs_pads, rhs_dilation=(stride, stride))
+  return dx, jnp.transpose(dkernel, (1, 2, 0, 3))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _dilated(n: int, d: int) -> int:
+  """Extent of n taps spaced d apart."""
+  return 0 if n == 0 else d * (n - 1) + 1
 
 
 def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 'VALID', dilation: int = 1,
@@ -83,9 +139,7 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Pad
   kh, kw, cin, cout = kernel.shape
   n, h, w, _ = x.shape
   oh, ow = conv_output_size(h, kh, stride, padding, dilation), conv_output_size(w, kw, stride, padding, dilation)
-  pad = parse_padding(padding)
-  if isinstance(pad, str):  # 'SAME'/'VALID' -> (lo, hi) pairs, split as lax.conv_general_dilated splits them
-    pad = jax.lax.padtype_to_pads((h, w), (dilation * (kh - 1) + 1, dilation * (kw - 1) + 1), (stride, stride), pad)
+  pad = explicit_padding(padding, (h, w), (kh, kw), stride, dilation)
   x = jnp.pad(x, [(0, 0), *pad, (0, 0)])
   patches = jnp.concatenate([
       jax.lax.slice(x, (0, i * dilation, j * dilation, 0),

@@ -26,6 +26,46 @@ def test_true_convolution_equals_scipy_convolve2d(n, k, impl):
     np.testing.assert_allclose(got[0, :, :, 0], scipy.signal.convolve2d(x, w, mode=mode), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('k,stride,padding,dilation', [
+    (3, 1, 'SAME', 1), (4, 2, 'SAME', 1), (3, 3, 'VALID', 1), (3, 1, 2, 2), (2, 2, 'SAME', 2),
+    (5, 3, [(0, 2), (1, 0)], 1),  # asymmetric padding; stride 3 leaves input rows no window reads
+])
+def test_conv_gradients_equal_jax_transpose_rules(k, stride, padding, dilation):
+  """ops.conv2d's custom VJP against autodiff of lax.conv_general_dilated with JAX's own transpose rules."""
+  rng = np.random.default_rng(k * stride)
+  x = jnp.asarray(rng.normal(size=(2, 11, 9, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+
+  def reference(x, w, stride, padding, dilation):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), ops.parse_padding(padding),
+                                        rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, padding, dilation)))
+
+  got, want = jax.grad(loss(ops.conv2d), (0, 1))(x, w), jax.grad(loss(reference), (0, 1))(x, w)
+  for a, b in zip(got, want, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_gradients_inside_scan_are_nhwc_hwio_convolutions():
+  """XLA:CPU canonicalises convolutions only outside loops; ops.conv2d's backward pass is already canonical,
+  so a scanned gradient (train.py's micro-batches) compiles to NHWC/HWIO convolutions only."""
+  def grads(w, xs):  # the kernel gradient summed over xs, and each input gradient
+    def loss(w, x):
+      return jnp.sum(ops.conv2d(x, w, stride=2, padding='SAME') ** 2)
+
+    def body(g, x):
+      dw, dx = jax.grad(loss, (0, 1))(w, x)
+      return g + dw, dx
+    return jax.lax.scan(body, jnp.zeros_like(w), xs)
+
+  hlo = jax.jit(grads).lower(jnp.ones((3, 3, 2, 4)), jnp.ones((3, 5, 8, 8, 2))).compile().as_text()
+  assert ' while(' in hlo
+  dims = [line.split('dim_labels=')[1].split(',')[0] for line in hlo.splitlines() if ' convolution(' in line]
+  assert len(dims) == 3 and set(dims) == {'b01f_01io->b01f'}, dims
+
+
 @pytest.mark.parametrize('stride,padding,dilation', [(1, 'SAME', 1), (2, 'SAME', 1), (3, 'VALID', 1), (1, 2, 2),
                                                      (2, 'SAME', 2)])
 def test_im2col_conv_matches_xla_values_and_gradients(stride, padding, dilation):
