@@ -48,7 +48,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 
 
   Deep-learning "convolution" is cross-correlation: the kernel slides over the input unflipped. With
   ``flip_kernel=True`` the kernel is rotated by 180 degrees first, giving true (mathematical) convolution,
-  which on one channel equals ``scipy.signal.convolve2d``.
+  which on one channel equals ``scipy.signal.convolve2d``. Its gradients come from a custom VJP (``_conv``),
+  so it supports reverse mode (``jax.grad``, ``jax.vjp``) but not forward mode (``jax.jvp``).
 
   Args:
     x: input, [N, H, W, C_in].

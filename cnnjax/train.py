@@ -250,7 +250,7 @@ def _validate_microbatch_size(size: int, batch_size: int, num_devices: int) -> N
   if 0 < size < per_device and per_device % size:
     divisor = max(d for d in range(1, size) if per_device % d == 0)
     raise ValueError(f'--config.microbatch_size={size} must divide the per-device batch of {per_device} '
-                     f'(--config.batch_size={batch_size} over {num_devices} devices); use e.g. '
+                     f'(--config.batch_size={batch_size} over {num_devices} device{"s" * (num_devices > 1)}); use e.g. '
                      f'--config.microbatch_size={divisor}, or 0 for no micro-batches')
 
 

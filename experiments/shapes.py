@@ -66,10 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallel = 'pmap'  # pmap (jax.pmap over local devices) | shard_map (jax.jit of jax.shard_map, 1-D mesh)
   config.batch_size = 128  # global: split over all devices
   config.eval_batch_size = 256
-  # Per-device examples per forward/backward pass: a larger per-device batch is split into micro-batches whose
-  # gradients are summed (the same gradient up to rounding), which keeps activations in cache on CPU (1.16x
-  # faster training of the benchmark CNN at batch 128; README, Performance). 0 = the whole per-device batch at
-  # once (GPU/TPU).
+  # Per-device examples per forward/backward pass: a larger per-device batch (a multiple of it) is split into
+  # micro-batches whose gradients are summed by a lax.scan (the same gradient up to rounding), which keeps
+  # activations in cache on CPU (README, Performance). 0 = the whole per-device batch at once (GPU/TPU).
   config.microbatch_size = 64
   config.num_train_steps = 1000
   config.log_every_steps = 50
