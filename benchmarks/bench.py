@@ -9,8 +9,7 @@ The model is the experiment's (default `mnist`: conv32-relu-avgpool-conv64-relu-
 SGD with momentum), fed device-resident synthetic batches of its input shape. FLOPs are the closed-form
 forward FLOPs (cnnjax.analysis) times 3 for forward + backward. Throughput is the median over windows; the
 matmul peak is measured after each JAX window and, with --vs_torch, JAX and PyTorch windows alternate, so that
-all see the same machine state. Runs in ~3-5 minutes
-on 2 CPU cores.
+all see the same machine state. Runs in ~3-5 minutes on 2 CPU cores.
 """
 
 import json

@@ -195,7 +195,7 @@ def layer_shapes(blocks: Sequence[BlockSpec], height: int, width: int, channels:
         flag = 'stride' if part == 'conv' else 'pool_stride'
         raise ValueError(f'{name}: stride must be >= 1, got {s} (--config.model.{flag})')
       padding = ops.parse_padding(p)
-      k_eff = d * (k - 1) + 1
+      k_eff = ops.dilated_size(k, d)
       if padding != 'SAME':
         pad = 0 if padding == 'VALID' else padding[0][0] + padding[0][1]
         if k_eff > min(h, w) + pad:

@@ -73,7 +73,7 @@ def explicit_padding(padding: Padding, size: Sequence[int], kernel_size: Sequenc
   """``padding`` as (lo, hi) pairs per spatial axis, split as ``lax.conv_general_dilated`` splits 'SAME'."""
   pads = parse_padding(padding)
   if isinstance(pads, str):
-    pads = jax.lax.padtype_to_pads(size, [dilation * (k - 1) + 1 for k in kernel_size], (stride, stride), pads)
+    pads = jax.lax.padtype_to_pads(size, [dilated_size(k, dilation) for k in kernel_size], (stride, stride), pads)
   return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
@@ -101,8 +101,8 @@ def _conv_fwd(x, kernel, stride, pads, dilation):
 def _conv_bwd(stride, pads, dilation, residuals, g):
   """The two gradients as in jax.lax's conv transpose rules, with the operands transposed to NHWC/HWIO."""
   x, kernel = residuals
-  k = [_dilated(n, dilation) for n in kernel.shape[:2]]  # the kernel's extent with its dilation
-  out = [_dilated(n, stride) for n in g.shape[1:3]]  # the output's extent with the stride's gaps
+  k = [dilated_size(n, dilation) for n in kernel.shape[:2]]  # the kernel's extent with its dilation
+  out = [dilated_size(n, stride) for n in g.shape[1:3]]  # the output's extent with the stride's gaps
   size = x.shape[1:3]
   # dx: the output gradient, stride-dilated, convolved with the flipped kernel with C_in and C_out swapped.
   lhs_pads = [(k[i] - lo - 1, size[i] - out[i] + lo) for i, (lo, _) in enumerate(pads)]
@@ -119,8 +119,9 @@ def _conv_bwd(stride, pads, dilation, residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _dilated(n: int, d: int) -> int:
-  """Extent of n taps spaced d apart."""
+def dilated_size(n: int, d: int) -> int:
+  """Extent of n taps spaced d apart, d (n - 1) + 1 (0 for n = 0): a dilated kernel's effective size, or the
+  span of a strided output."""
   return 0 if n == 0 else d * (n - 1) + 1
 
 
@@ -199,7 +200,7 @@ def conv_output_size(n: int, k: int, s: int = 1, p: Padding = 0, d: int = 1) -> 
   if padding == 'SAME':
     return math.ceil(n / s)
   lo, hi = (0, 0) if padding == 'VALID' else padding[0]
-  return (n + lo + hi - (d * (k - 1) + 1)) // s + 1
+  return (n + lo + hi - dilated_size(k, d)) // s + 1
 
 
 # ---------------------------------------------------------------------------------------------------------
