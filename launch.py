@@ -6,21 +6,16 @@ NAME is a file experiments/NAME.py whose get_config() returns the config; any fi
 e.g. --config.model.stride=2. Re-running with the same workdir resumes from the latest checkpoint.
 """
 
-import importlib
 import logging as logging_std
-import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'experiments')
+from cnnjax.config import ConfigError, load_experiment, parse_flags_with_experiment
 
 flags.DEFINE_string('experiment', 'shapes', 'Name of a config file in experiments/ (without .py).')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and metrics.jsonl.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: ~/tensorflow_datasets).')
-config_flags.DEFINE_config_file('config', None, 'Set by --experiment; override fields with --config.FIELD=VALUE.',
-                                lock_config=True)
 flags.DEFINE_integer('sweep_index', None, 'Sweeps: run only point i (0-based), e.g. $SLURM_ARRAY_TASK_ID.')
 flags.DEFINE_bool('report_only', False, 'Sweeps: rebuild report.md and plots from the finished points only.')
 flags.DEFINE_bool('list_points', False, 'Sweeps: print the point names, one per line (index = line number), and exit.')
@@ -37,23 +32,6 @@ flags.DEFINE_bool('default_xla_flags', True, 'Add cnnjax.compiler.DEFAULT_XLA_FL
 flags.DEFINE_string('compilation_cache_dir', None, 'Persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR '
                     'or ~/.cache/cnnjax/jax_compilation_cache); --compilation_cache_dir= turns it off.')
 FLAGS = flags.FLAGS
-
-
-def experiment_names() -> list[str]:
-  return sorted(f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith('.py') and not f.startswith('_'))
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """Parses flags, first pointing --config at experiments/<--experiment>.py so overrides apply to it."""
-  name = FLAGS['experiment'].default
-  for i, arg in enumerate(argv[1:], 1):
-    if arg.startswith('--experiment='):
-      name = arg.split('=', 1)[1]
-    elif arg == '--experiment' and i + 1 < len(argv):
-      name = argv[i + 1]
-  if name not in experiment_names():
-    sys.exit(f'--experiment={name!r} is unknown; choose one of {experiment_names()}')
-  return FLAGS([argv[0], f'--config={os.path.join(EXPERIMENTS_DIR, name)}.py', *argv[1:]])
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -78,7 +56,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
-  get_sweep = getattr(importlib.import_module(f'experiments.{FLAGS.experiment}'), 'get_sweep', None)
+  get_sweep = getattr(load_experiment(FLAGS.experiment), 'get_sweep', None)
   try:
     if FLAGS.list_points:
       print('\n'.join(p.name for p in sweep.expand(get_sweep(), FLAGS.config.seeds, FLAGS.config.seed))
@@ -89,11 +67,11 @@ def main(argv: list[str]) -> None:
       sweep.run(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index, FLAGS.report_only,
                 FLAGS.overwrite)
     elif FLAGS.sweep_index is not None or FLAGS.report_only:
-      raise train.ConfigError(f'--experiment={FLAGS.experiment} has no get_sweep(); drop --sweep_index/--report_only')
+      raise ConfigError(f'--experiment={FLAGS.experiment} has no get_sweep(); drop --sweep_index/--report_only')
     else:
       logging.info('Experiment %s, config:\n%s', FLAGS.experiment, FLAGS.config)
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir, FLAGS.overwrite)
-  except train.ConfigError as e:
+  except ConfigError as e:
     sys.exit(f'Invalid config: {e}')
   except train.NonFiniteLoss as e:
     sys.exit(f'Stopped: {e}')
@@ -102,5 +80,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # so variants can `from experiments import ...`
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=parse_flags_with_experiment)

@@ -15,23 +15,19 @@ all see the same machine state. Runs in ~3-5 minutes on 2 CPU cores.
 import json
 import os
 import statistics
-import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from cnnjax.config import parse_flags_with_experiment
 
 flags.DEFINE_string('experiment', 'mnist', 'Experiment whose model and optimizer are benchmarked.')
-config_flags.DEFINE_config_file('config', None, 'Set from --experiment; override with --config.FIELD=VALUE.')
 flags.DEFINE_list('batch_sizes', ['128', '512'], 'Global batch sizes to measure.')
 flags.DEFINE_integer('windows', 5, 'Timed windows per measurement (the median is reported).')
 flags.DEFINE_float('window_seconds', 3.0, 'Approximate length of one timed window.')
 flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorch eager model (needs torch).')
 flags.DEFINE_bool('pipeline', True, 'Measure the input-pipeline stall on the offline shapes dataset.')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory for the pipeline measurement.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory (the pipeline measurement generates shapes there).')
 flags.DEFINE_string('json', None, 'Also write the results as JSON here.')
 flags.DEFINE_bool('default_xla_flags', True, 'As in launch.py: add cnnjax.compiler.DEFAULT_XLA_FLAGS to $XLA_FLAGS.')
 FLAGS = flags.FLAGS
@@ -68,36 +64,39 @@ class MatmulPeak:
     return 2 * self.n**3 / statistics.median(times) / 1e9
 
 
+def synthetic_batch(run, batch_size: int) -> dict:
+  """Random normal images of the run's input shape; every target is the head's target of an all-zero example
+  of the dataset (class 0, size 0, ...), which costs the step what any target does."""
+  import jax
+  import numpy as np
+  import tensorflow as tf
+  features = run.builder.info.features
+  target = np.asarray(run.target({k: tf.zeros([d or 1 for d in f.shape], f.tf_dtype) for k, f in features.items()}))
+  n = jax.local_device_count()
+  images = np.random.default_rng(0).normal(size=(n, batch_size // n, *run.info.image_shape)).astype(np.float32)
+  return {'image': images, 'target': np.broadcast_to(target, (n, batch_size // n, *target.shape)).copy(),
+          'mask': np.ones((n, batch_size // n), bool)}
+
+
 class JaxRunner:
-  """The cnnjax train and eval steps on synthetic, device-resident batches."""
+  """The cnnjax train and eval steps (``train.setup``'s) on synthetic, device-resident batches."""
 
   def __init__(self, config, batch_size: int):
     import jax
-    import numpy as np
 
-    from cnnjax import analysis, heads, input_pipeline, models, parallel, train
+    from cnnjax import analysis, train
     self.jax = jax
     config.batch_size = config.eval_batch_size = batch_size
-    size = input_pipeline.image_size(config.data)
-    shape = (size, size, input_pipeline.get_spec(config.data.name).channels)
-    num_outputs = 10
-    model = models.build_model(config.model, num_outputs)
-    self.fwd_flops = analysis.totals(analysis.analyze(config.model, shape, num_outputs))['flops']
-    self.num_params = train.count_params(model, shape)
-    self.backend = parallel.get_backend(config.parallel)
-    lr_fn = train.create_learning_rate_fn(config.optimizer, 10**6)
-    self.train_fn, self.eval_fn = train.make_steps(self.backend, heads.get_head('multiclass'), lr_fn,
-                                                   config.microbatch_size)
-    rng = np.random.default_rng(0)
-    n = jax.local_device_count()
-    host = {'image': rng.normal(size=(n, batch_size // n, *shape)).astype(np.float32),
-            'target': rng.integers(0, num_outputs, (n, batch_size // n)).astype(np.int32),
-            'mask': np.ones((n, batch_size // n), bool)}
-    self.batch = self.backend.put_batch(host)
-    self.state = self.backend.from_checkpoint(
-        train.create_train_state(config, model, shape, jax.random.key(0, impl=config.rng_impl)))
-    self.rng = jax.random.key(1, impl=config.rng_impl)
-    self.config, self.host_batch, self.max_in_flight = config, host, train.MAX_STEPS_IN_FLIGHT
+    self.run = run = train.setup(config, FLAGS.data_dir, prepare=False)  # features only: synthetic batches
+    shape = run.info.image_shape
+    self.fwd_flops = analysis.totals(analysis.analyze(config.model, shape, run.info.num_outputs))['flops']
+    self.num_params = train.count_params(run.model, shape)
+    self.train_fn, self.eval_fn, self.backend = run.train_step, run.eval_step, run.backend
+    self.host_batch = synthetic_batch(run, batch_size)
+    self.batch = self.backend.put_batch(self.host_batch)
+    init_rng, self.rng = run.keys()
+    self.state = self.backend.from_checkpoint(run.init_state(init_rng))
+    self.config, self.max_in_flight = config, train.MAX_STEPS_IN_FLIGHT
 
   def compile_seconds(self) -> float:
     """First call (trace + compile + one step) minus a steady step."""
@@ -128,20 +127,22 @@ class JaxRunner:
 class TorchRunner:
   """The same CNN in PyTorch eager (NCHW), SGD with the same momentum."""
 
-  def __init__(self, config, batch_size: int, shape):
+  def __init__(self, config, batch_size: int, shape, num_outputs: int):
     import torch
     from torch import nn
     torch.set_num_threads(os.cpu_count())
     if tuple(config.model.features or ()) not in ((), (32, 64)) or config.model.variant != 'base':
       raise app.UsageError('--vs_torch mirrors the base variant (conv32-conv64-dense256) only')
+    if config.head != 'multiclass':
+      raise app.UsageError('--vs_torch mirrors the multiclass head (softmax cross-entropy) only')
     pool = {'avg': nn.AvgPool2d(2), 'max': nn.MaxPool2d(2)}[config.model.pool]
     h, w, c = shape
     self.model = nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), pool, nn.Conv2d(32, 64, 3, padding=1),
                                nn.ReLU(), pool, nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 256), nn.ReLU(),
-                               nn.Linear(256, 10))
+                               nn.Linear(256, num_outputs))
     self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=config.optimizer.momentum)
     self.x = torch.randn(batch_size, c, h, w)
-    self.y = torch.randint(0, 10, (batch_size,))
+    self.y = torch.randint(0, num_outputs, (batch_size,))
     self.loss = nn.CrossEntropyLoss()
     self.torch = torch
 
@@ -168,7 +169,7 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
   n = steps_for(jx.train, FLAGS.window_seconds)
   runners = {'jax': jx.train}
   if FLAGS.vs_torch:
-    th = TorchRunner(config, batch_size, jx.host_batch['image'].shape[2:])
+    th = TorchRunner(config, batch_size, jx.run.info.image_shape, jx.run.info.num_outputs)
     runners['torch'] = th.train
     n_torch = steps_for(th.train, FLAGS.window_seconds)
   times, peaks = {name: [] for name in runners}, []
@@ -193,17 +194,16 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
 
 
 def pipeline_stall(config, jx: JaxRunner, batch_size: int) -> dict:
-  """Throughput with the real tf.data pipeline (offline `shapes` at the model's image size, converted to the
-  model's channels) against the same steps on a device-resident batch."""
+  """Throughput with the real tf.data pipeline (offline `shapes` at the model's image size, cut to the model's
+  channels) against the same steps on a device-resident batch."""
   import numpy as np
 
-  from cnnjax import input_pipeline, train
-  data = config.copy_and_resolve_references()
-  size, channels = jx.host_batch['image'].shape[2], jx.host_batch['image'].shape[-1]
-  data.data.name, data.data.image_size = 'shapes', size
-  builder, _ = train.prepare_data(data, FLAGS.data_dir)
-  batches = input_pipeline.train_iterator(data, builder, jx.jax.local_device_count())
-  converted = ({'image': b['image'][..., :channels], 'target': b['target'] % 10} for b in batches)
+  from cnnjax import train
+  shapes = config.copy_and_resolve_references()
+  size, channels = jx.run.info.image_shape[0], jx.run.info.image_shape[-1]
+  shapes.data.name, shapes.data.image_size = 'shapes', size
+  batches = train.setup(shapes, FLAGS.data_dir).train_batches()
+  converted = ({'image': b['image'][..., :channels], 'target': b['target']} for b in batches)
   n = steps_for(lambda k: jx.train_from(converted, k), FLAGS.window_seconds)
   real = statistics.median(timed_windows(lambda k: jx.train_from(converted, k), n, 3))
   synthetic = statistics.median(timed_windows(jx.train, n, 3))
@@ -230,10 +230,5 @@ def main(argv):
       json.dump({'device': device, 'jax': jax.__version__, 'xla_flags': xla_env, 'rows': rows}, f, indent=1)
 
 
-def parse(argv):
-  name = next((a.split('=', 1)[1] for a in argv if a.startswith('--experiment=')), FLAGS['experiment'].default)
-  return FLAGS([argv[0], f'--config={os.path.join(ROOT, "experiments", name)}.py', *argv[1:]])
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse)
+  app.run(main, flags_parser=parse_flags_with_experiment)

@@ -9,7 +9,6 @@ step and the eval step (trace + compile or cache load + one run) minus a steady-
 of the point's data. About 3-4 minutes on 2 CPU cores.
 """
 
-import importlib
 import json
 import os
 import statistics
@@ -20,8 +19,7 @@ import time
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from cnnjax.config import ROOT, apply_overrides, load_experiment
 
 flags.DEFINE_list('experiments', ['stride', 'pooling', 'params', 'filters', 'heads', 'invariance'],
                   'Experiments whose get_sweep() points are compiled.')
@@ -49,29 +47,21 @@ def point_times(config, data_dir: str | None) -> dict[str, float]:
   """Compile (or cache-load) seconds of one config's init, train step and eval step."""
   import jax
 
-  from cnnjax import heads, input_pipeline, models, parallel, train
-  train.validate_config(config, jax.device_count())
-  builder, info = train.prepare_data(config, data_dir)
-  model = models.build_model(config.model, info.num_outputs)
-  backend = parallel.get_backend(config.parallel)
-  train_fn, eval_fn = train.make_steps(backend, heads.get_head(config.head),
-                                       train.create_learning_rate_fn(config.optimizer, config.num_train_steps),
-                                       config.microbatch_size)
-  key = jax.random.key(config.seed, impl=config.rng_impl)
+  from cnnjax import train
+  run = train.setup(config, data_dir)
+  init_rng, dropout_rng = run.keys()
   box = {}  # the latest state: each train call donates the one before
-  init_s = first_call_seconds(lambda: box.update(state=jax.block_until_ready(
-      train.create_train_state(config, model, info.image_shape, key))))
-  box['state'] = backend.from_checkpoint(backend.replicated(box['state']))
-  n = jax.local_device_count()
-  batch = backend.put_batch(next(input_pipeline.train_iterator(config, builder, n)))
-  eval_batch = backend.put_batch(next(iter(input_pipeline.eval_batches(config, builder, n))))
+  init_s = first_call_seconds(lambda: box.update(state=jax.block_until_ready(run.init_state(init_rng))))
+  box['state'] = run.backend.from_checkpoint(box['state'])
+  batch = run.backend.put_batch(next(run.train_batches()))
+  eval_batch = run.backend.put_batch(next(iter(run.eval_batches())))
 
   def train_call():
-    box['state'], metrics = train_fn(box['state'], batch, key)
+    box['state'], metrics = run.train_step(box['state'], batch, dropout_rng)
     jax.block_until_ready(metrics)
 
   return {'init_s': init_s, 'train_step_s': first_call_seconds(train_call),
-          'eval_step_s': first_call_seconds(lambda: jax.block_until_ready(eval_fn(box['state'], eval_batch)))}
+          'eval_step_s': first_call_seconds(lambda: jax.block_until_ready(run.eval_step(box['state'], eval_batch)))}
 
 
 def worker(cache_dir: str) -> list[dict]:
@@ -81,11 +71,11 @@ def worker(cache_dir: str) -> list[dict]:
   from cnnjax import sweep
   rows = []
   for name in FLAGS.experiments:
-    module = importlib.import_module(f'experiments.{name}')
+    module = load_experiment(name)
     base = module.get_config()
     for point in sweep.expand(module.get_sweep(), 1, base.seed):
       rows.append({'experiment': name, 'point': point.name,
-                   **point_times(sweep.apply_overrides(base, point.overrides), FLAGS.data_dir)})
+                   **point_times(apply_overrides(base, point.overrides), FLAGS.data_dir)})
       print(json.dumps(rows[-1]), file=sys.stderr)
   return rows
 

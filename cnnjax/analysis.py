@@ -32,28 +32,20 @@ class LayerStats:
 def analyze(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_outputs: int
             ) -> list[LayerStats]:
   """The per-layer table of ``config.model`` on images of ``image_shape`` (validates the geometry)."""
-  blocks = models.block_specs(model_config)
-  shapes = dict(models.layer_shapes(blocks, *image_shape))
-  h, w, c = image_shape
-  rf, jump = 1, 1
   rows = []
-  for i, b in enumerate(blocks):
-    for part in ('conv', 'pool'):
-      if part == 'pool' and b.pool == 'none':
-        continue
-      h2, w2, c2 = shapes[f'block{i}.{part}']
-      k, s, d = (b.kernel_size, b.stride, b.dilation) if part == 'conv' else (b.pool_window, b.pool_stride, 1)
-      rf, jump = rf + d * (k - 1) * jump, jump * s
-      if part == 'conv':
-        params = 0 if b.fixed_filters else k * k * c * c2 + c2
-        flops = 2 * k * k * c * c2 * h2 * w2
-      else:
-        params, flops = 0, k * k * h2 * w2 * c2
-      rows.append(LayerStats(f'block{i}.{part}', (h2, w2, c2), params, flops, rf, h * w * c * h2 * w2 * c2))
-      h, w, c = h2, w2, c2
-  width = h * w * c
-  dense = tuple(model_config.dense) or models.VARIANTS[model_config.variant]['dense']
-  for name, out in [*((f'dense{i}', f) for i, f in enumerate(dense)), ('output', num_outputs)]:
+  rf, jump = 1, 1
+  for layer in models.layers(models.block_specs(model_config), image_shape):
+    (h, w, c), (h2, w2, c2), k = layer.input_shape, layer.output_shape, layer.window
+    rf, jump = rf + layer.dilation * (k - 1) * jump, jump * layer.stride
+    if layer.kind == 'conv':
+      params = 0 if layer.fixed else k * k * c * c2 + c2
+      flops = 2 * k * k * c * c2 * h2 * w2
+    else:
+      params, flops = 0, k * k * h2 * w2 * c2
+    rows.append(LayerStats(layer.name, (h2, w2, c2), params, flops, rf, h * w * c * h2 * w2 * c2))
+  width = int(np.prod(rows[-1].output_shape)) if rows else int(np.prod(image_shape))
+  for name, out in [*((f'dense{i}', f) for i, f in enumerate(models.dense_widths(model_config))),
+                    ('output', num_outputs)]:
     rows.append(LayerStats(name, (out,), width * out + out, 2 * width * out, image_shape[0], width * out))
     width = out
   return rows

@@ -19,15 +19,20 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from cnnjax.config import ConfigError
+
 CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
 # Fields that change how a run is watched, not what it computes: a resumed run may change them.
 OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'eval_batch_size', 'seeds', 'data.cache', 'data.prefetch', 'data.download_timeout_s',
                'analysis.invariance_shifts')
 
 
-class WorkdirMismatch(ValueError):
-  """The workdir holds a run of another config."""
+def manager(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:
+  """The orbax CheckpointManager of ``workdir``'s checkpoints, keeping the last ``keep`` (None: all)."""
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+                               options=ocp.CheckpointManagerOptions(max_to_keep=keep))
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +44,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bo
   """Refuses to resume a workdir written by a different config; with ``overwrite``, moves the old run aside.
 
   Raises:
-    WorkdirMismatch naming the differing fields, unless ``overwrite``.
+    ConfigError naming the differing fields, unless ``overwrite``.
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if overwrite:
@@ -51,7 +56,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bo
   new = _flat(config.to_dict())
   diff = [f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
   if diff:
-    raise WorkdirMismatch(f'--workdir={workdir} holds a run of a different config ({"; ".join(diff)}); use a new '
+    raise ConfigError(f'--workdir={workdir} holds a run of a different config ({"; ".join(diff)}); use a new '
                           '--workdir, or add --overwrite to move the old run aside and start again')
 
 

@@ -1,8 +1,12 @@
-"""Task heads: how a model's raw outputs become a loss and metrics.
+"""Task heads: everything that depends on the task, in one place per head.
 
-regression: linear outputs, mean squared error.  binary: one logit through a sigmoid, binary cross-entropy.
-multiclass: one logit per class through a softmax, cross-entropy.  Losses and metrics are per example, so
-that the train step can average them and the eval step can mask padding.
+A head says how a model's raw outputs become a loss and metrics (per example, so that the train step can
+average them and the eval step can mask padding), how many outputs the model needs, how an example of a
+dataset becomes the target, and whether a dataset can serve the task at all.
+
+regression: linear outputs, mean squared error on a numeric feature (``--config.data.regression_target``).
+binary: one logit through a sigmoid, binary cross-entropy; on a multi-class dataset the target is
+``label == --config.data.positive_class``.  multiclass: one logit per class, softmax cross-entropy.
 """
 
 from __future__ import annotations
@@ -12,18 +16,40 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
+import tensorflow as tf
+
+from cnnjax.config import ConfigError, check_choice
 
 Metrics = dict[str, jax.Array]
+Features = dict  # a TFDS FeaturesDict: name -> feature (``builder.info.features``)
+Target = Callable[[dict], tf.Tensor]  # a tf.data example -> its target
 
 
 @dataclasses.dataclass(frozen=True)
 class Head:
-  """A task: ``loss(outputs, targets)`` and ``metrics(outputs, targets)``, both per example."""
+  """A task.
+
+  Attributes:
+    name: its ``--config.head`` value.
+    loss: ``(outputs, targets) -> [B]`` per-example loss.
+    metrics: ``(outputs, targets) -> {name: [B]}``, the loss among them.
+    num_outputs: ``(features, data_config) -> int``, the model's output width.
+    target: ``(features, data_config) -> (example -> target)``, applied in the input pipeline.
+    check: ``(features, data_config) -> None``; raises ConfigError when the dataset cannot serve the task.
+  """
   name: str
   loss: Callable[[jax.Array, jax.Array], jax.Array]
   metrics: Callable[[jax.Array, jax.Array], Metrics]
+  num_outputs: Callable[[Features, ml_collections.ConfigDict], int]
+  target: Callable[[Features, ml_collections.ConfigDict], Target]
+  check: Callable[[Features, ml_collections.ConfigDict], None]
 
+
+# ---------------------------------------------------------------------------------------------------------
+# multiclass
 
 def _multiclass_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -32,6 +58,20 @@ def _multiclass_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def _multiclass_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
   return {'loss': _multiclass_loss(logits, labels), 'accuracy': (logits.argmax(-1) == labels).astype(jnp.float32)}
 
+
+def _has_labels(features: Features, data_config: ml_collections.ConfigDict) -> None:
+  if 'label' not in features:
+    raise ConfigError(f'--config.data.name={data_config.name} has no class labels; use --config.head=regression')
+
+
+MULTICLASS = Head('multiclass', _multiclass_loss, _multiclass_metrics,
+                  num_outputs=lambda features, _: features['label'].num_classes,
+                  target=lambda features, _: lambda ex: tf.cast(ex['label'], tf.int32),
+                  check=_has_labels)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# binary
 
 def _binary_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits[..., 0], labels.astype(logits.dtype))
@@ -42,6 +82,27 @@ def _binary_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
           'accuracy': ((logits[..., 0] > 0) == (labels > 0)).astype(jnp.float32)}
 
 
+def _binary_target(features: Features, data_config: ml_collections.ConfigDict) -> Target:
+  """Two classes: the label itself; more: label == positive_class."""
+  if features['label'].num_classes == 2:
+    return lambda ex: tf.cast(ex['label'], tf.float32)
+  return lambda ex: tf.cast(tf.equal(ex['label'], data_config.positive_class), tf.float32)
+
+
+def _binary_check(features: Features, data_config: ml_collections.ConfigDict) -> None:
+  _has_labels(features, data_config)
+  num_classes = features['label'].num_classes
+  if num_classes > 2 and not 0 <= data_config.positive_class < num_classes:
+    raise ConfigError(f'--config.data.positive_class={data_config.positive_class} must be in [0, {num_classes})')
+
+
+BINARY = Head('binary', _binary_loss, _binary_metrics, num_outputs=lambda features, _: 1, target=_binary_target,
+              check=_binary_check)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# regression
+
 def _regression_loss(preds: jax.Array, targets: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(preds - targets.reshape(preds.shape)), axis=-1)
 
@@ -51,15 +112,24 @@ def _regression_metrics(preds: jax.Array, targets: jax.Array) -> Metrics:
           'mae': jnp.mean(jnp.abs(preds - targets.reshape(preds.shape)), axis=-1)}
 
 
-HEADS: dict[str, Head] = {
-    'multiclass': Head('multiclass', _multiclass_loss, _multiclass_metrics),
-    'binary': Head('binary', _binary_loss, _binary_metrics),
-    'regression': Head('regression', _regression_loss, _regression_metrics),
-}
+def _regression_check(features: Features, data_config: ml_collections.ConfigDict) -> None:
+  if data_config.regression_target not in features:
+    raise ConfigError(f'--config.data.regression_target={data_config.regression_target!r} is not a feature of '
+                      f'{data_config.name}; choose one of {sorted(features.keys())}')
+
+
+REGRESSION = Head(
+    'regression', _regression_loss, _regression_metrics,
+    num_outputs=lambda features, data_config: int(np.prod(features[data_config.regression_target].shape, dtype=int)),
+    target=lambda features, data_config: lambda ex: tf.reshape(
+        tf.cast(ex[data_config.regression_target], tf.float32), [-1]),
+    check=_regression_check)
+
+
+HEADS: dict[str, Head] = {h.name: h for h in (MULTICLASS, BINARY, REGRESSION)}
 
 
 def get_head(name: str) -> Head:
-  """Looks a head up by name ('multiclass', 'binary' or 'regression')."""
-  if name not in HEADS:
-    raise ValueError(f'--config.head={name!r} is unknown; choose one of {sorted(HEADS)}')
+  """Looks a head up by ``--config.head`` ('multiclass', 'binary' or 'regression')."""
+  check_choice('head', name, HEADS)
   return HEADS[name]

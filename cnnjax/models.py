@@ -1,7 +1,7 @@
 """Flax modules: a conv -> activation -> pool block and a CNN that stacks blocks, dense layers and a head.
 
 Modules receive the conv, activation and pool as callables (from ``cnnjax.ops``); ``CNN`` resolves them from
-the names in a ``BlockSpec``, so an ablation is a config change. ``layer_shapes`` checks the geometry of a
+the names in a ``BlockSpec``, so an ablation is a config change. ``layers`` checks the geometry of a
 stack with closed-form arithmetic before anything is compiled.
 """
 
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cnnjax import ops
+from cnnjax.config import ConfigError, check_at_least, check_choice
 
 # Named model sizes: conv features per block and dense widths before the head. 'base' is the CNN of
 # flax/examples/mnist (conv32-conv64-dense256); 'tiny' is for tests; 'mlp' has no conv blocks.
@@ -118,90 +119,108 @@ class CNN(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # From a config.
 
+def conv_features(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Conv widths per block: ``config.model.features``, or the variant's when it is ()."""
+  return tuple(model_config.features) or VARIANTS[model_config.variant]['features']
+
+
+def dense_widths(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Dense widths before the output layer: ``config.model.dense``, or the variant's when it is ()."""
+  return tuple(model_config.dense) or VARIANTS[model_config.variant]['dense']
+
+
 def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...]:
-  """The blocks of ``config.model``: per-block features (or the variant's), shared scalar settings."""
-  features = tuple(model_config.features) or VARIANTS[model_config.variant]['features']  # () = the variant's
+  """The blocks of ``config.model``: per-block features, shared scalar settings, fixed filters first."""
   first = model_config.first_layer
   return tuple(
       BlockSpec(features=f, kernel_size=model_config.kernel_size, stride=model_config.stride,
                 padding=str(model_config.padding), dilation=model_config.dilation,
                 activation=model_config.activation, pool=model_config.pool,
                 pool_window=model_config.pool_window, pool_stride=model_config.pool_stride,
-                flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == 'learned') else first,
+                flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == LEARNED) else first,
                 conv_impl=model_config.conv_impl)
-      for i, f in enumerate(features))
+      for i, f in enumerate(conv_features(model_config)))
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_outputs: int) -> CNN:
   """The CNN described by ``config.model`` with ``num_outputs`` outputs."""
-  dense = tuple(model_config.dense) or VARIANTS[model_config.variant]['dense']
-  return CNN(blocks=block_specs(model_config), dense=dense, num_outputs=num_outputs,
+  return CNN(blocks=block_specs(model_config), dense=dense_widths(model_config), num_outputs=num_outputs,
              dense_activation=model_config.activation, dropout=model_config.dropout,
              dtype=jnp.dtype(model_config.dtype))
 
 
-def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError naming the ``--config.model.*`` flag for settings that cannot build a model."""
-  if model_config.variant not in VARIANTS:
-    raise ValueError(f'--config.model.variant={model_config.variant!r} is unknown; choose one of {sorted(VARIANTS)}')
+LEARNED = 'learned'  # config.model.first_layer: a learned first conv; else an ops.FIXED_FILTERS name
+
+
+def validate(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> None:
+  """Raises ConfigError naming the ``--config.model.*`` flag for settings that cannot build a model on
+  images of ``image_shape``, including a stack whose geometry does not fit (pure: closed forms only)."""
+  check_choice('model.variant', model_config.variant, VARIANTS)
   for flag in ('kernel_size', 'stride', 'dilation', 'pool_window', 'pool_stride'):
-    if model_config[flag] < 1:
-      raise ValueError(f'--config.model.{flag}={model_config[flag]} must be >= 1')
+    check_at_least(f'model.{flag}', model_config[flag], 1)
   for flag, value in (('features', model_config.features), ('dense', model_config.dense)):
     if any(v < 1 for v in value):
-      raise ValueError(f'--config.model.{flag}={tuple(value)}: every width must be >= 1')
-  checks = ((ops.get_activation, 'activation'), (ops.get_pool, 'pool'), (ops.parse_padding, 'padding'),
-            (ops.get_conv, 'conv_impl'))
-  for check, flag in checks:
-    try:
-      check(model_config[flag])
-    except ValueError as e:
-      raise ValueError(f'--config.model.{flag}: {e}') from None
-  fixed = ('learned', 'gaussian', 'sobel', 'gaussian_sobel')
-  if model_config.first_layer not in fixed:
-    raise ValueError(f'--config.model.first_layer={model_config.first_layer!r} is unknown; choose one of {fixed}')
-  if model_config.first_layer in ('sobel', 'gaussian_sobel') and model_config.kernel_size != 3:
-    raise ValueError(f'--config.model.first_layer={model_config.first_layer!r} needs '
-                     f'--config.model.kernel_size=3, got {model_config.kernel_size}')
+      raise ConfigError(f'--config.model.{flag}={tuple(value)}: every width must be >= 1')
+  check_choice('model.activation', model_config.activation, ops.ACTIVATIONS)
+  check_choice('model.pool', model_config.pool, ops.POOLS)
+  check_choice('model.conv_impl', model_config.conv_impl, ops.CONVS)
+  try:
+    ops.parse_padding(model_config.padding)
+  except ValueError as e:
+    raise ConfigError(f'--config.model.padding={model_config.padding!r}: {e}') from None
+  first = model_config.first_layer
+  check_choice('model.first_layer', first, (LEARNED, *ops.FIXED_FILTERS))
+  size = ops.FIXED_FILTERS[first].size if first != LEARNED else None
+  if size not in (None, model_config.kernel_size):
+    raise ConfigError(f'--config.model.first_layer={first!r} needs --config.model.kernel_size={size}, got '
+                      f'{model_config.kernel_size}')
   if not 0 <= model_config.dropout < 1:
-    raise ValueError(f'--config.model.dropout={model_config.dropout} must be in [0, 1)')
+    raise ConfigError(f'--config.model.dropout={model_config.dropout} must be in [0, 1)')
+  layers(block_specs(model_config), image_shape)
 
 
-def layer_shapes(blocks: Sequence[BlockSpec], height: int, width: int, channels: int
-                 ) -> list[tuple[str, tuple[int, int, int]]]:
-  """Closed-form output shape (H, W, C) after each conv and pool of a stack, checking that it fits.
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One conv or pool of a stack, with its window and its output shape worked out in closed form."""
+  name: str  # 'block{i}.conv' or 'block{i}.pool'
+  kind: str  # 'conv' or 'pool'
+  window: int
+  stride: int
+  dilation: int
+  fixed: bool  # a frozen filter bank (no parameters)
+  input_shape: tuple[int, int, int]
+  output_shape: tuple[int, int, int]
 
-  Args:
-    blocks: the stack.
-    height, width, channels: input image shape.
 
-  Returns:
-    [(layer name, (H, W, C))] for 'block{i}.conv' and 'block{i}.pool' in order.
+def layers(blocks: Sequence[BlockSpec], image_shape: tuple[int, int, int]) -> list[Layer]:
+  """The convs and pools of a stack in order, each with its closed-form output shape (H, W, C).
 
   Raises:
-    ValueError naming the layer and the sizes if a stride is < 1 or a kernel or window is larger than its
+    ConfigError naming the layer and the sizes if a stride is < 1 or a kernel or window is larger than its
     padded input (the only way an output could fall below 1x1).
   """
-  shapes = []
-  h, w, c = height, width, channels
+  result = []
+  h, w, c = image_shape
   for i, b in enumerate(blocks):
-    c = ops.fixed_filter_bank(b.fixed_filters, c, b.kernel_size).shape[-1] if b.fixed_filters else b.features
-    for part, k, s, p, d in (('conv', b.kernel_size, b.stride, b.padding, b.dilation),
+    c_out = ops.fixed_filter_bank(b.fixed_filters, c, b.kernel_size).shape[-1] if b.fixed_filters else b.features
+    for kind, k, s, p, d in (('conv', b.kernel_size, b.stride, b.padding, b.dilation),
                              ('pool', b.pool_window, b.pool_stride, 'VALID', 1)):
-      if part == 'pool' and b.pool == 'none':
+      if kind == 'pool' and ops.get_pool(b.pool) is None:
         continue
-      name = f'block{i}.{part}'
+      name = f'block{i}.{kind}'
       if s < 1:
-        flag = 'stride' if part == 'conv' else 'pool_stride'
-        raise ValueError(f'{name}: stride must be >= 1, got {s} (--config.model.{flag})')
+        flag = 'stride' if kind == 'conv' else 'pool_stride'
+        raise ConfigError(f'{name}: stride must be >= 1, got {s} (--config.model.{flag})')
       padding = ops.parse_padding(p)
       k_eff = ops.dilated_size(k, d)
       if padding != 'SAME':
         pad = 0 if padding == 'VALID' else padding[0][0] + padding[0][1]
         if k_eff > min(h, w) + pad:
-          raise ValueError(f'{name}: {part} window {k_eff}x{k_eff} is larger than its padded input '
-                           f'{h + pad}x{w + pad} (input {h}x{w}); use fewer blocks, less pooling, more padding '
-                           'or a larger --config.data.image_size')
-      h, w = ops.conv_output_size(h, k, s, p, d), ops.conv_output_size(w, k, s, p, d)  # >= 1: the window fits
-      shapes.append((name, (h, w, c)))
-  return shapes
+          raise ConfigError(f'{name}: {kind} window {k_eff}x{k_eff} is larger than its padded input '
+                            f'{h + pad}x{w + pad} (input {h}x{w}); use fewer blocks, less pooling, more padding '
+                            'or a larger --config.data.image_size')
+      out = (ops.conv_output_size(h, k, s, p, d), ops.conv_output_size(w, k, s, p, d), c_out)  # >= 1: it fits
+      result.append(Layer(name, kind, k, s, d, bool(b.fixed_filters), (h, w, c), out))
+      h, w, c = out
+  return result
+

@@ -6,6 +6,7 @@ take them as callables and an ablation is a change of which function is passed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -334,24 +335,37 @@ def sobel_kernels() -> tuple[np.ndarray, np.ndarray]:
   return gx, gx.T.copy()
 
 
+@dataclasses.dataclass(frozen=True)
+class FilterBank:
+  """A named set of fixed filters: ``make(size)`` gives the [size, size] filters; ``size`` is the only side
+  they exist at (None: any)."""
+  make: Callable[[int], list[np.ndarray]]
+  size: int | None = None
+
+
+FIXED_FILTERS: dict[str, FilterBank] = {
+    'gaussian': FilterBank(lambda size: [gaussian_kernel(size, size / 6)]),  # the window spans +-3 sigma
+    'sobel': FilterBank(lambda size: list(sobel_kernels()), size=3),
+    'gaussian_sobel': FilterBank(lambda size: [gaussian_kernel(size, size / 6), *sobel_kernels()], size=3),
+}
+
+
 def fixed_filter_bank(name: str, in_channels: int, size: int = 3) -> np.ndarray:
   """A frozen first-layer kernel that applies fixed filters to the channel mean of the input.
 
   Args:
-    name: 'gaussian' (one blur, sigma = size / 6 so the window spans +-3 sigma), 'sobel' (gx, gy) or
-      'gaussian_sobel' (all three; needs size 3).
+    name: a ``FIXED_FILTERS`` name: 'gaussian' (one blur, sigma = size / 6), 'sobel' (gx, gy) or
+      'gaussian_sobel' (all three); the Sobel banks are 3x3 only.
     in_channels: input channels; each filter is averaged over them.
     size: kernel side.
 
   Returns:
     [size, size, in_channels, num_filters] float32 kernel.
   """
-  filters = {'gaussian': lambda: [gaussian_kernel(size, size / 6)],
-             'sobel': lambda: list(sobel_kernels()),
-             'gaussian_sobel': lambda: [gaussian_kernel(size, size / 6), *sobel_kernels()]}
-  if name not in filters:
-    raise ValueError(f'unknown fixed filter bank {name!r}; choose one of {sorted(filters)}')
-  if name != 'gaussian' and size != 3:
-    raise ValueError(f'{name!r} filters are 3x3, got kernel size {size}')
-  bank = np.stack(filters[name](), axis=-1)  # [size, size, F]
-  return np.repeat(bank[:, :, None, :] / in_channels, in_channels, axis=2).astype(np.float32)
+  if name not in FIXED_FILTERS:
+    raise ValueError(f'unknown fixed filter bank {name!r}; choose one of {sorted(FIXED_FILTERS)}')
+  bank = FIXED_FILTERS[name]
+  if bank.size not in (None, size):
+    raise ValueError(f'{name!r} filters are {bank.size}x{bank.size}, got kernel size {size}')
+  filters = np.stack(bank.make(size), axis=-1)  # [size, size, F]
+  return np.repeat(filters[:, :, None, :] / in_channels, in_channels, axis=2).astype(np.float32)

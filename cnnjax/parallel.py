@@ -23,6 +23,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cnnjax.config import check_choice
+
 AXIS = 'batch'  # the data-parallel axis name used in every collective
 BACKENDS = ('pmap', 'shard_map')
 
@@ -150,8 +152,12 @@ class ShardMapBackend(Backend):
     return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
 
 
+def validate(name: str) -> None:
+  """Raises ConfigError unless ``--config.parallel`` names a back-end (pure: builds nothing)."""
+  check_choice('parallel', name, BACKENDS)
+
+
 def get_backend(name: str) -> Backend:
   """The back-end named by ``--config.parallel``."""
-  if name not in BACKENDS:
-    raise ValueError(f'--config.parallel={name!r} is unknown; choose one of {BACKENDS}')
+  validate(name)
   return PmapBackend() if name == 'pmap' else ShardMapBackend()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,18 +18,16 @@ matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-Result = dict[str, Any]
+Result = dict[str, Any]  # one run's result.json: 'name' (its directory), 'point' (its setting), metrics, ...
+FIRST_LAYER_FILE = 'first_layer.npz'  # in a run's directory: first-layer filters, feature maps and the input
 SKIP_METRICS = ('train_grad_norm', 'train_learning_rate')
 
 
-def _base_name(name: str) -> str:
-  return re.sub(r',seed=\d+$', '', name)
-
-
 def _group(results: Sequence[Result]) -> dict[str, list[Result]]:
+  """Results by point (the seeds of one setting together), in order of first appearance."""
   groups: dict[str, list[Result]] = {}
   for r in results:
-    groups.setdefault(_base_name(r['name']), []).append(r)
+    groups.setdefault(r['point'], []).append(r)
   return groups
 
 
@@ -164,7 +161,7 @@ def _plot_invariance(workdir: str, results: Sequence[Result]) -> str | None:
 
 
 def _plot_first_layers(workdir: str, results: Sequence[Result], per_row: int = 8) -> str | None:
-  runs = [(name, os.path.join(workdir, group[0]['name'], 'first_layer.npz')) for name, group in _group(results).items()]
+  runs = [(name, os.path.join(workdir, group[0]['name'], FIRST_LAYER_FILE)) for name, group in _group(results).items()]
   runs = [(name, np.load(path)) for name, path in runs if os.path.exists(path)]
   if not runs:
     return None

@@ -8,7 +8,6 @@ is rebuilt from whatever points are finished.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import re
@@ -20,24 +19,21 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
-from cnnjax import analysis, checkpointing, input_pipeline, models, report, train
+from cnnjax import analysis, checkpointing, report, train
+from cnnjax.config import ConfigError, apply_overrides
 
 Overrides = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-  """One run of a sweep: a name (its directory) and the overrides applied to the base config."""
+  """One run of a sweep: a name (its directory), the name of the setting it is a seed of (the report's row),
+  and the overrides applied to the base config."""
   name: str
+  group: str
   overrides: Overrides
-
-
-def grid(axes: dict[str, Sequence[Any]]) -> list[Overrides]:
-  """Every combination of the values of ``axes`` ({'model.pool': ['max', 'avg'], ...}) as override dicts."""
-  return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
 def point_name(overrides: Overrides) -> str:
@@ -60,26 +56,10 @@ def expand(sweep: Sequence[Overrides], seeds: int, base_seed: int) -> list[Point
     name = point_name(overrides)
     for i in range(seeds):
       extra = {'seed': base_seed + i} if seeds > 1 else {}
-      points.append(Point(f'{name},seed={base_seed + i}' if extra else name, {**overrides, **extra}))
+      points.append(Point(f'{name},seed={base_seed + i}' if extra else name, name, {**overrides, **extra}))
   if len({p.name for p in points}) != len(points):
-    raise train.ConfigError('two sweep points have the same name; give them distinct "name" overrides')
+    raise ConfigError('two sweep points have the same name; give them distinct "name" overrides')
   return points
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Overrides) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with dotted-path overrides set ('name' is only a label)."""
-  config = config.copy_and_resolve_references()
-  for path, value in overrides.items():
-    if path == 'name':
-      continue
-    *parents, field = path.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    if field not in node:
-      raise train.ConfigError(f'sweep override {path!r} is not a config field')
-    node[field] = value
-  return config
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,43 +75,34 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
     return load_result(point_dir)
   logging.info('Sweep point %s: %s', point.name, point.overrides)
   start = time.time()
-  metrics = train.train_and_evaluate(config, point_dir, data_dir)
+  trained = train.train_and_evaluate(config, point_dir, data_dir)
   wall_time = time.time() - start
-  builder, info = train.prepare_data(config, data_dir)
-  model = models.build_model(config.model, info.num_outputs)
-  params = restore_params(config, model, info, point_dir)
+  run, params = trained.run, trained.params
+  layers = analysis.analyze(config.model, run.info.image_shape, run.info.num_outputs)
   history = read_metrics(point_dir)
   train_rows = [r for r in history if 'train_loss' in r]
   speeds = [r['steps_per_sec'] for r in history if 'steps_per_sec' in r]
-  result = {'name': point.name, 'overrides': point.overrides, 'seed': config.seed, **metrics,
-            **{k: v for k, v in train_rows[-1].items() if k.startswith('train_')},
-            'flops': analysis.totals(analysis.analyze(config.model, info.image_shape, info.num_outputs))['flops'],
+  result = {'name': point.name, 'point': point.group, 'overrides': point.overrides, 'seed': config.seed,
+            **trained.metrics, **{k: v for k, v in train_rows[-1].items() if k.startswith('train_')},
+            'flops': analysis.totals(layers)['flops'],
             'steps_per_sec': statistics.median(speeds) if speeds else float('nan'), 'wall_time_s': wall_time}
-  images, targets = _eval_sample(config, builder)
+  images, targets = _eval_sample(run)
   if config.analysis.invariance_shifts and config.head == 'multiclass':
-    result['invariance'] = analysis.shift_invariance(model.apply, params, images, targets,
+    result['invariance'] = analysis.shift_invariance(run.model.apply, params, images, targets,
                                                      config.analysis.invariance_shifts)
   if jax.process_index() == 0:
-    if model.blocks:
-      filters, maps = analysis.first_layer_maps(model, params, images[0])
-      np.savez(os.path.join(point_dir, 'first_layer.npz'), filters=filters, maps=maps, image=images[0])
+    if run.model.blocks:
+      filters, maps = analysis.first_layer_maps(run.model, params, images[0])
+      np.savez(os.path.join(point_dir, report.FIRST_LAYER_FILE), filters=filters, maps=maps, image=images[0])
     with open(result_path, 'w') as f:
       json.dump(result, f, indent=1)
   return result
 
 
-def restore_params(config: ml_collections.ConfigDict, model: models.CNN, info: input_pipeline.DataInfo,
-                   workdir: str):
-  """The parameters of the latest checkpoint in ``workdir``."""
-  state = jax.eval_shape(lambda: train.create_train_state(config, model, info.image_shape, jax.random.key(0)))
-  with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints'))) as manager:
-    return checkpointing.restore_latest(manager, state, workdir).params
-
-
-def _eval_sample(config: ml_collections.ConfigDict, builder, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def _eval_sample(run: train.Run, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:
   """Up to ``num`` real eval examples as host arrays (images [N, H, W, C], targets [N])."""
   images, targets = [], []
-  for batch in input_pipeline.eval_batches(config, builder, num_devices=1):
+  for batch in run.eval_batches(num_devices=1):
     mask = batch['mask'].reshape(-1)
     images.append(batch['image'].reshape(-1, *batch['image'].shape[2:])[mask])
     targets.append(batch['target'].reshape(-1, *batch['target'].shape[2:])[mask])
@@ -170,14 +141,15 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
   """
   points = expand(get_sweep(), config.seeds, config.seed)
   if sweep_index is not None and not 0 <= sweep_index < len(points):
-    raise train.ConfigError(f'--sweep_index={sweep_index} is out of range: this sweep has {len(points)} points '
+    raise ConfigError(f'--sweep_index={sweep_index} is out of range: this sweep has {len(points)} points '
                             f'(0..{len(points) - 1})')
-  configs = {p.name: apply_overrides(config, p.overrides) for p in points}
-  for name, point_config in configs.items():
+  configs = {}
+  for p in points:
     try:
-      train.validate_config(point_config, jax.device_count())
-    except train.ConfigError as e:
-      raise train.ConfigError(f'sweep point {name}: {e}') from None
+      configs[p.name] = apply_overrides(config, p.overrides)
+      train.validate(configs[p.name], jax.device_count())
+    except ConfigError as e:
+      raise ConfigError(f'sweep point {p.name}: {e}') from None
   if overwrite and not report_only:
     checkpointing.move_aside(workdir)
   if not report_only:
@@ -187,7 +159,7 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
   if sweep_index is None and jax.process_index() == 0:
     done = [p for p in points if os.path.exists(os.path.join(workdir, p.name, 'result.json'))]
     if not done:
-      raise train.ConfigError(f'--report_only: no finished sweep points in {workdir}')
+      raise ConfigError(f'--report_only: no finished sweep points in {workdir}')
     report.write(workdir, [load_result(os.path.join(workdir, p.name)) for p in done],
                  {p.name: read_metrics(os.path.join(workdir, p.name)) for p in done})
     logging.info('Report: %s (%d of %d points finished).', os.path.join(workdir, 'report.md'), len(done),
@@ -198,15 +170,12 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
 def analyze(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None,
             data_dir: str | None = None) -> str:
   """The per-layer analysis table of the config, or of every sweep point, as markdown (no data is read)."""
-  points = expand(get_sweep(), 1, config.seed) if get_sweep else [Point('config', {})]
+  points = expand(get_sweep(), 1, config.seed) if get_sweep else [Point('config', 'config', {})]
   sections = []
   for point in points:
-    point_config = apply_overrides(config, point.overrides)
-    train.validate_config(point_config, 1)
-    builder = input_pipeline.get_builder(point_config.data, data_dir)  # features only: nothing is generated
-    info = input_pipeline.data_info(point_config, builder)
-    rows = analysis.analyze(point_config.model, info.image_shape, info.num_outputs)
-    flops = analysis.xla_flops(models.build_model(point_config.model, info.num_outputs), info.image_shape)
-    sections.append(f'## {point.name}\n\ninput {"x".join(map(str, info.image_shape))}, XLA forward FLOPs per '
-                    f'image: {flops:,.0f}\n\n{analysis.format_table(rows)}\n')
+    run = train.setup(apply_overrides(config, point.overrides), data_dir, prepare=False)
+    shape, outputs = run.info.image_shape, run.info.num_outputs
+    rows = analysis.analyze(run.config.model, shape, outputs)
+    sections.append(f'## {point.name}\n\ninput {"x".join(map(str, shape))}, XLA forward FLOPs per image: '
+                    f'{analysis.xla_flops(run.model, shape):,.0f}\n\n{analysis.format_table(rows)}\n')
   return '\n'.join(sections)

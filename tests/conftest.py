@@ -13,7 +13,7 @@ jax.config.update('jax_num_cpu_devices', 8)
 
 import pytest  # noqa: E402
 
-from experiments import shapes  # noqa: E402
+from cnnjax.config import load_experiment  # noqa: E402
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -31,7 +31,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture
 def config():
   """The baseline config with the tiny test model and a short, fast schedule."""
-  config = shapes.get_config()
+  config = load_experiment('shapes').get_config()
   config.model.variant = 'tiny'
   config.batch_size = 64
   config.eval_batch_size = 512

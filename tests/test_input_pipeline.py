@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cnnjax import input_pipeline, train
+from cnnjax import data, heads, input_pipeline
+from cnnjax.config import ConfigError
 from cnnjax.datasets import shapes as shapes_ds
+
+
+def _prepared(config, data_dir):
+  """The prepared builder of config.data and the head's example -> target, as train.setup makes them."""
+  builder = data.prepare(config.data, data_dir)
+  return builder, heads.get_head(config.head).target(builder.info.features, config.data)
 
 
 def test_shapes_examples_are_deterministic_and_labelled():
@@ -18,10 +25,11 @@ def test_shapes_examples_are_deterministic_and_labelled():
 
 def test_shapes_builder_and_train_batches(config, data_dir):
   config.data.augment_flip = config.data.augment_crop = True
-  builder, info = train.prepare_data(config, data_dir)
-  assert info.image_shape == (32, 32, 3) and info.num_outputs == 6
-  assert builder.info.splits['train'].num_examples == 10_000 and builder.info.splits['test'].num_examples == 2_000
-  batch = next(input_pipeline.train_iterator(config, builder, num_devices=8))
+  builder, target = _prepared(config, data_dir)
+  assert data.image_shape(config.data) == (32, 32, 3) and builder.info.features['label'].num_classes == 6
+  splits = builder.info.splits
+  assert splits['train'].num_examples == 10_000 and splits['test'].num_examples == 2_000
+  batch = next(input_pipeline.train_iterator(config, builder, target, num_devices=8))
   assert batch['image'].shape == (8, 8, 32, 32, 3) and batch['image'].dtype == np.float32
   assert batch['target'].shape == (8, 8) and batch['target'].dtype == np.int32
   assert abs(batch['image'].mean()) < 0.5 and 0.5 < batch['image'].std() < 2  # normalised
@@ -29,37 +37,37 @@ def test_shapes_builder_and_train_batches(config, data_dir):
 
 def test_resuming_at_step_k_yields_batch_k(config, data_dir):
   config.data.augment_flip = config.data.augment_crop = True
-  builder, _ = train.prepare_data(config, data_dir)
-  fresh = input_pipeline.train_iterator(config, builder, num_devices=8)
+  builder, target = _prepared(config, data_dir)
+  fresh = input_pipeline.train_iterator(config, builder, target, num_devices=8)
   batches = [next(fresh) for _ in range(4)]
-  resumed = next(input_pipeline.train_iterator(config, builder, num_devices=8, start_step=3))
+  resumed = next(input_pipeline.train_iterator(config, builder, target, num_devices=8, start_step=3))
   for key in ('image', 'target'):
     np.testing.assert_array_equal(resumed[key], batches[3][key])
   assert not np.array_equal(batches[2]['image'], batches[3]['image'])
 
 
 def test_eval_batches_cover_the_split_once(config, data_dir):
-  builder, _ = train.prepare_data(config, data_dir)
-  batches = list(input_pipeline.eval_batches(config, builder, num_devices=8))
+  batches = list(input_pipeline.eval_batches(config, *_prepared(config, data_dir), num_devices=8))
   assert len(batches) == 4  # ceil(2000 / 512)
   assert sum(b['mask'].sum() for b in batches) == 2000 and batches[0]['image'].shape == (8, 64, 32, 32, 3)
 
 
 def test_digits_builder(config, data_dir):
   config.data.name = 'digits'
-  builder, info = train.prepare_data(config, data_dir)
-  assert info.image_shape == (8, 8, 1) and info.num_outputs == 10
+  builder, _ = _prepared(config, data_dir)
+  assert data.image_shape(config.data) == (8, 8, 1) and builder.info.features['label'].num_classes == 10
   assert builder.info.splits['train'].num_examples == 1437 and builder.info.splits['test'].num_examples == 360
 
 
 @pytest.mark.parametrize('head,target_shape', [('binary', (8, 8)), ('regression', (8, 8, 1))])
 def test_task_targets(config, data_dir, head, target_shape):
   config.head = head
-  builder, info = train.prepare_data(config, data_dir)
-  batch = next(input_pipeline.train_iterator(config, builder, num_devices=8))
+  builder, target = _prepared(config, data_dir)
+  batch = next(input_pipeline.train_iterator(config, builder, target, num_devices=8))
   assert batch['target'].shape == target_shape and batch['target'].dtype == np.float32
   if head == 'binary':
-    assert set(np.unique(batch['target'])) <= {0.0, 1.0} and info.num_outputs == 1
+    assert set(np.unique(batch['target'])) <= {0.0, 1.0}
+    assert heads.get_head(head).num_outputs(builder.info.features, config.data) == 1
   else:
     assert 0.15 <= batch['target'].min() and batch['target'].max() <= 0.35
 
@@ -69,12 +77,12 @@ def test_task_targets(config, data_dir, head, target_shape):
 def test_download_only_datasets_on_mock_data(config, tmp_path, name, image_size, shape):
   config.data.name, config.data.image_size = name, image_size
   with tfds.testing.mock_data(num_examples=100):
-    builder, info = train.prepare_data(config, str(tmp_path))
-    batch = next(input_pipeline.train_iterator(config, builder, num_devices=8))
-  assert info.image_shape == shape and batch['image'].shape == (8, 8, *shape)
+    builder, target = _prepared(config, str(tmp_path))
+    batch = next(input_pipeline.train_iterator(config, builder, target, num_devices=8))
+  assert data.image_shape(config.data) == shape and batch['image'].shape == (8, 8, *shape)
 
 
 def test_wrong_image_size_for_a_fixed_size_dataset(config):
   config.data.name, config.data.image_size = 'mnist', 32
-  with pytest.raises(ValueError, match='--config.data.image_size=28'):
-    input_pipeline.image_size(config.data)
+  with pytest.raises(ConfigError, match='--config.data.image_size=28'):
+    data.image_size(config.data)

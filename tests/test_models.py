@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cnnjax import models, ops, train
+from cnnjax.config import ConfigError
 
 
 def _params(model, shape):
@@ -45,7 +46,7 @@ def test_stride_and_pool_shapes_and_params(config, stride, pool):
   assert params['dense0']['kernel'].shape == (FLAT[stride, pool], 16)
   assert _count(params) == 112 + 296 + FLAT[stride, pool] * 16 + 16 + 102
   assert model.apply({'params': params}, jnp.zeros((5, 32, 32, 3))).shape == (5, 6)
-  h, w, c = models.layer_shapes(models.block_specs(config.model), 32, 32, 3)[-1][1]
+  h, w, c = models.layers(models.block_specs(config.model), (32, 32, 3))[-1].output_shape
   assert h * w * c == FLAT[stride, pool]
 
 
@@ -58,7 +59,8 @@ def test_block_output_matches_conv_output_size():
 
 def test_seed_224_block_with_2x2_pool_gives_112():
   spec = models.BlockSpec(features=1, kernel_size=3, padding='SAME')
-  assert models.layer_shapes([spec], 224, 224, 3) == [('block0.conv', (224, 224, 1)), ('block0.pool', (112, 112, 1))]
+  layers = models.layers([spec], (224, 224, 3))
+  assert [(x.name, x.output_shape) for x in layers] == [('block0.conv', (224, 224, 1)), ('block0.pool', (112, 112, 1))]
 
 
 @pytest.mark.parametrize('bank,channels', [('gaussian', 1), ('sobel', 2), ('gaussian_sobel', 3)])
@@ -80,18 +82,18 @@ def test_gaussian_first_layer_keeps_a_constant_image_constant():
 
 def test_too_many_pools_for_the_image_names_the_layer(config):
   config.model.features = (4, 4, 4, 4)
-  with pytest.raises(ValueError, match=r'block3\.pool: .*1x1'):
-    models.layer_shapes(models.block_specs(config.model), 8, 8, 1)
+  with pytest.raises(ConfigError, match=r'block3\.pool: .*1x1'):
+    models.layers(models.block_specs(config.model), (8, 8, 1))
 
 
 def test_kernel_larger_than_padded_input_names_the_layer(config):
   config.model.padding, config.model.kernel_size = 'VALID', 5
-  with pytest.raises(ValueError, match=r'block1\.conv: conv window 5x5 is larger than its padded input 4x4'):
-    models.layer_shapes(models.block_specs(config.model), 12, 12, 3)  # 12 -conv5-> 8 -pool-> 4 < 5
+  with pytest.raises(ConfigError, match=r'block1\.conv: conv window 5x5 is larger than its padded input 4x4'):
+    models.layers(models.block_specs(config.model), (12, 12, 3))  # 12 -conv5-> 8 -pool-> 4 < 5
 
 
 @pytest.mark.parametrize('flag,value', [('stride', 0), ('kernel_size', 0), ('pool_stride', -1)])
 def test_non_positive_sizes_name_the_flag(config, flag, value):
   config.model[flag] = value
-  with pytest.raises(ValueError, match=f'--config.model.{flag}={value}'):
-    models.validate_model_config(config.model)
+  with pytest.raises(ConfigError, match=f'--config.model.{flag}={value}'):
+    models.validate(config.model, (32, 32, 3))

@@ -12,7 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnnjax import heads, input_pipeline, models, parallel, train
+from cnnjax import parallel, train
+from cnnjax.config import apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {'model.variant': 'tiny', 'batch_size': 32, 'eval_batch_size': 64, 'num_train_steps': 6,
@@ -40,38 +41,28 @@ def _run_two_processes(workdir, data_dir, backend):
   return [re.search(r'Process (\d): final params fingerprint (\w+)', log).groups() for log in logs]
 
 
-def _initial_state(config, data_dir):
-  builder, info = train.prepare_data(config, data_dir)
-  model = models.build_model(config.model, info.num_outputs)
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed, impl=config.rng_impl))
-  return builder, train.create_train_state(config, model, info.image_shape, init_rng), dropout_rng
-
-
 def _one_process_reference(config, data_dir):
   """The same 6 steps in this process on 4 devices, each global batch built from both processes' shards."""
-  builder, state, dropout_rng = _initial_state(config, data_dir)
-  lr_fn = train.create_learning_rate_fn(config.optimizer, config.num_train_steps)
-  step = jax.pmap(functools.partial(train.train_step, head=heads.get_head('multiclass'), learning_rate_fn=lr_fn),
+  run = train.setup(config, data_dir)
+  init_rng, dropout_rng = run.keys()
+  step = jax.pmap(functools.partial(train.train_step, head=run.head, learning_rate_fn=run.learning_rate_fn),
                   axis_name=parallel.AXIS, in_axes=(0, 0, None))
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:4]), (parallel.AXIS,))
-  state = parallel.replicate(state, mesh)
-  shards = [input_pipeline.train_iterator(config, builder, 2, shard=(i, 2)) for i in range(2)]
+  state = parallel.replicate(run.init_state(init_rng), mesh)
+  shards = [run.train_batches(shard=(i, 2), num_devices=2) for i in range(2)]
   for _ in range(config.num_train_steps):
     batch = jax.tree.map(lambda *xs: np.concatenate(xs), *(next(it) for it in shards))  # [4, 8, ...]
     state, _ = step(state, parallel.shard(batch, mesh), dropout_rng)
-  return jax.tree.map(lambda x: parallel.local_value(x)[0], state.params)
+  return jax.tree.map(lambda x: parallel.local_value(x)[0], state.params), run
 
 
 @pytest.mark.parametrize('backend', parallel.BACKENDS)
 def test_two_processes_agree_with_each_other_and_with_one_process(config, data_dir, tmp_path, backend):
   (p0, fp0), (p1, fp1) = _run_two_processes(str(tmp_path), data_dir, backend)
   assert (p0, p1) == ('0', '1') and fp0 == fp1  # bitwise-identical params on both processes
-  for key, value in OVERRIDES.items():
-    section, _, field = key.rpartition('.')
-    (config[section] if section else config)[field] = value
-  target = _initial_state(config, data_dir)[1]  # this process's topology (8 devices, not the writers' 4)
+  want, run = _one_process_reference(apply_overrides(config, OVERRIDES), data_dir)
+  target = run.init_state(run.keys()[0])  # this process's topology (8 devices, not the writers' 4)
   with ocp.CheckpointManager(str(tmp_path / 'checkpoints')) as manager:
     written = manager.restore(6, args=ocp.args.StandardRestore(target)).params  # written collectively
   assert train.params_fingerprint(written) == fp0
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), written,
-               _one_process_reference(config, data_dir))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), written, want)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cnnjax import checkpointing, models, train
+from cnnjax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FLAGS = ['--experiment=shapes', '--config.model.variant=tiny', '--config.num_train_steps=60',
@@ -36,14 +36,15 @@ def _params(workdir, step=None):
     return manager.restore(step or manager.latest_step(), args=ocp.args.StandardRestore())['params']
 
 
-def _wait_for_checkpoint(workdir, proc, timeout=240):
+def _wait_for_checkpoint(workdir, proc, step, timeout=240):
+  """Polls until a finished checkpoint of ``step`` or later exists (orbax renames it into place when done)."""
   deadline = time.time() + timeout
   path = os.path.join(workdir, 'checkpoints')
   while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path)):
+    if os.path.isdir(path) and any(d.isdigit() and int(d) >= step for d in os.listdir(path)):
       return
     time.sleep(0.05)
-  raise AssertionError(f'no checkpoint appeared; stderr: {proc.communicate()[1][-2000:]}')
+  raise AssertionError(f'no checkpoint of step {step} appeared; stderr: {proc.communicate()[1][-2000:]}')
 
 
 @pytest.fixture(scope='module')
@@ -57,8 +58,7 @@ def uninterrupted(data_dir, tmp_path_factory):
 def test_sigkilled_run_resumes_bitwise_exactly(uninterrupted, data_dir, tmp_path):
   workdir = str(tmp_path)
   proc = _start(workdir, data_dir)
-  _wait_for_checkpoint(workdir, proc)
-  time.sleep(random.uniform(0, 1.5))  # a random later step
+  _wait_for_checkpoint(workdir, proc, 15)  # then killed at whatever step it has reached, mid-run
   proc.kill()
   assert proc.wait(timeout=60) == -signal.SIGKILL
   killed_at = max(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
@@ -96,7 +96,7 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tm
     train.train_and_evaluate(config, preempted, data_dir)
   assert 0 < err.value.step < 60 and err.value.step % 25  # saved at the step it stopped on, off the schedule
   assert str(err.value.step) in os.listdir(os.path.join(preempted, 'checkpoints'))
-  train.train_and_evaluate(config, preempted, data_dir)
+  assert train.train_and_evaluate(config, preempted, data_dir).start_step == err.value.step
   jax.tree.map(np.testing.assert_array_equal, _params(preempted, 60), _params(full, 60))
 
 
@@ -109,7 +109,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(config, data_dir, 
     with open(os.path.join(data, name), 'r+b') as f:
       f.truncate(os.path.getsize(f.name) // 2)
   with caplog.at_level('WARNING'):
-    train.train_and_evaluate(config, workdir, data_dir)  # resumes from 10, trains 11..20 again
+    assert train.train_and_evaluate(config, workdir, data_dir).start_step == 10  # trains 11..20 again
   assert 'Checkpoint at step 20 is unreadable' in caplog.text
   assert len(os.listdir(os.path.join(workdir, 'corrupt_checkpoints'))) == 1  # kept, not deleted
   jax.tree.map(np.testing.assert_array_equal, _params(workdir, 20), want)
@@ -120,7 +120,7 @@ def test_workdir_of_another_config_is_refused_unless_overwrite(config, data_dir,
   config.num_train_steps = 2
   train.train_and_evaluate(config, workdir, data_dir)
   config.model.stride, config.log_every_steps = 2, 1  # log_every_steps alone would be allowed
-  with pytest.raises(train.ConfigError, match=r'holds a run of a different config \(model.stride: 1 -> 2\)'):
+  with pytest.raises(ConfigError, match=r'holds a run of a different config \(model.stride: 1 -> 2\)'):
     train.train_and_evaluate(config, workdir, data_dir)
   train.train_and_evaluate(config, workdir, data_dir, overwrite=True)
   moved = [d for d in os.listdir(tmp_path) if d.startswith('run.overwritten-')]
@@ -151,7 +151,7 @@ def test_skip_nonfinite_skips_bad_updates(config, data_dir, tmp_path):
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert sum(r.get('train_skipped_steps', 0) for r in rows) >= 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), 6)))
-  assert 'eval_loss' in result
+  assert 'eval_loss' in result.metrics  # it ran to the end and evaluated
 
 
 def test_offline_download_times_out_with_advice(config, tmp_path, monkeypatch):
@@ -159,14 +159,14 @@ def test_offline_download_times_out_with_advice(config, tmp_path, monkeypatch):
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', lambda self, **kw: time.sleep(30))
   config.data.name, config.data.download_timeout_s = 'mnist', 1
   start = time.time()
-  with pytest.raises(train.ConfigError, match=r'did not finish in 1 s \(no internet\?\).*offline dataset'):
+  with pytest.raises(ConfigError, match=r'did not finish in 1 s \(no internet\?\).*offline dataset'):
     train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'data'))
   assert time.time() - start < 20 and not (tmp_path / 'work').exists()
 
 
 def test_data_dir_that_is_not_a_directory_is_refused(config, tmp_path):
   (tmp_path / 'file').write_text('x')
-  with pytest.raises(train.ConfigError, match='--data_dir=.*file is not a readable and writable directory'):
+  with pytest.raises(ConfigError, match='--data_dir=.*file is not a readable and writable directory'):
     train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'file'))
   assert not (tmp_path / 'work').exists()
 
@@ -186,33 +186,46 @@ def _out_size(n, k, s, p, d):  # independent closed form: SAME -> ceil(n / s), e
   return -(-n // s) if p == 'SAME' else (n + 2 * (0 if p == 'VALID' else int(p)) - d * (k - 1) - 1) // s + 1
 
 
+def _closed_form_sizes(size, blocks, k, s, p, d, pool, pw, ps):
+  """Map sides after each block, or None if some window cannot fit (a side below 1) or a size is < 1."""
+  if min(k, s, pw, ps) < 1:
+    return None
+  n, sides = size, []
+  for _ in range(blocks):
+    n = _out_size(n, k, s, p, d)
+    if n >= 1 and pool != 'none':
+      n = _out_size(n, pw, ps, 'VALID', 1)
+    if n < 1:
+      return None
+    sides.append(n)
+  return sides
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(8, 64), blocks=st.integers(1, 3), k=st.sampled_from([1, 2, 3, 3, 3, 5, 7, 0]),
        s=st.sampled_from([1, 1, 1, 2, 2, 3, 0, -1]), p=st.sampled_from(['SAME', 'SAME', 'VALID', '0', '1', '2']),
        d=st.sampled_from([1, 1, 1, 2, 3]), pool=st.sampled_from(['max', 'avg', 'none']),
        pw=st.sampled_from([2, 2, 1, 3]), ps=st.sampled_from([2, 2, 1, 3, 0]))
-def test_random_configs_raise_clearly_or_match_closed_form_shapes(config, size, blocks, k, s, p, d, pool, pw, ps):
+def test_random_configs_are_refused_exactly_when_the_closed_form_says_they_cannot_fit(
+    config, size, blocks, k, s, p, d, pool, pw, ps):
   config.data.image_size = size
   m = config.model
   m.features, m.kernel_size, m.stride, m.padding, m.dilation = (3,) * blocks, k, s, p, d
   m.pool, m.pool_window, m.pool_stride = pool, pw, ps
+  sides = _closed_form_sizes(size, blocks, k, s, p, d, pool, pw, ps)
   try:
-    train.validate_config(config, 8)
-  except train.ConfigError as e:
+    train.validate(config, 8)
+  except ConfigError as e:
     event('refused')
+    assert sides is None, f'refused a geometry that fits ({sides}): {e}'
     assert '--config.' in str(e) or 'block' in str(e), e
     return
   event('built')
-  n, want = size, []
-  for _ in range(blocks):
-    n = _out_size(n, k, s, p, d)
-    if pool != 'none':
-      n = _out_size(n, pw, ps, 'VALID', 1)
-    want.append((1, n, n, 3))
+  assert sides is not None, 'accepted a geometry whose closed form has a side below 1'
   model = models.build_model(m, 6)
   x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
   variables = jax.eval_shape(model.init, jax.random.key(0), x)
   _, state = jax.eval_shape(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates']),
                             variables, x)
   got = [state['intermediates'][f'block{i}']['__call__'][0].shape for i in range(blocks)]
-  assert got == want and min(n for _, n, _, _ in want) >= 1
+  assert got == [(1, n, n, 3) for n in sides]

@@ -1,19 +1,16 @@
 """Sweeps, the report and the analysis: expansion, --sweep_index, reports from fake runs, closed forms."""
 
-import importlib
 import json
 import os
 
 import pytest
 
 from cnnjax import analysis, models, report, sweep, train
+from cnnjax.config import ConfigError, apply_overrides, experiment_names, load_experiment
 
 
-def test_grid_and_names():
-  points = sweep.grid({'model.pool': ['max', 'avg'], 'model.stride': [1, 2]})
-  assert points == [{'model.pool': 'max', 'model.stride': 1}, {'model.pool': 'max', 'model.stride': 2},
-                    {'model.pool': 'avg', 'model.stride': 1}, {'model.pool': 'avg', 'model.stride': 2}]
-  assert sweep.point_name(points[1]) == 'pool=max,stride=2'
+def test_point_names():
+  assert sweep.point_name({'model.pool': 'max', 'model.stride': 2}) == 'pool=max,stride=2'
   assert sweep.point_name({'model.features': (8, 16)}) == 'features=8-16'
   assert sweep.point_name({'name': 'conv stride/2', 'model.stride': 2}) == 'conv_stride_2'
 
@@ -21,29 +18,31 @@ def test_grid_and_names():
 def test_expand_over_seeds():
   points = sweep.expand([{'model.pool': 'max'}, {'model.pool': 'avg'}], seeds=2, base_seed=5)
   assert [p.name for p in points] == ['pool=max,seed=5', 'pool=max,seed=6', 'pool=avg,seed=5', 'pool=avg,seed=6']
-  assert points[1].overrides == {'model.pool': 'max', 'seed': 6}
-  with pytest.raises(train.ConfigError, match='same name'):
+  assert points[1].overrides == {'model.pool': 'max', 'seed': 6} and points[1].group == 'pool=max'
+  with pytest.raises(ConfigError, match='same name'):
     sweep.expand([{'model.pool': 'max'}, {'model.pool': 'max'}], seeds=1, base_seed=0)
 
 
 def test_apply_overrides_copies_and_checks_fields(config):
-  changed = sweep.apply_overrides(config, {'model.stride': 2, 'name': 'x', 'head': 'binary'})
+  changed = apply_overrides(config, {'model.stride': 2, 'name': 'x', 'head': 'binary'})
   assert (changed.model.stride, changed.head, config.model.stride, config.head) == (2, 'binary', 1, 'multiclass')
-  with pytest.raises(train.ConfigError, match="'model.strid' is not a config field"):
-    sweep.apply_overrides(config, {'model.strid': 2})
+  for path in ('model.strid', 'modle.stride', 'seed.x'):
+    with pytest.raises(ConfigError, match=f"'{path}' is not a config field"):
+      apply_overrides(config, {path: 2})
 
 
 def test_bad_sweep_index_and_bad_point_are_refused_before_writing(config, tmp_path):
   workdir = tmp_path / 'work'
-  with pytest.raises(train.ConfigError, match=r'--sweep_index=2 is out of range: this sweep has 2 points \(0..1\)'):
+  with pytest.raises(ConfigError, match=r'--sweep_index=2 is out of range: this sweep has 2 points \(0..1\)'):
     sweep.run(config, lambda: [{'model.stride': 1}, {'model.stride': 2}], str(workdir), sweep_index=2)
-  with pytest.raises(train.ConfigError, match=r'sweep point stride=0: .*--config.model.stride=0'):
+  with pytest.raises(ConfigError, match=r'sweep point stride=0: .*--config.model.stride=0'):
     sweep.run(config, lambda: [{'model.stride': 1}, {'model.stride': 0}], str(workdir))
   assert not workdir.exists()
 
 
 def _fake_result(name, pool, seed, accuracy):
-  return {'name': name, 'overrides': {'model.pool': pool, 'seed': seed}, 'seed': seed, 'num_params': 100,
+  return {'name': name, 'point': name.split(',seed=')[0], 'overrides': {'model.pool': pool, 'seed': seed},
+          'seed': seed, 'num_params': 100,
           'flops': 1000, 'eval_accuracy': accuracy, 'eval_loss': 1 - accuracy, 'train_loss': 0.5,
           'steps_per_sec': 10.0, 'wall_time_s': 3.0,
           'invariance': {'shift': [0, 1], 'accuracy': [accuracy, accuracy - 0.1], 'agreement': [1.0, 0.8]}}
@@ -107,15 +106,11 @@ def test_tiny_sweep_end_to_end_and_sweep_index(config, data_dir, tmp_path):
   assert result['num_params'] == 8718 and len(result['invariance']['accuracy']) == 3
 
 
-EXPERIMENTS = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), '..', 'experiments'))
-                     if f.endswith('.py') and not f.startswith('_'))
-
-
-@pytest.mark.parametrize('name', EXPERIMENTS)
+@pytest.mark.parametrize('name', experiment_names())
 def test_every_experiment_and_sweep_point_is_a_valid_config(name):
-  module = importlib.import_module(f'experiments.{name}')
+  module = load_experiment(name)
   config = module.get_config()
   points = sweep.expand(module.get_sweep(), config.seeds, config.seed) if hasattr(module, 'get_sweep') else []
-  for point in points or [sweep.Point('config', {})]:
-    train.validate_config(sweep.apply_overrides(config, point.overrides), 8)
+  for point in points or [sweep.Point('config', 'config', {})]:
+    train.validate(apply_overrides(config, point.overrides), 8)
   assert module.__doc__ and f'--experiment={name}' in module.__doc__  # the docstring gives the command

@@ -36,6 +36,12 @@ def shapes_config(image_size: int) -> ShapesConfig:
                       image_size=image_size, num_train=10_000 // scale, num_test=2_000 // scale)
 
 
+def builder_config(image_size: int) -> str | ShapesConfig:
+  """What ``tfds.builder('shapes', config=...)`` takes for images of side ``image_size``: the name of a
+  registered config, or a new one."""
+  return str(image_size) if str(image_size) in Shapes.builder_configs else shapes_config(image_size)
+
+
 def _mask(label: int, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarray:
   """Pixels covered by shape ``label`` of half-extent r, at offsets (dy, dx) from its centre."""
   name = CLASSES[label]

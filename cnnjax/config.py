@@ -1,0 +1,133 @@
+"""Configs: the ConfigError every module raises, overrides, loading experiments by name, run-level checks.
+
+This module imports nothing else of cnnjax, so every module can raise ``ConfigError`` for its own fields:
+``models`` for ``config.model``, ``data`` for ``config.data``, ``heads`` for ``config.head``, ``optim`` for
+``config.optimizer``, ``parallel`` for ``config.parallel``, and ``validate_run`` here for the loop's own
+fields. ``train.validate`` runs all of them; none builds a backend, reads data or writes anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+# The experiments/ package beside the cnnjax package (a source checkout or an editable install).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS_DIR = os.path.join(ROOT, 'experiments')
+RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
+
+
+class ConfigError(ValueError):
+  """A config that cannot train; the message names the flag and the fix."""
+
+
+def check_choice(flag: str, value: Any, choices: Iterable[Any]) -> None:
+  """Raises ConfigError unless ``value`` is one of ``choices``, naming ``--config.<flag>`` and the choices."""
+  choices = sorted(choices)
+  if value not in choices:
+    raise ConfigError(f'--config.{flag}={value!r} is unknown; choose one of {choices}')
+
+
+def check_at_least(flag: str, value: float, minimum: float) -> None:
+  """Raises ConfigError unless ``value >= minimum``."""
+  if value < minimum:
+    raise ConfigError(f'--config.{flag}={value} must be >= {minimum}')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Overrides and experiments.
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with dotted-path overrides ({'model.stride': 2, ...}) set; 'name' is only a label.
+
+  Raises:
+    ConfigError for a path that is not a config field.
+  """
+  config = config.copy_and_resolve_references()
+  for path, value in overrides.items():
+    if path == 'name':
+      continue
+    *parents, field = path.split('.')
+    node = config
+    for parent in parents:
+      node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or field not in node:
+      raise ConfigError(f'override {path!r} is not a config field')
+    node[field] = value
+  return config
+
+
+def experiment_names() -> list[str]:
+  """The experiments in experiments/ (files not starting with '_')."""
+  return sorted(f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith('.py') and not f.startswith('_'))
+
+
+def load_experiment(name: str) -> ModuleType:
+  """The module experiments/<name>.py, with ``get_config()`` and, for a sweep, ``get_sweep()``.
+
+  Raises:
+    ConfigError for an unknown name.
+  """
+  if name not in experiment_names():
+    raise ConfigError(f'--experiment={name!r} is unknown; choose one of {experiment_names()}')
+  if ROOT not in sys.path:  # variants import their baseline as `from experiments import shapes`
+    sys.path.insert(0, ROOT)
+  return importlib.import_module(f'experiments.{name}')
+
+
+def parse_flags_with_experiment(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """An absl ``flags_parser``: loads ``--experiment``'s config as ``--config`` (so that ``--config.FIELD=VALUE``
+  overrides apply to it), then parses ``argv``. The caller defines ``--experiment`` and its default."""
+  name = flag_values['experiment'].default
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--experiment='):
+      name = arg.split('=', 1)[1]
+    elif arg == '--experiment' and i + 1 < len(argv):
+      name = argv[i + 1]
+  try:
+    config = load_experiment(name).get_config()
+  except ConfigError as e:
+    sys.exit(str(e))
+  config_flags.DEFINE_config_dict('config', config, 'The experiment\'s config; override with --config.FIELD=VALUE.',
+                                  lock_config=True, flag_values=flag_values)
+  return flag_values(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop's own fields.
+
+def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks the fields the loop reads (batch sizes, step counts, micro-batches, seeds, PRNG).
+
+  Args:
+    config: the experiment config.
+    num_devices: all devices taking part (global), which must divide the batch sizes.
+  """
+  for flag in ('batch_size', 'eval_batch_size'):
+    if config[flag] < 1 or config[flag] % num_devices:
+      raise ConfigError(f'--config.{flag}={config[flag]} must be a positive multiple of the {num_devices} devices; '
+                        f'use e.g. --config.{flag}={max(1, round(config[flag] / num_devices)) * num_devices}')
+  _validate_microbatch_size(config.microbatch_size, config.batch_size, num_devices)
+  for flag in ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+               'keep_checkpoints', 'seeds'):
+    check_at_least(flag, config[flag], 1)
+  check_choice('rng_impl', config.rng_impl, RNG_IMPLS)
+
+
+def _validate_microbatch_size(size: int, batch_size: int, num_devices: int) -> None:
+  if size < 0:
+    raise ConfigError(f'--config.microbatch_size={size} must be >= 0 (0 = the whole per-device batch at once)')
+  per_device = batch_size // num_devices
+  if 0 < size < per_device and per_device % size:
+    divisor = max(d for d in range(1, size) if per_device % d == 0)
+    raise ConfigError(f'--config.microbatch_size={size} must divide the per-device batch of {per_device} '
+                      f'(--config.batch_size={batch_size} over {num_devices} device{"s" * (num_devices > 1)}); use '
+                      f'e.g. --config.microbatch_size={divisor}, or 0 for no micro-batches')
