@@ -165,7 +165,8 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
   config = base_config.copy_and_resolve_references()
   jx = JaxRunner(config, batch_size)
   row = {'batch_size': batch_size, 'params': jx.num_params, 'parallel': config.parallel,
-         'dtype': config.model.dtype, 'compile_s': jx.compile_seconds()}
+         'dtype': config.model.dtype, 'microbatch': jx.run.microbatch_size, 'cpu_kernels': jx.run.cpu_kernels,
+         'compile_s': jx.compile_seconds()}
   n = steps_for(jx.train, FLAGS.window_seconds)
   runners = {'jax': jx.train}
   if FLAGS.vs_torch:

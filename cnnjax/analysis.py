@@ -2,7 +2,9 @@
 count of a dense layer with the same input and output sizes; XLA's FLOP count; shift invariance.
 
 The closed forms count a multiply-add as 2 FLOPs: conv 2·k²·C_in·C_out·H_out·W_out, dense 2·in·out, and a
-pooling window k² operations per output. The receptive field follows r ← r + (k_eff - 1)·j, j ← j·s.
+pooling window k² operations per output (normalisation layers' FLOPs are not counted). A conv has k²·C_in·C_out
+weights and C_out biases, or, when normalised, a scale and a bias per channel in the norm instead. The
+receptive field follows r ← r + (k_eff - 1)·j, j ← j·s.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def analyze(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int
     (h, w, c), (h2, w2, c2), k = layer.input_shape, layer.output_shape, layer.window
     rf, jump = rf + layer.dilation * (k - 1) * jump, jump * layer.stride
     if layer.kind == 'conv':
-      params = 0 if layer.fixed else k * k * c * c2 + c2
+      params = (0 if layer.fixed else k * k * c * c2) + (2 * c2 if layer.norm != 'none' else 0 if layer.fixed else c2)
       flops = 2 * k * k * c * c2 * h2 * w2
     else:
       params, flops = 0, k * k * h2 * w2 * c2
@@ -77,7 +79,7 @@ def xla_flops(model: models.CNN, image_shape: tuple[int, ...]) -> float:
   return float(cost['flops'])
 
 
-def shift_invariance(apply_fn, params, images: np.ndarray, targets: np.ndarray, max_shift: int
+def shift_invariance(apply_fn, variables, images: np.ndarray, targets: np.ndarray, max_shift: int
                      ) -> dict[str, list[float]]:
   """Accuracy and agreement with the unshifted predictions when inputs are shifted by 0..max_shift pixels.
 
@@ -85,7 +87,7 @@ def shift_invariance(apply_fn, params, images: np.ndarray, targets: np.ndarray, 
 
   Args:
     apply_fn: ``model.apply``.
-    params: the trained parameters.
+    variables: the trained model's variables ({'params', 'batch_stats'}).
     images: [N, H, W, C] normalised images.
     targets: [N] class labels.
     max_shift: the largest shift.
@@ -93,7 +95,7 @@ def shift_invariance(apply_fn, params, images: np.ndarray, targets: np.ndarray, 
   Returns:
     {'shift': [0..max_shift], 'accuracy': [...], 'agreement': [...]}.
   """
-  predict = jax.jit(lambda x: apply_fn({'params': params}, x).argmax(-1))
+  predict = jax.jit(lambda x: apply_fn(variables, x).argmax(-1))
   base = np.asarray(predict(images))
   result = {'shift': [], 'accuracy': [], 'agreement': []}
   for k in range(max_shift + 1):
@@ -104,16 +106,17 @@ def shift_invariance(apply_fn, params, images: np.ndarray, targets: np.ndarray, 
   return result
 
 
-def first_layer_maps(model: models.CNN, params, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def first_layer_maps(model: models.CNN, variables, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """The first block's filters (averaged over input channels) and its output feature maps for one image.
 
   Returns:
     filters [F, k, k] and feature maps [F, H, W] (block0's output, after activation and pooling).
   """
-  _, state = model.apply({'params': params}, jnp.asarray(image)[None], capture_intermediates=True,
+  _, state = model.apply(variables, jnp.asarray(image)[None], capture_intermediates=True,
                          mutable=['intermediates'])
   maps = np.asarray(state['intermediates']['block0']['__call__'][0][0])
   spec = model.blocks[0]
+  params = variables['params']
   kernel = (np.asarray(params['block0']['kernel']) if 'block0' in params
             else ops.fixed_filter_bank(spec.fixed_filters, image.shape[-1], spec.kernel_size))
   return np.moveaxis(kernel.mean(axis=2), -1, 0), np.moveaxis(maps, -1, 0)

@@ -1,15 +1,17 @@
 """Keeping runs safe: which run a workdir holds, restoring past corrupt checkpoints, and preemption signals.
 
 Nothing here deletes a checkpoint: a corrupt one is moved to WORKDIR/corrupt_checkpoints/, and --overwrite
-moves the whole old workdir aside.
+moves the whole old run aside. A workdir is locked by the process training in it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -23,9 +25,10 @@ from cnnjax.config import ConfigError
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+LOCK_FILE = 'lock'
 # Fields that change how a run is watched, not what it computes: a resumed run may change them.
 OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-               'eval_batch_size', 'seeds', 'data.cache', 'data.prefetch', 'data.download_timeout_s',
+               'eval_batch_size', 'seeds', 'data.cache', 'data.prefetch', 'data.download_timeout_s', 'data.source_dir',
                'analysis.invariance_shifts')
 
 
@@ -61,11 +64,51 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bo
 
 
 def move_aside(workdir: str) -> None:
-  """Renames a non-empty workdir to WORKDIR.overwritten-<time> so that a new run starts from nothing."""
-  if os.path.isdir(workdir) and os.listdir(workdir):
+  """Moves what a workdir holds (but its lock) to WORKDIR.overwritten-<time>, so that a new run starts from
+  nothing."""
+  contents = [f for f in os.listdir(workdir) if f != LOCK_FILE] if os.path.isdir(workdir) else []
+  if contents:
     aside = f'{workdir.rstrip("/")}.overwritten-{time.strftime("%Y%m%d-%H%M%S")}'
-    os.rename(workdir, aside)
+    os.makedirs(aside)
+    for name in contents:
+      os.rename(os.path.join(workdir, name), os.path.join(aside, name))
     logging.warning('--overwrite: moved the previous run in %s to %s.', workdir, aside)
+
+
+class WorkdirLock:
+  """While held, no other process can train in ``workdir``: an exclusive ``flock`` on WORKDIR/lock, which names
+  the holder (host and pid). The kernel releases it when the process ends, however it ends (SIGKILL included),
+  so a dead run never blocks the next one. A refused process writes nothing.
+
+  Raises:
+    ConfigError naming the holder, on entering while another process holds it.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._fd: int | None = None
+
+  def __enter__(self) -> WorkdirLock:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 200).decode(errors='replace').strip() or 'another process'
+      os.close(fd)
+      workdir = os.path.dirname(self.path)
+      raise ConfigError(f'--workdir={workdir} is in use by {holder}; wait for that run to end or stop it, or use '
+                        'another --workdir') from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f'{socket.gethostname()} pid {os.getpid()}\n'.encode())
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

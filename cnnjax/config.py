@@ -8,6 +8,7 @@ fields. ``train.validate`` runs all of them; none builds a backend, reads data o
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -23,6 +24,7 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS_DIR = os.path.join(ROOT, 'experiments')
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
+SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups: XLA:CPU's faster forms of the same values
 
 
 class ConfigError(ValueError):
@@ -51,18 +53,27 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   Raises:
     ConfigError for a path that is not a config field.
   """
-  config = config.copy_and_resolve_references()
+  config = copy.deepcopy(config)  # keeps FieldReference types ('auto' or an int for microbatch_size)
   for path, value in overrides.items():
     if path == 'name':
       continue
+    if not has_field(config, path):
+      raise ConfigError(f'override {path!r} is not a config field')
     *parents, field = path.split('.')
     node = config
     for parent in parents:
-      node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
-    if not isinstance(node, ml_collections.ConfigDict) or field not in node:
-      raise ConfigError(f'override {path!r} is not a config field')
+      node = node[parent]
     node[field] = value
   return config
+
+
+def has_field(config: ml_collections.ConfigDict, path: str) -> bool:
+  """Whether the dotted ``path`` ('model.stride') names a field of ``config``."""
+  *parents, field = path.split('.')
+  node: Any = config
+  for parent in parents:
+    node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
+  return isinstance(node, ml_collections.ConfigDict) and field in node
 
 
 def experiment_names() -> list[str]:
@@ -96,9 +107,17 @@ def parse_flags_with_experiment(argv: list[str], flag_values: flags.FlagValues =
     config = load_experiment(name).get_config()
   except ConfigError as e:
     sys.exit(str(e))
+  for arg in argv[1:]:  # an unknown field would otherwise end in a traceback from deep inside absl
+    path = arg[len('--config.'):].split('=', 1)[0] if arg.startswith('--config.') else None
+    if path and not has_field(config, path):
+      sys.exit(f'--config.{path} is not a field of the {name} experiment\'s config (see experiments/{name}.py and '
+               'experiments/shapes.py for every field)')
   config_flags.DEFINE_config_dict('config', config, 'The experiment\'s config; override with --config.FIELD=VALUE.',
                                   lock_config=True, flag_values=flag_values)
-  return flag_values(argv)
+  try:
+    return flag_values(argv)
+  except flags.Error as e:  # a value of the wrong type, e.g. --config.model.kernel_size=abc
+    sys.exit(f'{e}; give a value of the type of the field (see experiments/{name}.py)')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,15 +135,19 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
       raise ConfigError(f'--config.{flag}={config[flag]} must be a positive multiple of the {num_devices} devices; '
                         f'use e.g. --config.{flag}={max(1, round(config[flag] / num_devices)) * num_devices}')
   _validate_microbatch_size(config.microbatch_size, config.batch_size, num_devices)
+  check_choice('cpu_speedups', config.cpu_speedups, SPEEDUPS)
   for flag in ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints', 'seeds'):
     check_at_least(flag, config[flag], 1)
   check_choice('rng_impl', config.rng_impl, RNG_IMPLS)
 
 
-def _validate_microbatch_size(size: int, batch_size: int, num_devices: int) -> None:
-  if size < 0:
-    raise ConfigError(f'--config.microbatch_size={size} must be >= 0 (0 = the whole per-device batch at once)')
+def _validate_microbatch_size(size: int | str, batch_size: int, num_devices: int) -> None:
+  if size == 'auto':
+    return
+  if not isinstance(size, int) or size < 0:
+    raise ConfigError(f'--config.microbatch_size={size!r} must be auto or an int >= 0 (0 = the whole per-device '
+                      'batch at once)')
   per_device = batch_size // num_devices
   if 0 < size < per_device and per_device % size:
     divisor = max(d for d in range(1, size) if per_device % d == 0)

@@ -1,6 +1,7 @@
-"""Datasets: what cnnjax knows of each TFDS dataset, the image shape a config asks for, and preparing the
-data once per data_dir (generating offline datasets, downloading the others with a time limit, and making
-every process of a multi-host run wait for process 0).
+"""Datasets: what cnnjax knows of each TFDS dataset, the image shape a config asks for, the train / validation /
+test splits, and preparing the data once per data_dir (generating offline datasets, reading the MNIST family
+from local IDX files, downloading the others with a time limit, and making every process of a multi-host run
+wait for process 0).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 import jax
 import ml_collections
 import tensorflow_datasets as tfds
+from absl import logging
 from jax.experimental import multihost_utils
 
 from cnnjax import datasets
 from cnnjax.config import ConfigError, check_choice
+from cnnjax.datasets import idx
 
 RESIZE_DEFAULT = 224  # side that datasets of varying image sizes are resized to when image_size is 0
 
@@ -29,33 +32,66 @@ class DatasetSpec:
   Attributes:
     image_size: native side; 0 = images vary in size and are resized to config.data.image_size.
     channels: image channels.
-    train_split, eval_split: TFDS split names.
     mean, std: per-channel statistics of pixel values in [0, 1].
+    train_split: the TFDS split that training (and validation) examples come from.
+    test_split: the TFDS test split; None: the last ``test_fraction`` of ``train_split``.
+    test_fraction: see test_split.
     offline: True: generated or shipped with a package, no download.
     sizes: (min, max) sides the dataset can be generated at; None: only its own.
     builder_config: the TFDS builder config for a generated side (datasets with ``sizes``).
+    idx: TFDS's builder reads the four original IDX files, so it can be prepared from a local directory of
+      them (``--config.data.source_dir``).
+    source_dir: the default of ``--config.data.source_dir`` ('' = none).
+    install_hint: how to get the IDX files into ``source_dir`` on this kind of machine.
   """
   image_size: int
   channels: int
-  train_split: str
-  eval_split: str
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  train_split: str = 'train'
+  test_split: str | None = 'test'
+  test_fraction: float = 0.0
   offline: bool = False
   sizes: tuple[int, int] | None = None
   builder_config: Callable[[int], Any] | None = None
+  idx: bool = False
+  source_dir: str = ''
+  install_hint: str = ''
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    'shapes': DatasetSpec(32, 3, 'train', 'test', (0.5,) * 3, (0.29,) * 3, offline=True,
+    'shapes': DatasetSpec(32, 3, (0.5,) * 3, (0.29,) * 3, offline=True,
                           sizes=(datasets.shapes.MIN_SIZE, datasets.shapes.MAX_SIZE),
                           builder_config=datasets.shapes.builder_config),
-    'digits': DatasetSpec(8, 1, 'train', 'test', (0.305,), (0.375,), offline=True),
-    'mnist': DatasetSpec(28, 1, 'train', 'test', (0.1307,), (0.3081,)),
-    'fashion_mnist': DatasetSpec(28, 1, 'train', 'test', (0.2860,), (0.3530,)),
-    'cifar10': DatasetSpec(32, 3, 'train', 'test', (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'cats_vs_dogs': DatasetSpec(0, 3, 'train[:80%]', 'train[80%:]', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'digits': DatasetSpec(8, 1, (0.305,), (0.375,), offline=True),
+    'mnist': DatasetSpec(28, 1, (0.1307,), (0.3081,), idx=True),
+    'fashion_mnist': DatasetSpec(28, 1, (0.2860,), (0.3530,), idx=True, source_dir='/usr/share/datasets/fashion-mnist',
+                                 install_hint='apt-get install -y dataset-fashion-mnist (as root)'),
+    'cifar10': DatasetSpec(32, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    'cats_vs_dogs': DatasetSpec(0, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), test_split=None,
+                                test_fraction=0.2),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """TFDS split strings of a run: train, validation (None when val_fraction is 0) and test."""
+  train: str
+  val: str | None
+  test: str
+
+
+def splits(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> Splits:
+  """The run's splits, carved deterministically from the prepared builder's train split: the last
+  ``val_fraction`` of it (after the test part, for datasets without a test split) is the validation split."""
+  spec = get_spec(data_config.name)
+  n = builder.info.splits[spec.train_split].num_examples
+  n_test = 0 if spec.test_split else round(spec.test_fraction * n)
+  n_val = round(data_config.val_fraction * (n - n_test))
+  end = n - n_test - n_val
+  name = spec.train_split
+  return Splits(train=f'{name}[:{end}]', val=f'{name}[{end}:{n - n_test}]' if n_val else None,
+                test=spec.test_split or f'{name}[{n - n_test}:]')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +127,16 @@ def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 def validate(data_config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the ``--config.data.*`` flag for an unknown dataset or image size (pure)."""
+  """Raises ConfigError naming the ``--config.data.*`` flag for an unknown dataset, image size, validation
+  fraction or a source_dir for a dataset that is not read from IDX files (pure: reads no file)."""
   image_shape(data_config)
+  if not 0 <= data_config.val_fraction < 1:
+    raise ConfigError(f'--config.data.val_fraction={data_config.val_fraction} must be in [0, 1) (0: no validation '
+                      'split; evaluate on test)')
+  if data_config.source_dir and not get_spec(data_config.name).idx:
+    idx_names = sorted(k for k, v in DATASETS.items() if v.idx)
+    raise ConfigError(f'--config.data.source_dir is for datasets prepared from IDX files ({idx_names}); drop it '
+                      f'for --config.data.name={data_config.name}')
 
 
 def get_builder(data_config: ml_collections.ConfigDict, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -117,12 +161,28 @@ def prepare(data_config: ml_collections.ConfigDict, data_dir: str | None) -> tfd
     raise ConfigError(f'--data_dir={data_dir} is not a readable and writable directory; point it at one')
   builder = get_builder(data_config, data_dir)
   if jax.process_index() == 0 and not builder.is_prepared():
-    _download_and_prepare(builder, data_config)
+    builder = _prepare(builder, data_config, data_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('cnnjax: data prepared by process 0')
     builder = get_builder(data_config, data_dir)
     if not builder.is_prepared():
-      _download_and_prepare(builder, data_config)
+      builder = _prepare(builder, data_config, data_dir)
+  return builder
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict, data_dir: str | None
+             ) -> tfds.core.DatasetBuilder:
+  """Generates, reads from local IDX files, or downloads the data into ``data_dir``."""
+  spec = get_spec(data_config.name)
+  source_dir = data_config.source_dir or spec.source_dir
+  if spec.idx and source_dir and idx.find(source_dir):
+    logging.info('Preparing %s from the IDX files in %s.', data_config.name, source_dir)
+    return idx.prepare(data_config.name, source_dir, data_dir)
+  if data_config.source_dir:
+    raise ConfigError(f'--config.data.source_dir={data_config.source_dir} does not hold the IDX files of '
+                      f'{data_config.name} ({", ".join(idx.FILES)}, gzipped or not); point it at a '
+                      'directory that does')
+  _download_and_prepare(builder, data_config)
   return builder
 
 
@@ -147,11 +207,17 @@ def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_config: ml_col
   thread.start()
   thread.join(data_config.download_timeout_s)
   if thread.is_alive():
-    name = data_config.name
+    name, spec = data_config.name, get_spec(data_config.name)
+    local = ''
+    if spec.idx:
+      where = spec.source_dir or 'DIR'
+      local = (f'put its IDX files in --config.data.source_dir={where}'
+               + (f' ({spec.install_hint})' if spec.install_hint else '') + ', ')
     raise ConfigError(
         f'--config.data.name={name} is not in --data_dir={builder.data_dir_root} and downloading it did not finish '
-        f'in {data_config.download_timeout_s} s (no internet?). Download it once on a machine with internet into '
-        'that --data_dir (python -c "import tensorflow_datasets as tfds; '
+        f'in {data_config.download_timeout_s} s (no internet?). {local[:1].upper() + local[1:]}'
+        f'{"or d" if local else "D"}ownload it once on a machine with internet into that --data_dir '
+        '(python -c "import tensorflow_datasets as tfds; '
         f"tfds.builder('{name}', data_dir='DIR').download_and_prepare()\"), raise "
         '--config.data.download_timeout_s, or use an offline dataset: --config.data.name=shapes or digits')
   if errors:

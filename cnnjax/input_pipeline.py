@@ -100,7 +100,7 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
   spec = data.get_spec(config.data.name)
   shard = shard or process_shard()
   batch = config.batch_size // shard[1]
-  ds = _source(config, builder, target, spec.train_split, drop_remainder=True, shard=shard)
+  ds = _source(config, builder, target, data.splits(config.data, builder).train, drop_remainder=True, shard=shard)
   ds = ds.repeat().shuffle(config.data.shuffle_buffer, seed=config.seed).enumerate().skip(start_step * batch)
   ds = ds.map(_preprocess(config, spec, train=True), num_parallel_calls=tf.data.AUTOTUNE)
   ds = _device_batches(ds.batch(batch, drop_remainder=True), num_devices)
@@ -108,8 +108,9 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
 
 
 def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, target: Target,
-                 num_devices: int) -> Iterable[Batch]:
-  """The eval split in batches of config.eval_batch_size, padded, with a 'mask' of real examples.
+                 num_devices: int, split: str) -> Iterable[Batch]:
+  """The TFDS split ``split`` (validation or test) in batches of config.eval_batch_size, padded, with a 'mask'
+  of real examples.
 
   Returns:
     A re-iterable of numpy batches {'image', 'target', 'mask'}, each shaped [D, B, ...]; every pass is one
@@ -119,12 +120,12 @@ def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBu
   spec = data.get_spec(config.data.name)
   index, count = process_shard()
   batch = config.eval_batch_size // count
-  ds = _source(config, builder, target, spec.eval_split, drop_remainder=False, shard=(index, count)).enumerate()
+  ds = _source(config, builder, target, split, drop_remainder=False, shard=(index, count)).enumerate()
   ds = ds.map(_preprocess(config, spec, train=False), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: {**ex, 'mask': tf.constant(True)})
   ds = ds.padded_batch(batch).map(lambda b: _pad_to(b, batch))
   if count > 1:
-    largest_share = -(-builder.info.splits[spec.eval_split].num_examples // count)
+    largest_share = -(-builder.info.splits[split].num_examples // count)
     empty = ds.take(1).map(lambda b: tf.nest.map_structure(tf.zeros_like, b)).repeat()  # mask all False
     ds = ds.concatenate(empty).take(-(-largest_share // batch))
   return tfds.as_numpy(_device_batches(ds, num_devices).prefetch(config.data.prefetch).with_options(_options()))

@@ -45,15 +45,36 @@ class BlockSpec:
   flip_kernel: bool = False
   fixed_filters: str = ''  # '' = learned; else a name for ops.fixed_filter_bank (frozen, no parameters)
   conv_impl: str = 'xla'  # ops.CONVS: how the convolution is computed (same result)
+  norm: str = 'none'  # NORMS: after the conv, before the activation
+  norm_groups: int = 8  # norm='group': channel groups
+
+
+# Normalisation layers (flax's own), by --config.model.norm: (train, groups, axis_name, dtype) -> module. BatchNorm
+# normalises over the batch and the map (statistics averaged over the devices of axis_name while training,
+# running averages in eval, momentum 0.9 as in flax/examples/imagenet); LayerNorm over each example's map and
+# channels; GroupNorm over each example's map and channel group. Each has a scale and bias per channel.
+Norm = Callable[[bool], nn.Module]
+NORMS: dict[str, Callable[..., nn.Module] | None] = {
+    'none': None,
+    'batch': lambda train, groups, axis_name, dtype=None: nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name if train else None,
+        dtype=dtype),
+    'layer': lambda train, groups, axis_name, dtype=None: nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1),
+                                                                       dtype=dtype),
+    'group': lambda train, groups, axis_name, dtype=None: nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype),
+}
 
 
 class ConvBlock(nn.Module):
-  """conv -> activation -> pool, with each part a plain function.
+  """conv -> norm -> activation -> pool, with each part a plain function or a small module.
 
   Attributes:
     features: output channels (ignored when ``fixed_filters`` sets the bank).
     kernel_size: square kernel side.
     conv: ``(x, kernel) -> y``, e.g. ``functools.partial(ops.conv2d, stride=2)``.
+    norm: ``train -> normalisation module``, or None. A normalised conv has no bias: the norm's own bias
+      takes its place.
+    add_bias: ``(y, bias) -> y + bias``, e.g. ``ops.add_bias``.
     activation: elementwise function.
     pool: ``x -> pooled x`` or None for no pooling.
     fixed_filters: if set, the kernel is the frozen ``ops.fixed_filter_bank`` of that name and has no bias.
@@ -61,31 +82,46 @@ class ConvBlock(nn.Module):
   features: int
   kernel_size: int = 3
   conv: Callable[[jax.Array, jax.Array], jax.Array] = ops.conv2d
+  norm: Norm | None = None
+  add_bias: Callable[[jax.Array, jax.Array], jax.Array] = ops.add_bias
   activation: Callable[[jax.Array], jax.Array] = nn.relu
   pool: Callable[[jax.Array], jax.Array] | None = ops.max_pool
   fixed_filters: str = ''
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.fixed_filters:
       kernel = jnp.asarray(ops.fixed_filter_bank(self.fixed_filters, x.shape[-1], self.kernel_size), x.dtype)
       y = self.conv(x, kernel)
     else:
       k = self.kernel_size
       kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
-      bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-      y = ops.add_bias(self.conv(x, kernel.astype(x.dtype)), bias.astype(x.dtype))
+      y = self.conv(x, kernel.astype(x.dtype))
+      if self.norm is None:
+        y = self.add_bias(y, self.param('bias', nn.initializers.zeros_init(), (self.features,)).astype(x.dtype))
+    if self.norm is not None:
+      y = self.norm(train)(y)
     y = self.activation(y)
     return y if self.pool is None else self.pool(y)
 
 
-def make_block(spec: BlockSpec, name: str | None = None) -> ConvBlock:
-  """Builds a ConvBlock whose callables are resolved from the names in ``spec``."""
-  pool = ops.get_pool(spec.pool)
+def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None = None, cpu_kernels: bool = True,
+               dtype: jnp.dtype = jnp.float32) -> ConvBlock:
+  """Builds a ConvBlock whose callables are resolved from the names in ``spec``.
+
+  BatchNorm averages its statistics over the devices of ``axis_name`` while training; ``cpu_kernels`` picks
+  XLA:CPU's faster forms of the same values (two-step bias broadcast, NHWC/HWIO conv gradients); norms
+  compute in ``dtype``.
+  """
+  pool, norm = ops.get_pool(spec.pool), NORMS[spec.norm]
+  conv_kwargs = {'nhwc_gradients': cpu_kernels} if spec.conv_impl == 'xla' else {}  # im2col's are matmuls
   return ConvBlock(
       features=spec.features, kernel_size=spec.kernel_size, name=name, fixed_filters=spec.fixed_filters,
       conv=functools.partial(ops.get_conv(spec.conv_impl), stride=spec.stride, padding=spec.padding,
-                             dilation=spec.dilation, flip_kernel=spec.flip_kernel),
+                             dilation=spec.dilation, flip_kernel=spec.flip_kernel, **conv_kwargs),
+      norm=None if norm is None else functools.partial(norm, groups=spec.norm_groups, axis_name=axis_name,
+                                                       dtype=dtype),
+      add_bias=functools.partial(ops.add_bias, two_step=cpu_kernels),
       activation=ops.get_activation(spec.activation),
       pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride))
 
@@ -101,13 +137,15 @@ class CNN(nn.Module):
   num_outputs: int = 10
   dense_activation: str = 'relu'
   dropout: float = 0.0
-  dtype: jnp.dtype = jnp.float32
+  dtype: jnp.dtype = jnp.float32  # of the activations; parameters stay float32, the output is float32
+  axis_name: str | None = None  # the device axis BatchNorm averages its statistics over while training
+  cpu_kernels: bool = True  # XLA:CPU's faster forms of the same values (see make_block)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.astype(self.dtype)
     for i, spec in enumerate(self.blocks):
-      x = make_block(spec, name=f'block{i}')(x)
+      x = make_block(spec, f'block{i}', self.axis_name, self.cpu_kernels, self.dtype)(x, train)
     x = x.reshape((x.shape[0], -1))
     act = ops.get_activation(self.dense_activation)
     for i, width in enumerate(self.dense):
@@ -138,15 +176,20 @@ def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...
                 activation=model_config.activation, pool=model_config.pool,
                 pool_window=model_config.pool_window, pool_stride=model_config.pool_stride,
                 flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == LEARNED) else first,
-                conv_impl=model_config.conv_impl)
+                conv_impl=model_config.conv_impl, norm=model_config.norm, norm_groups=model_config.norm_groups)
       for i, f in enumerate(conv_features(model_config)))
 
 
-def build_model(model_config: ml_collections.ConfigDict, num_outputs: int) -> CNN:
-  """The CNN described by ``config.model`` with ``num_outputs`` outputs."""
+def build_model(model_config: ml_collections.ConfigDict, num_outputs: int, axis_name: str | None = None,
+                cpu_kernels: bool = True) -> CNN:
+  """The CNN described by ``config.model`` with ``num_outputs`` outputs; BatchNorm (if any) averages its
+  training statistics over the devices of ``axis_name``; ``cpu_kernels``: see ``make_block``."""
   return CNN(blocks=block_specs(model_config), dense=dense_widths(model_config), num_outputs=num_outputs,
              dense_activation=model_config.activation, dropout=model_config.dropout,
-             dtype=jnp.dtype(model_config.dtype))
+             dtype=jnp.dtype(model_config.dtype), axis_name=axis_name, cpu_kernels=cpu_kernels)
+
+
+DTYPES = ('float32', 'bfloat16', 'float16')  # config.model.dtype: the activations' (parameters stay float32)
 
 
 LEARNED = 'learned'  # config.model.first_layer: a learned first conv; else an ops.FIXED_FILTERS name
@@ -176,6 +219,14 @@ def validate(model_config: ml_collections.ConfigDict, image_shape: tuple[int, in
                       f'{model_config.kernel_size}')
   if not 0 <= model_config.dropout < 1:
     raise ConfigError(f'--config.model.dropout={model_config.dropout} must be in [0, 1)')
+  check_choice('model.norm', model_config.norm, NORMS)
+  check_choice('model.dtype', model_config.dtype, DTYPES)
+  if model_config.norm == 'group':
+    check_at_least('model.norm_groups', model_config.norm_groups, 1)
+    bad = [f for f in conv_features(model_config) if f % model_config.norm_groups]
+    if bad:
+      raise ConfigError(f'--config.model.norm_groups={model_config.norm_groups} must divide every conv width; '
+                        f'{bad} of {conv_features(model_config)} are not multiples of it')
   layers(block_specs(model_config), image_shape)
 
 
@@ -188,6 +239,7 @@ class Layer:
   stride: int
   dilation: int
   fixed: bool  # a frozen filter bank (no parameters)
+  norm: str  # the normalisation after a conv (NORMS), 'none' for pools
   input_shape: tuple[int, int, int]
   output_shape: tuple[int, int, int]
 
@@ -220,7 +272,8 @@ def layers(blocks: Sequence[BlockSpec], image_shape: tuple[int, int, int]) -> li
                             f'{h + pad}x{w + pad} (input {h}x{w}); use fewer blocks, less pooling, more padding '
                             'or a larger --config.data.image_size')
       out = (ops.conv_output_size(h, k, s, p, d), ops.conv_output_size(w, k, s, p, d), c_out)  # >= 1: it fits
-      result.append(Layer(name, kind, k, s, d, bool(b.fixed_filters), (h, w, c), out))
+      norm = b.norm if kind == 'conv' else 'none'
+      result.append(Layer(name, kind, k, s, d, bool(b.fixed_filters), norm, (h, w, c), out))
       h, w, c = out
   return result
 

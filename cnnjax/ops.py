@@ -44,13 +44,14 @@ def parse_padding(padding: Padding) -> str | list[tuple[int, int]]:
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 'VALID', dilation: int = 1,
-           flip_kernel: bool = False) -> jax.Array:
+           flip_kernel: bool = False, nhwc_gradients: bool = True) -> jax.Array:
   """2-D convolution of a batch of images.
 
   Deep-learning "convolution" is cross-correlation: the kernel slides over the input unflipped. With
   ``flip_kernel=True`` the kernel is rotated by 180 degrees first, giving true (mathematical) convolution,
-  which on one channel equals ``scipy.signal.convolve2d``. Its gradients come from a custom VJP (``_conv``),
-  so it supports reverse mode (``jax.grad``, ``jax.vjp``) but not forward mode (``jax.jvp``).
+  which on one channel equals ``scipy.signal.convolve2d``. With ``nhwc_gradients`` (for XLA:CPU) its
+  gradients come from a custom VJP (``_conv``), which supports reverse mode (``jax.grad``, ``jax.vjp``) but
+  not forward mode (``jax.jvp``); without, from JAX's own rules (the same values).
 
   Args:
     x: input, [N, H, W, C_in].
@@ -59,6 +60,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 
     padding: see ``parse_padding``.
     dilation: spacing between kernel taps (1 = dense kernel).
     flip_kernel: True for true convolution, False for cross-correlation.
+    nhwc_gradients: compute both gradients as NHWC/HWIO convolutions (``_conv``): XLA:CPU runs the
+      others slowly inside loops. Other platforms take JAX's own transpose rules.
 
   Returns:
     [N, H_out, W_out, C_out] with H_out = conv_output_size(H, kh, stride, padding, dilation).
@@ -66,7 +69,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 
   if flip_kernel:
     kernel = kernel[::-1, ::-1]
   pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride, dilation)
-  return _conv(x, kernel, stride, pads, dilation)
+  if nhwc_gradients:
+    return _conv(x, kernel, stride, pads, dilation)
+  return _nhwc_conv(x, kernel, window_strides=(stride, stride), padding=pads, rhs_dilation=(dilation, dilation))
 
 
 def explicit_padding(padding: Padding, size: Sequence[int], kernel_size: Sequence[int], stride: int,
@@ -162,8 +167,9 @@ def get_conv(name: str) -> Callable[..., jax.Array]:
   return CONVS[name]
 
 
-def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
-  """``x + bias``, broadcast in two steps so that the bias gradient is reduced in two steps.
+def add_bias(x: jax.Array, bias: jax.Array, two_step: bool = True) -> jax.Array:
+  """``x + bias``; with ``two_step`` (for XLA:CPU), broadcast in two steps so that the bias gradient is
+  reduced in two steps. Without, a plain broadcast that other platforms fuse into the convolution.
 
   The bias is broadcast over the non-batch axes behind an optimisation barrier, then over the batch axis, so
   the gradient sums over the batch axis and then over the rest. As one reduction over several axes, XLA:CPU
@@ -174,10 +180,13 @@ def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
   Args:
     x: [N, ..., C].
     bias: [C], in x's dtype.
+    two_step: the optimisation-barrier broadcast above.
 
   Returns:
     x + bias.
   """
+  if not two_step:
+    return x + bias
   return x + jax.lax.optimization_barrier(jnp.broadcast_to(bias, x.shape[1:]))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 import optax
 
@@ -16,8 +18,15 @@ def validate(opt: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the ``--config.optimizer.*`` flag for settings that cannot train."""
   check_choice('optimizer.name', opt.name, OPTIMIZERS)
   check_choice('optimizer.schedule', opt.schedule, SCHEDULES)
-  if opt.learning_rate <= 0:
-    raise ConfigError(f'--config.optimizer.learning_rate={opt.learning_rate} must be > 0')
+  if not (math.isfinite(opt.learning_rate) and opt.learning_rate > 0):
+    raise ConfigError(f'--config.optimizer.learning_rate={opt.learning_rate} must be a finite number > 0, e.g. '
+                      '--config.optimizer.learning_rate=0.001')
+  if not 0 <= opt.momentum < 1:
+    raise ConfigError(f'--config.optimizer.momentum={opt.momentum} must be in [0, 1), e.g. '
+                      '--config.optimizer.momentum=0.9')
+  for flag in ('warmup_steps', 'weight_decay', 'grad_clip_norm'):
+    if not (math.isfinite(opt[flag]) and opt[flag] >= 0):
+      raise ConfigError(f'--config.optimizer.{flag}={opt[flag]} must be a finite number >= 0')
 
 
 def learning_rate_fn(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:

@@ -32,13 +32,13 @@ def _group(results: Sequence[Result]) -> dict[str, list[Result]]:
 
 
 def _metric_keys(results: Sequence[Result]) -> list[str]:
-  keys = {k for r in results for k in r if k.startswith(('train_', 'eval_')) and k not in SKIP_METRICS}
+  keys = {k for r in results for k in r if k.startswith(('train_', 'val_', 'test_')) and k not in SKIP_METRICS}
   return sorted(keys, key=lambda k: (not k.startswith('train_'), k))
 
 
 def main_metric(results: Sequence[Result]) -> str:
   """Test accuracy where every point has it, else test loss."""
-  return 'eval_accuracy' if all('eval_accuracy' in r for r in results) else 'eval_loss'
+  return 'test_accuracy' if all('test_accuracy' in r for r in results) else 'test_loss'
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -133,14 +133,18 @@ def _plot_per_setting(workdir: str, rows, metric: str) -> str:
 
 
 def _plot_learning_curves(workdir: str, histories: dict[str, list[dict]], metric: str) -> str:
+  """Training loss, and the periodic evaluations: validation metrics (test ones where a run has no validation
+  split)."""
   fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+  val = metric.replace('test_', 'val_', 1)
+  periodic = val if any(val in r for h in histories.values() for r in h) else metric
   for name, history in histories.items():
-    for ax, key in ((ax_train, 'train_loss'), (ax_eval, metric)):
+    for ax, key in ((ax_train, 'train_loss'), (ax_eval, periodic)):
       points = [(r['step'], r[key]) for r in history if key in r]
       if points:
-        ax.plot(*zip(*points, strict=True), marker='.' if key == metric else None, label=name)
+        ax.plot(*zip(*points, strict=True), marker='.' if key == periodic else None, label=name)
   ax_train.set(xlabel='step', ylabel='train_loss', yscale='log', title='training loss')
-  ax_eval.set(xlabel='step', ylabel=metric, title=f'test {metric}')
+  ax_eval.set(xlabel='step', ylabel=periodic, title=periodic)
   ax_eval.legend(fontsize=7)
   return _save(fig, workdir, 'learning_curves.png')
 

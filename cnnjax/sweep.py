@@ -77,7 +77,7 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
   start = time.time()
   trained = train.train_and_evaluate(config, point_dir, data_dir)
   wall_time = time.time() - start
-  run, params = trained.run, trained.params
+  run, variables = trained.run, trained.variables
   layers = analysis.analyze(config.model, run.info.image_shape, run.info.num_outputs)
   history = read_metrics(point_dir)
   train_rows = [r for r in history if 'train_loss' in r]
@@ -88,11 +88,11 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
             'steps_per_sec': statistics.median(speeds) if speeds else float('nan'), 'wall_time_s': wall_time}
   images, targets = _eval_sample(run)
   if config.analysis.invariance_shifts and config.head == 'multiclass':
-    result['invariance'] = analysis.shift_invariance(run.model.apply, params, images, targets,
+    result['invariance'] = analysis.shift_invariance(run.model.apply, variables, images, targets,
                                                      config.analysis.invariance_shifts)
   if jax.process_index() == 0:
     if run.model.blocks:
-      filters, maps = analysis.first_layer_maps(run.model, params, images[0])
+      filters, maps = analysis.first_layer_maps(run.model, variables, images[0])
       np.savez(os.path.join(point_dir, report.FIRST_LAYER_FILE), filters=filters, maps=maps, image=images[0])
     with open(result_path, 'w') as f:
       json.dump(result, f, indent=1)
@@ -100,9 +100,9 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
 
 
 def _eval_sample(run: train.Run, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-  """Up to ``num`` real eval examples as host arrays (images [N, H, W, C], targets [N])."""
+  """Up to ``num`` real test examples as host arrays (images [N, H, W, C], targets [N])."""
   images, targets = [], []
-  for batch in run.eval_batches(num_devices=1):
+  for batch in run.eval_batches('test', num_devices=1):
     mask = batch['mask'].reshape(-1)
     images.append(batch['image'].reshape(-1, *batch['image'].shape[2:])[mask])
     targets.append(batch['target'].reshape(-1, *batch['target'].shape[2:])[mask])

@@ -10,6 +10,7 @@ step is mapped over devices by ``--config.parallel``: ``jax.pmap`` (default) or 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -30,11 +31,19 @@ from flax import traverse_util
 from flax.training import train_state
 
 from cnnjax import checkpointing, data, heads, input_pipeline, models, optim, parallel, writers
-from cnnjax.config import validate_run
+from cnnjax.config import ConfigError, validate_run
 
-TrainState = train_state.TrainState
 Metrics = dict[str, jax.Array]
 PyTree = Any
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the model's batch statistics (BatchNorm's running averages; {} without them)."""
+  batch_stats: PyTree
+
+  def variables(self, params: PyTree = None) -> dict[str, PyTree]:
+    """The model's variables: ``params`` (default: the state's) and the batch statistics."""
+    return {'params': self.params if params is None else params, 'batch_stats': self.batch_stats}
 
 # Steps dispatched ahead of the host. Unbounded queues of collectives time out XLA:CPU's in-process
 # all-reduce with many fake devices on few cores; two steps ahead keeps real accelerators busy.
@@ -55,11 +64,37 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     num_devices: all devices taking part (global), which must divide the batch sizes.
   """
   heads.get_head(config.head)
-  image_shape = data.image_shape(config.data)
+  data.validate(config.data)
   validate_run(config, num_devices)
   optim.validate(config.optimizer)
   parallel.validate(config.parallel)
-  models.validate(config.model, image_shape)
+  models.validate(config.model, data.image_shape(config.data))
+  per_device, size = config.batch_size // num_devices, config.microbatch_size
+  if config.model.norm == 'batch' and size != 'auto' and 0 < size < per_device:
+    raise ConfigError(f'--config.model.norm=batch takes its statistics over the whole per-device batch of '
+                      f'{per_device}, which --config.microbatch_size={size} would split; set '
+                      '--config.microbatch_size=0 (or auto)')
+
+
+CPU_MICROBATCH = 64  # microbatch_size=auto on CPU: activations of 64 images stay in cache (README, Performance)
+
+
+def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platform: str) -> tuple[int, bool]:
+  """(micro-batch size, CPU kernels) for ``platform`` ('cpu', 'gpu', 'tpu').
+
+  microbatch_size=auto: on CPU the largest divisor of the per-device batch up to ``CPU_MICROBATCH`` (0, the
+  whole batch, when that is the batch, and for BatchNorm, whose statistics are over it); elsewhere 0, which
+  fills an accelerator.
+  cpu_speedups=auto: on for CPU only (the two-step bias broadcast and NHWC/HWIO conv gradients that XLA:CPU
+  runs faster; other compilers fuse the plain forms). Both choices give the same values up to rounding.
+  """
+  size = config.microbatch_size
+  if size == 'auto':
+    per_device = config.batch_size // num_devices
+    whole = platform != 'cpu' or config.model.norm == 'batch'
+    size = 0 if whole else max(d for d in range(1, min(CPU_MICROBATCH, per_device) + 1) if per_device % d == 0)
+    size = 0 if size == per_device else size  # 0: the whole batch at once
+  return size, {'on': True, 'off': False}.get(config.cpu_speedups, platform == 'cpu')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -80,6 +115,8 @@ class Run:
     tx: the optimizer.
     train_step: ``(state, batch, rng) -> (state, metrics)`` mapped over devices, the state donated.
     eval_step: ``(state, batch) -> metric sums`` mapped over devices.
+    microbatch_size: the per-device micro-batch the train step uses (0: the whole batch).
+    cpu_kernels: whether the model uses XLA:CPU's faster forms (see ``platform_choices``).
   """
   config: ml_collections.ConfigDict
   builder: tfds.core.DatasetBuilder
@@ -91,6 +128,8 @@ class Run:
   tx: optax.GradientTransformation
   train_step: Callable[..., tuple[TrainState, Metrics]]
   eval_step: Callable[..., Metrics]
+  microbatch_size: int
+  cpu_kernels: bool
 
   def keys(self) -> tuple[jax.Array, jax.Array]:
     """(init key, dropout key), split from the run's one root key ``config.seed``."""
@@ -100,8 +139,9 @@ class Run:
     """Fresh parameters and optimizer state, replicated over all devices (the checkpoint layout); place it
     for the steps with ``backend.from_checkpoint``."""
     x = jnp.zeros((1, *self.info.image_shape))
-    params = jax.jit(self.model.init, static_argnames='train')(rng, x, train=False)['params']
-    return self.backend.replicated(TrainState.create(apply_fn=self.model.apply, params=params, tx=self.tx))
+    variables = jax.jit(self.model.init, static_argnames='train')(rng, x, train=False)
+    return self.backend.replicated(TrainState.create(apply_fn=self.model.apply, params=variables['params'],
+                                                     batch_stats=variables.get('batch_stats', {}), tx=self.tx))
 
   @property
   def target(self) -> input_pipeline.Target:
@@ -114,10 +154,15 @@ class Run:
     return input_pipeline.train_iterator(self.config, self.builder, self.target,
                                          num_devices or jax.local_device_count(), start_step, shard)
 
-  def eval_batches(self, num_devices: int | None = None) -> Iterable[input_pipeline.Batch]:
-    """The eval split, padded and masked (see input_pipeline)."""
+  @property
+  def splits(self) -> data.Splits:
+    """The TFDS split strings of train, validation (None when val_fraction is 0) and test."""
+    return data.splits(self.config.data, self.builder)
+
+  def eval_batches(self, split: str = 'test', num_devices: int | None = None) -> Iterable[input_pipeline.Batch]:
+    """The 'val' or 'test' split, padded and masked (see input_pipeline)."""
     return input_pipeline.eval_batches(self.config, self.builder, self.target,
-                                       num_devices or jax.local_device_count())
+                                       num_devices or jax.local_device_count(), getattr(self.splits, split))
 
 
 def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepare: bool = True) -> Run:
@@ -139,12 +184,13 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   head.check(features, config.data)
   info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
   backend = parallel.get_backend(config.parallel)
+  microbatch_size, cpu_kernels = platform_choices(config, jax.device_count(), jax.default_backend())
   learning_rate_fn = optim.learning_rate_fn(config.optimizer, config.num_train_steps)
-  step = functools.partial(train_step, head=head, learning_rate_fn=learning_rate_fn,
-                           microbatch_size=config.microbatch_size)
-  return Run(config, builder, info, head, models.build_model(config.model, info.num_outputs), backend,
-             learning_rate_fn, optim.create_tx(config, learning_rate_fn), backend.map_train_step(step),
-             backend.map_eval_step(functools.partial(eval_step, head=head)))
+  step = functools.partial(train_step, head=head, learning_rate_fn=learning_rate_fn, microbatch_size=microbatch_size)
+  model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_kernels)
+  return Run(config, builder, info, head, model, backend, learning_rate_fn, optim.create_tx(config, learning_rate_fn),
+             backend.map_train_step(step), backend.map_eval_step(functools.partial(eval_step, head=head)),
+             microbatch_size, cpu_kernels)
 
 
 def count_params(model: models.CNN, image_shape: tuple[int, ...]) -> int:
@@ -188,18 +234,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   # Parameters typed as varying over the devices: each device's gradient stays its own until the pmean below
   # (JAX would otherwise sum it at each use of a replicated parameter, which ops.conv2d's custom VJP cannot).
   params = jax.lax.pcast(state.params, axis_name, to='varying')
-  grads, outputs = _accumulated_grads(state.replace(params=params), batch, rng, head, microbatch_size)
+  grads, outputs, batch_stats = _accumulated_grads(state.replace(params=params), batch, rng, head, microbatch_size)
   grads = jax.lax.pmean(grads, axis_name)
   metrics = {k: v.mean() for k, v in head.metrics(outputs, batch['target']).items()}
   metrics = jax.lax.pmean(metrics, axis_name)
   metrics.update(grad_norm=optax.global_norm(grads), learning_rate=learning_rate_fn(state.step))
-  return state.apply_gradients(grads=grads), metrics
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
 def _accumulated_grads(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, head: heads.Head,
-                       microbatch_size: int) -> tuple[Any, jax.Array]:
-  """Gradient of the batch's mean loss and the model's outputs, summed over micro-batches by a ``lax.scan``:
-  its body is traced and compiled once, however many micro-batches the batch holds."""
+                       microbatch_size: int) -> tuple[PyTree, jax.Array, PyTree]:
+  """Gradient of the batch's mean loss, the model's outputs and the updated batch statistics, summed over
+  micro-batches by a ``lax.scan``: its body is traced and compiled once, however many micro-batches the batch
+  holds. (Models with batch statistics take the whole batch: ``validate`` refuses micro-batches for them.)"""
   n = len(batch['image'])
   if not 0 < microbatch_size < n:
     return _grads(state, batch['image'], batch['target'], jax.random.fold_in(rng, 0), head, n)
@@ -207,22 +254,25 @@ def _accumulated_grads(state: TrainState, batch: dict[str, jax.Array], rng: jax.
                         {'image': batch['image'], 'target': batch['target']})
 
   def body(grads, chunk):
-    g, out = _grads(state, chunk['image'], chunk['target'], jax.random.fold_in(rng, chunk['index']), head, n)
+    g, out, _ = _grads(state, chunk['image'], chunk['target'], jax.random.fold_in(rng, chunk['index']), head, n)
     return jax.tree.map(jnp.add, grads, g), out
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   grads, outputs = jax.lax.scan(body, zeros, {**chunks, 'index': jnp.arange(n // microbatch_size)})
-  return grads, outputs.reshape(n, *outputs.shape[2:])
+  return grads, outputs.reshape(n, *outputs.shape[2:]), state.batch_stats
 
 
 def _grads(state: TrainState, images: jax.Array, targets: jax.Array, rng: jax.Array, head: heads.Head,
-           batch_size: int) -> tuple[Any, jax.Array]:
-  """Gradient of these examples' share of the batch's mean loss (their loss sum / batch_size), and the model's
-  outputs; summed over the micro-batches it is the gradient of the batch's mean loss."""
+           batch_size: int) -> tuple[PyTree, jax.Array, PyTree]:
+  """Gradient of these examples' share of the batch's mean loss (their loss sum / batch_size), the model's
+  outputs and its updated batch statistics; summed over the micro-batches it is the gradient of the batch's
+  mean loss."""
   def loss_fn(params):
-    outputs = state.apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
-    return head.loss(outputs, targets).sum() / batch_size, outputs
-  return jax.grad(loss_fn, has_aux=True)(state.params)
+    outputs, updates = state.apply_fn(state.variables(params), images, train=True, rngs={'dropout': rng},
+                                      mutable=['batch_stats'])
+    return head.loss(outputs, targets).sum() / batch_size, (outputs, updates.get('batch_stats', {}))
+  grads, (outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  return grads, outputs, batch_stats
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Head,
@@ -232,15 +282,15 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Hea
   Returns:
     {metric: sum over examples, 'count': number of examples}; divide to get means.
   """
-  outputs = state.apply_fn({'params': state.params}, batch['image'], train=False)
+  outputs = state.apply_fn(state.variables(), batch['image'], train=False)
   mask = batch['mask'].astype(jnp.float32)
   sums = {k: (v * mask).sum() for k, v in head.metrics(outputs, batch['target']).items()}
   return jax.lax.psum({**sums, 'count': mask.sum()}, axis_name)
 
 
-def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], backend: parallel.Backend
+def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], backend: parallel.Backend, prefix: str
              ) -> dict[str, float]:
-  """Mean metrics over one pass of ``batches``, with 'eval_' names.
+  """Mean metrics over one pass of ``batches``, named '<prefix>_<metric>' ('val_accuracy', 'test_loss', ...).
 
   Each step is waited for before the next is dispatched: independent steps in flight at once can starve
   the in-process collectives of many (fake) CPU devices sharing few cores.
@@ -248,7 +298,7 @@ def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], back
   sums = [jax.block_until_ready(eval_fn(state, backend.put_batch(b))) for b in batches]
   totals = jax.tree.map(lambda *xs: sum(parallel.first(x) for x in xs), *sums)
   count = totals.pop('count')
-  return {f'eval_{k}': v / count for k, v in totals.items()}
+  return {f'{prefix}_{k}': v / count for k, v in totals.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,20 +309,23 @@ class TrainResult:
   """What a finished run leaves its caller.
 
   Attributes:
-    metrics: the final eval metrics ('eval_loss', 'eval_accuracy', ...) and 'num_params'.
-    params: the final parameters, host numpy arrays (this process's copy).
+    metrics: the final validation metrics ('val_loss', 'val_accuracy', ...; none when val_fraction is 0),
+      the test metrics ('test_loss', 'test_accuracy', ...) and 'num_params'.
+    variables: the final model variables ({'params', 'batch_stats'}), host numpy arrays (this process's).
     start_step: the step the run started from: 0, or the checkpoint it resumed.
     run: the run's set-up (model, data, head, ...).
   """
   metrics: dict[str, float]
-  params: PyTree
+  variables: PyTree
   start_step: int
   run: Run
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None,
                        overwrite: bool = False) -> TrainResult:
-  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates on the test split.
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating on the validation split
+  every ``eval_every_steps`` and at the end, and on the test split once, at the end (with val_fraction 0, the
+  periodic evaluations are on the test split).
 
   Args:
     config: the experiment config (see experiments/shapes.py for every field).
@@ -281,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     overwrite: move a previous run in ``workdir`` aside instead of resuming it.
 
   Returns:
-    The final metrics and parameters, the start step and the run's set-up.
+    The final metrics and variables, the start step and the run's set-up.
 
   Raises:
     ConfigError before anything is compiled or written, for a config that cannot train or a workdir that
@@ -289,9 +342,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     checkpointing.Preempted after saving a checkpoint on SIGTERM/SIGINT.
   """
   validate(config, jax.device_count())
-  with checkpointing.PreemptionSignals() as preemption:  # from here on, SIGTERM/SIGINT stop the run cleanly
+  run = setup(config, data_dir)  # prepares the data; writes nothing to the workdir
+  with contextlib.ExitStack() as stack:
+    if jax.process_index() == 0:  # in a multi-host run, process 0 holds the workdir
+      stack.enter_context(checkpointing.WorkdirLock(workdir))
+    preemption = stack.enter_context(checkpointing.PreemptionSignals())  # SIGTERM/SIGINT: save, then stop
     checkpointing.check_workdir(config, workdir, overwrite)
-    return _train_and_evaluate(setup(config, data_dir), workdir, preemption)
+    return _train_and_evaluate(run, workdir, preemption)
 
 
 def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.PreemptionSignals) -> TrainResult:
@@ -302,19 +359,25 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.Preemp
   start_step = int(state.step)
   if start_step:
     logging.info('Resumed from %s at step %d.', workdir, start_step)
-  writer = writers.create_writer(workdir)
+  writer = writers.create_writer(workdir, start_step)
   if jax.process_index() == 0:
     checkpointing.write_config(config, workdir)
   if start_step == 0:
     hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
     writer.write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()})
+  logging.info('Platform %s x%d: micro-batches of %s per device, CPU kernels (two-step bias, NHWC/HWIO conv '
+               'gradients) %s.', jax.default_backend(), jax.device_count(), run.microbatch_size or 'the whole batch',
+               'on' if run.cpu_kernels else 'off')
   image_shape = run.info.image_shape
   num_params = count_params(run.model, image_shape)
   logging.info('Model: %s parameters.\n%s\n%s', f'{num_params:,}', parameter_overview.get_parameter_overview(
       state.params), run.model.tabulate(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
 
   state = backend.from_checkpoint(state)
-  train_iter, eval_batches = run.train_batches(start_step), run.eval_batches()
+  periodic = 'val' if run.splits.val else 'test'  # what the periodic evaluations (and any selection) see
+  train_iter, eval_batches, test_batches = run.train_batches(start_step), run.eval_batches(periodic), None
+  if periodic != 'test':
+    test_batches = run.eval_batches('test')  # built before training, evaluated once after it
   report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                                     every_steps=config.log_every_steps)
   pending: list[tuple[int, Metrics]] = []
@@ -332,23 +395,29 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.Preemp
         _write_train_metrics(writer, pending, config, checkpoints.latest_step())
         pending = []
       if step % config.eval_every_steps == 0 or last:
-        eval_metrics = evaluate(run.eval_step, state, eval_batches, backend)
+        eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
         writer.write_scalars(step, eval_metrics)
       if save:
         checkpoints.save(step, args=ocp.args.StandardSave(backend.to_checkpoint(state)), force=True)
       if stop:
         raise checkpointing.Preempted(step, workdir)
     if not eval_metrics:  # resumed a finished run: evaluate what it left
-      eval_metrics = evaluate(run.eval_step, state, eval_batches, backend)
+      eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
+    if test_batches is not None:  # the test split, once, at the end
+      test_metrics = evaluate(run.eval_step, state, test_batches, backend, 'test')
+      writer.write_scalars(config.num_train_steps, test_metrics)
+      eval_metrics.update(test_metrics)
     writer.write_scalars(config.num_train_steps, {'num_params': num_params})
-    params = jax.tree.map(parallel.local_value, backend.to_checkpoint(state).params)
-    logging.info('Process %d: final params fingerprint %s', jax.process_index(), params_fingerprint(params))
+    final = backend.to_checkpoint(state)
+    variables = jax.tree.map(parallel.local_value, final.variables())
+    logging.info('Process %d: final params fingerprint %s', jax.process_index(),
+                 params_fingerprint(variables['params']))
   finally:  # however the loop ends, finish the checkpoints already started
     checkpoints.wait_until_finished()
     checkpoints.close()
     writer.flush()
     writer.close()
-  return TrainResult({**eval_metrics, 'num_params': num_params}, params, start_step, run)
+  return TrainResult({**eval_metrics, 'num_params': num_params}, variables, start_step, run)
 
 
 def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_collections.ConfigDict,
@@ -360,8 +429,10 @@ def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_
   bad = ~np.isfinite(losses)
   if bad.any() and not config.skip_nonfinite:
     step = pending[int(bad.argmax())][0]
-    raise NonFiniteLoss(f'the training loss is {losses[bad][0]} at step {step}; the last good checkpoint is step '
-                        f'{last_checkpoint} (kept). Lower --config.optimizer.learning_rate, clip with '
+    kept = (f'the last good checkpoint is step {last_checkpoint} (kept)' if last_checkpoint is not None
+            else 'no checkpoint was written yet')
+    raise NonFiniteLoss(f'the training loss is {losses[bad][0]} at step {step}; {kept}. Lower '
+                        '--config.optimizer.learning_rate, clip with '
                         '--config.optimizer.grad_clip_norm, or skip such updates with --config.skip_nonfinite=True')
   scalars = {f'train_{k}': np.mean([r[k] for r, b in zip(rows, bad, strict=True) if not b] or [np.nan])
              for k in rows[0]}

@@ -14,14 +14,22 @@ from clu.metric_writers import interface
 
 
 class JsonlWriter(interface.MetricWriter):
-  """Appends {'step': s, name: value, ...} as one JSON line per write_scalars call."""
+  """Appends {'step': s, name: value, ...} as one JSON line per write_scalars call.
 
-  def __init__(self, path: str):
+  A run resumed at step k replays the steps after its checkpoint, so the rows a killed run wrote after step
+  k are dropped first (all rows for a run that starts at 0): each step's metrics appear once. Each row is
+  flushed as it is written, so none that a checkpoint's step reported is lost to a kill.
+  """
+
+  def __init__(self, path: str, start_step: int = 0):
+    if os.path.exists(path):
+      _truncate_after(path, start_step)
     self._file = open(path, 'a')  # noqa: SIM115 - closed in close()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     row = {'step': int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
     self._file.write(json.dumps(row) + '\n')
+    self._file.flush()  # on disk before the checkpoint of its step: a killed run loses no row it reported
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     self._file.write(json.dumps({'hparams': {k: str(v) for k, v in hparams.items()}}) + '\n')
@@ -52,9 +60,20 @@ class JsonlWriter(interface.MetricWriter):
     pass
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard events + logging + metrics.jsonl in workdir; logging only on processes other than 0."""
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the rows of metrics.jsonl up to ``step`` (none when step is 0), rewriting the file atomically."""
+  with open(path) as f:
+    rows = [line for line in f if line.endswith('\n')]  # a line cut by a kill has no newline
+  keep = [line for line in rows if step and json.loads(line).get('step', 0) <= step]
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(keep)
+  os.replace(path + '.tmp', path)
+
+
+def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:
+  """TensorBoard events + logging + metrics.jsonl in workdir (from ``start_step`` on: see JsonlWriter);
+  logging only on processes other than 0."""
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(just_logging=True)
   return metric_writers.MultiWriter([metric_writers.create_default_writer(workdir, asynchronous=False),
-                                     JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))])
+                                     JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step)])

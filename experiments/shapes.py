@@ -2,8 +2,8 @@ r"""Baseline: the `small` CNN on the offline `shapes` dataset (6 classes, 32x32 
 
   python launch.py --experiment=shapes --workdir=/tmp/cnnjax/shapes
 
-Runtime: ~31 s of training on 2 CPU cores (31-35 steps/s), plus ~10 s to generate the dataset on first use.
-Measured: test accuracy 0.988 (chance 1/6).
+Runtime: ~30 s of training on 2 CPU cores (34-37 steps/s), plus ~10 s to generate the dataset on first use.
+Measured: test accuracy 0.9915, validation accuracy 0.994 (chance 1/6; 9,167 training images, 833 validate).
 Every other experiment imports this config and overrides a few fields; any field can be overridden from the
 command line, e.g. --config.model.stride=2 --config.model.pool=avg --config.batch_size=256.
 """
@@ -25,6 +25,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = 'shapes'  # shapes | digits (offline) | mnist | fashion_mnist | cifar10 | cats_vs_dogs
   config.data.image_size = 0  # 0 = the dataset's own (shapes: 32; 8..224 generates another size)
+  # The last 1/12 of the train split is the validation split (5,000 of MNIST's and Fashion-MNIST's 60,000):
+  # periodic evaluations and every choice use it; the test split is evaluated once, at the end. 0 = none
+  # (periodic evaluations on test).
+  config.data.val_fraction = 1 / 12
+  # mnist / fashion_mnist: a directory of the four original IDX files to prepare the dataset from, offline
+  # ('' = fashion_mnist: /usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist; mnist: download).
+  config.data.source_dir = ''
   config.data.positive_class = 0  # binary head on a multi-class dataset: label == positive_class
   config.data.regression_target = 'size'  # regression head: a numeric feature (shapes: size, center)
   config.data.augment_flip = False
@@ -50,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_impl = 'xla'  # xla (lax.conv_general_dilated) | im2col (patches @ kernel; same result)
   config.model.flip_kernel = False  # True: true convolution (flipped kernel) instead of cross-correlation
   config.model.first_layer = 'learned'  # learned | gaussian | sobel | gaussian_sobel (frozen filters)
+  config.model.norm = 'none'  # none | batch | layer | group: after each conv, before its activation
+  config.model.norm_groups = 8  # norm=group: channel groups (must divide every conv width)
   config.model.dropout = 0.0
   config.model.dtype = 'float32'
 
@@ -68,8 +77,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   # Per-device examples per forward/backward pass: a larger per-device batch (a multiple of it) is split into
   # micro-batches whose gradients are summed by a lax.scan (the same gradient up to rounding), which keeps
-  # activations in cache on CPU (README, Performance). 0 = the whole per-device batch at once (GPU/TPU).
-  config.microbatch_size = 64
+  # activations in cache on CPU (README, Performance). 0 = the whole per-device batch at once. auto = up to 64
+  # on CPU (the whole batch with BatchNorm), the whole batch on GPU/TPU. 'auto' or an int.
+  config.microbatch_size = ml_collections.FieldReference('auto', field_type=object)
+  # XLA:CPU's faster forms of the same values: a two-step bias broadcast and NHWC/HWIO conv gradients.
+  # auto = on for CPU only | on | off.
+  config.cpu_speedups = 'auto'
   config.num_train_steps = 1000
   config.log_every_steps = 50
   config.eval_every_steps = 250

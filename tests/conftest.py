@@ -1,6 +1,7 @@
 """Eight fake CPU devices and cnnjax's default XLA flags for every test (set before any JAX backend starts),
 and shared fixtures."""
 
+import contextlib
 import os
 
 from cnnjax import compiler
@@ -41,3 +42,28 @@ def config():
   config.checkpoint_every_steps = 10
   config.data.shuffle_buffer = 1000
   return config
+
+
+@pytest.fixture
+def mock_dataset(tmp_path):
+  """``mock_dataset(name, num_examples)``: a context in which TFDS's ``name`` is random data
+  (``tfds.testing.mock_data``) whose metadata gives every split ``num_examples`` examples, as cnnjax's
+  validation split is carved by size."""
+  import tensorflow_datasets as tfds
+
+  from cnnjax import data
+
+  @contextlib.contextmanager
+  def mock(name, num_examples):
+    metadata = str(tmp_path / 'mock_metadata')
+    builder = tfds.builder(name, data_dir=metadata)
+    spec = data.get_spec(name)
+    names = [spec.train_split] + [spec.test_split] * bool(spec.test_split)
+    builder.info.set_splits(tfds.core.SplitDict(
+        [tfds.core.SplitInfo(name=n, shard_lengths=[num_examples], num_bytes=0) for n in names]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    with tfds.testing.mock_data(num_examples=num_examples, data_dir=metadata):
+      yield
+
+  return mock

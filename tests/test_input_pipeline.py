@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from cnnjax import data, heads, input_pipeline
 from cnnjax.config import ConfigError
@@ -47,7 +46,7 @@ def test_resuming_at_step_k_yields_batch_k(config, data_dir):
 
 
 def test_eval_batches_cover_the_split_once(config, data_dir):
-  batches = list(input_pipeline.eval_batches(config, *_prepared(config, data_dir), num_devices=8))
+  batches = list(input_pipeline.eval_batches(config, *_prepared(config, data_dir), num_devices=8, split='test'))
   assert len(batches) == 4  # ceil(2000 / 512)
   assert sum(b['mask'].sum() for b in batches) == 2000 and batches[0]['image'].shape == (8, 64, 32, 32, 3)
 
@@ -74,9 +73,9 @@ def test_task_targets(config, data_dir, head, target_shape):
 
 @pytest.mark.parametrize('name,image_size,shape', [('mnist', 0, (28, 28, 1)), ('fashion_mnist', 0, (28, 28, 1)),
                                                    ('cifar10', 0, (32, 32, 3)), ('cats_vs_dogs', 64, (64, 64, 3))])
-def test_download_only_datasets_on_mock_data(config, tmp_path, name, image_size, shape):
+def test_download_only_datasets_on_mock_data(config, tmp_path, mock_dataset, name, image_size, shape):
   config.data.name, config.data.image_size = name, image_size
-  with tfds.testing.mock_data(num_examples=100):
+  with mock_dataset(name, 100):
     builder, target = _prepared(config, str(tmp_path))
     batch = next(input_pipeline.train_iterator(config, builder, target, num_devices=8))
   assert data.image_shape(config.data) == shape and batch['image'].shape == (8, 8, *shape)

@@ -26,6 +26,7 @@ def test_launch_runs_an_experiment_with_overrides(data_dir, tmp_path):
   assert hparams['model.pool'] == 'avg' and hparams['data.name'] == 'digits'
   assert [r['step'] for r in rows if 'train_loss' in r] == [2, 4]
   assert 'block1' in proc.stderr and 'Total Parameters' in proc.stderr  # the per-layer summary table
+  assert 'Platform cpu x8: micro-batches of the whole batch per device, CPU kernels' in proc.stderr  # 32 / 8 = 4
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
 
 
@@ -45,6 +46,9 @@ def test_a_rerun_loads_its_programs_from_the_compilation_cache(data_dir, tmp_pat
 @pytest.mark.parametrize('flags,message', [
     (['--experiment=nope'], "--experiment='nope' is unknown"),
     (['--config.batch_size=100'], 'Invalid config: --config.batch_size=100 must be a positive multiple of the 8'),
+    (['--config.model.kernel_size=abc'], "flag --config.model.kernel_size=abc: invalid literal for int()"),
+    (['--config.model.strid=2'], "--config.model.strid is not a field of the shapes experiment's config"),
+    (['--config.optimizer.learning_rate=nan'], '--config.optimizer.learning_rate=nan must be a finite number > 0'),
 ])
 def test_launch_refuses_bad_input_with_one_clear_line(tmp_path, flags, message):
   workdir = tmp_path / 'work'

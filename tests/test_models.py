@@ -1,12 +1,14 @@
 """Module shapes and parameter counts against numbers worked out by hand; geometry errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import models, ops, train
-from cnnjax.config import ConfigError
+from cnnjax import analysis, models, ops, train
+from cnnjax.config import ConfigError, apply_overrides
 
 
 def _params(model, shape):
@@ -97,3 +99,54 @@ def test_non_positive_sizes_name_the_flag(config, flag, value):
   config.model[flag] = value
   with pytest.raises(ConfigError, match=f'--config.model.{flag}={value}'):
     models.validate(config.model, (32, 32, 3))
+
+
+def test_small_parameter_count_with_a_norm_by_hand(config):
+  # A normalised conv has no bias; its norm has a scale and a bias per channel: 3*3*3*16 + 2*16 = 464 and
+  # 3*3*16*32 + 2*32 = 4672; the dense layers as before (131136 + 390).
+  config.model.variant = 'small'
+  want = 464 + 4672 + 131136 + 390
+  for norm in ('batch', 'layer', 'group'):
+    config.model.norm = norm
+    assert train.count_params(models.build_model(config.model, 6), (32, 32, 3)) == want
+    assert analysis.totals(analysis.analyze(config.model, (32, 32, 3), 6))['params'] == want
+
+
+def _normalised(norm, x):
+  """A ConvBlock conv -> norm (identity activation, no pool); its variables and the conv output alone."""
+  block = models.ConvBlock(features=4, kernel_size=3, conv=functools.partial(ops.conv2d, padding='SAME'),
+                           norm=functools.partial(models.NORMS[norm], groups=2, axis_name=None),
+                           activation=ops.identity, pool=None)
+  variables = block.init(jax.random.key(0), x)
+  return block, variables, np.asarray(ops.conv2d(x, variables['params']['kernel'], padding='SAME'), np.float64)
+
+
+@pytest.mark.parametrize('norm,axes', [('batch', (0, 1, 2)), ('layer', (1, 2, 3)), ('group', (1, 2, 4))])
+def test_norms_against_a_hand_computation(norm, axes):
+  x = jnp.asarray(np.random.default_rng(0).normal(1.0, 2.0, size=(5, 6, 6, 3)), jnp.float32)
+  block, variables, conv = _normalised(norm, x)
+  y, updates = block.apply(variables, x, train=True, mutable=['batch_stats'])
+  grouped = conv.reshape(5, 6, 6, 2, 2)  # [N, H, W, groups, channels per group], for 'group'
+  z = grouped if norm == 'group' else conv
+  mean, var = z.mean(axis=axes, keepdims=True), z.var(axis=axes, keepdims=True)
+  want = ((z - mean) / np.sqrt(var + 1e-5)).reshape(conv.shape)  # scale 1, bias 0 at initialisation
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+  if norm == 'batch':  # running averages with momentum 0.9 from mean 0 and variance 1; used in eval
+    stats = updates['batch_stats']['BatchNorm_0']
+    np.testing.assert_allclose(stats['mean'], 0.1 * mean.reshape(-1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * var.reshape(-1), rtol=1e-4)
+    y_eval = block.apply({**variables, **updates}, x, train=False)
+    want_eval = (conv - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var + 1e-5)
+    np.testing.assert_allclose(y_eval, want_eval, rtol=1e-4, atol=1e-4)
+  else:
+    assert not updates  # layer and group norms keep no statistics
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'model.norm': 'instance'}, r"--config.model.norm='instance' is unknown"),
+    ({'model.norm': 'group', 'model.norm_groups': 3}, r'--config.model.norm_groups=3 must divide every conv width'),
+    ({'model.norm': 'batch', 'microbatch_size': 4}, r'--config.model.norm=batch .* set --config.microbatch_size=0'),
+])
+def test_norm_settings_that_cannot_train_are_refused(config, overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    train.validate(apply_overrides(config, overrides), 8)

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -63,10 +64,20 @@ def test_sigkilled_run_resumes_bitwise_exactly(uninterrupted, data_dir, tmp_path
   assert proc.wait(timeout=60) == -signal.SIGKILL
   killed_at = max(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
   assert killed_at < 60, 'the run finished before the kill; nothing was tested'
-  proc = _start(workdir, data_dir)  # the same command again
+  proc = _start(workdir, data_dir)  # the same command again: the killed run's lock does not block it
   assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
   assert f'Resumed from {workdir} at step {killed_at}' in proc.stderr.read()
   jax.tree.map(np.testing.assert_array_equal, _params(workdir, 60), uninterrupted)
+  _assert_each_step_once(os.path.join(workdir, 'metrics.jsonl'), range(5, 61, 5))
+
+
+def _assert_each_step_once(path, log_steps):
+  """Every metric of metrics.jsonl at each step once, and train metrics at exactly ``log_steps``."""
+  rows = [json.loads(line) for line in open(path)]
+  seen = [(r['step'], k) for r in rows if 'step' in r for k in r if k != 'step']
+  assert len(seen) == len(set(seen)), sorted(x for x in seen if seen.count(x) > 1)[:5]
+  assert [r['step'] for r in rows if 'train_loss' in r] == list(log_steps)
+  assert sum('hparams' in r for r in rows) == 1
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
@@ -98,6 +109,8 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tm
   assert str(err.value.step) in os.listdir(os.path.join(preempted, 'checkpoints'))
   assert train.train_and_evaluate(config, preempted, data_dir).start_step == err.value.step
   jax.tree.map(np.testing.assert_array_equal, _params(preempted, 60), _params(full, 60))
+  logged = {*range(10, 61, 10), *range(25, 61, 25), err.value.step}  # log steps; saves write metrics too
+  _assert_each_step_once(os.path.join(preempted, 'metrics.jsonl'), sorted(logged))
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(config, data_dir, tmp_path, caplog):
@@ -140,8 +153,40 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     train.train_and_evaluate(_diverging(config), str(tmp_path), data_dir)
   bad_step = int(err.value.args[0].split(' at step ')[1].split(';')[0])
   steps = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints'))
-  assert steps and steps[-1] == bad_step - 1
+  assert steps and steps[-1] == bad_step - 1 and bad_step > 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), steps[-1])))
+
+
+def test_nonfinite_loss_before_any_checkpoint_says_none_was_written(config, data_dir, tmp_path):
+  config = _diverging(config)
+  config.optimizer.learning_rate, config.checkpoint_every_steps = 1e38, 10  # diverges before step 10
+  with pytest.raises(train.NonFiniteLoss, match=r'at step \d; no checkpoint was written yet\. Lower'):
+    train.train_and_evaluate(config, str(tmp_path), data_dir)
+  assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
+
+
+def test_a_workdir_in_use_is_refused_naming_the_holder_and_writing_nothing(config, data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  with checkpointing.WorkdirLock(str(workdir)):  # as a running launch holds it
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*')}
+    with pytest.raises(ConfigError, match=rf'--workdir={workdir} is in use by {socket.gethostname()} pid '
+                                          rf'{os.getpid()}; wait for that run to end'):
+      train.train_and_evaluate(config, str(workdir), data_dir)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob('*')} == before  # nothing written
+  train.train_and_evaluate(config, str(workdir), data_dir)  # free again
+
+
+def test_the_lock_of_a_sigkilled_process_does_not_block(tmp_path):
+  holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from cnnjax import checkpointing\n'
+                             f'with checkpointing.WorkdirLock({str(tmp_path)!r}):\n'
+                             '  print("held", flush=True); time.sleep(300)'], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'held'
+  with pytest.raises(ConfigError, match=rf'is in use by \S+ pid {holder.pid}'):
+    checkpointing.WorkdirLock(str(tmp_path)).__enter__()
+  holder.kill()
+  holder.wait(timeout=60)
+  with checkpointing.WorkdirLock(str(tmp_path)):
+    assert open(tmp_path / checkpointing.LOCK_FILE).read() == f'{socket.gethostname()} pid {os.getpid()}\n'
 
 
 def test_skip_nonfinite_skips_bad_updates(config, data_dir, tmp_path):
@@ -151,7 +196,7 @@ def test_skip_nonfinite_skips_bad_updates(config, data_dir, tmp_path):
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert sum(r.get('train_skipped_steps', 0) for r in rows) >= 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), 6)))
-  assert 'eval_loss' in result.metrics  # it ran to the end and evaluated
+  assert 'test_loss' in result.metrics  # it ran to the end and evaluated
 
 
 def test_offline_download_times_out_with_advice(config, tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ def test_bad_sweep_index_and_bad_point_are_refused_before_writing(config, tmp_pa
 def _fake_result(name, pool, seed, accuracy):
   return {'name': name, 'point': name.split(',seed=')[0], 'overrides': {'model.pool': pool, 'seed': seed},
           'seed': seed, 'num_params': 100,
-          'flops': 1000, 'eval_accuracy': accuracy, 'eval_loss': 1 - accuracy, 'train_loss': 0.5,
+          'flops': 1000, 'test_accuracy': accuracy, 'test_loss': 1 - accuracy, 'train_loss': 0.5,
           'steps_per_sec': 10.0, 'wall_time_s': 3.0,
           'invariance': {'shift': [0, 1], 'accuracy': [accuracy, accuracy - 0.1], 'agreement': [1.0, 0.8]}}
 
@@ -51,14 +51,14 @@ def _fake_result(name, pool, seed, accuracy):
 def test_report_from_fake_finished_runs(tmp_path):
   results = [_fake_result('pool=max,seed=0', 'max', 0, 0.8), _fake_result('pool=max,seed=1', 'max', 1, 0.9),
              _fake_result('pool=avg,seed=0', 'avg', 0, 0.7), _fake_result('pool=avg,seed=1', 'avg', 1, 0.7)]
-  histories = {r['name']: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.5, 'eval_accuracy': 0.8}]
+  histories = {r['name']: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.5, 'val_accuracy': 0.8}]
                for r in results}
   report.write(str(tmp_path), results, histories)
   text = (tmp_path / 'report.md').read_text()
-  # point | seeds | pool | params | flops | train_loss | eval_accuracy: mean ± sample std of (0.8, 0.9) | eval_loss
+  # point | seeds | pool | params | flops | train_loss | test_accuracy: mean ± sample std of (0.8, 0.9) | test_loss
   assert '| pool=max | 2 | max | 100 | 1,000 | 0.5 | 0.85 ± 0.071 | 0.15 ± 0.071 |' in text
   assert '| pool=avg | 2 | avg | 100 | 1,000 | 0.5 | 0.7 | 0.3 |' in text
-  for png in ('eval_accuracy_vs_params.png', 'eval_accuracy_vs_flops.png', 'eval_accuracy_per_setting.png',
+  for png in ('test_accuracy_vs_params.png', 'test_accuracy_vs_flops.png', 'test_accuracy_per_setting.png',
               'learning_curves.png', 'invariance.png'):
     assert (tmp_path / png).stat().st_size > 1000 and f'({png})' in text
   assert len((tmp_path / 'results.csv').read_text().splitlines()) == 5
@@ -100,8 +100,8 @@ def test_tiny_sweep_end_to_end_and_sweep_index(config, data_dir, tmp_path):
   full = tmp_path / 'full'
   sweep.run(config, get_sweep, str(full), data_dir)
   files = set(os.listdir(full))
-  assert {'report.md', 'results.csv', 'results.json', 'eval_accuracy_vs_params.png', 'eval_accuracy_vs_flops.png',
-          'eval_accuracy_per_setting.png', 'learning_curves.png', 'invariance.png', 'filters.png'} <= files
+  assert {'report.md', 'results.csv', 'results.json', 'test_accuracy_vs_params.png', 'test_accuracy_vs_flops.png',
+          'test_accuracy_per_setting.png', 'learning_curves.png', 'invariance.png', 'filters.png'} <= files
   result = json.loads((full / 'pool=max' / 'result.json').read_text())
   assert result['num_params'] == 8718 and len(result['invariance']['accuracy']) == 3
 

@@ -7,14 +7,14 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow_datasets as tfds
 
 from cnnjax import parallel, train
-from cnnjax.config import ConfigError, apply_overrides
+from cnnjax.config import ConfigError, apply_overrides, load_experiment
 
 
 def _read_metrics(workdir):
@@ -22,9 +22,13 @@ def _read_metrics(workdir):
     return [row for row in map(json.loads, f) if 'step' in row]
 
 
-def _checkpoint_params(workdir, step):
+def _checkpoint(workdir, step):
   with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
-    return manager.restore(step, args=ocp.args.StandardRestore())['params']
+    return manager.restore(step, args=ocp.args.StandardRestore())
+
+
+def _checkpoint_params(workdir, step):
+  return _checkpoint(workdir, step)['params']
 
 
 def test_training_on_shapes_learns(config, data_dir, tmp_path):
@@ -33,10 +37,10 @@ def test_training_on_shapes_learns(config, data_dir, tmp_path):
   result = train.train_and_evaluate(config, str(tmp_path), data_dir)
   losses = [r['train_loss'] for r in _read_metrics(str(tmp_path)) if 'train_loss' in r]
   assert losses[-1] < 0.7 * losses[0]
-  assert result.metrics['eval_accuracy'] > 0.5  # chance is 1/6
+  assert result.metrics['test_accuracy'] > 0.5  # chance is 1/6
   assert result.metrics['num_params'] == 136614 and result.start_step == 0
   assert os.listdir(tmp_path / 'checkpoints') == ['150']
-  jax.tree.map(np.testing.assert_array_equal, result.params, _checkpoint_params(str(tmp_path), 150))
+  jax.tree.map(np.testing.assert_array_equal, result.variables['params'], _checkpoint_params(str(tmp_path), 150))
 
 
 def _three_steps_setup(config, data_dir):
@@ -48,12 +52,13 @@ def _three_steps_setup(config, data_dir):
 
 
 def _run_on_one_device(state, step, batches):
-  """``step`` under pmap on a 1-device mesh, the whole batch on it: final params (host copies), last metrics."""
+  """``step`` under pmap on a 1-device mesh, the whole batch on it: final variables (params and batch
+  statistics, host copies) and the last metrics."""
   one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
   s, step_fn = parallel.replicate(state, one), jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None))
   for batch in batches:
     s, metrics = step_fn(s, parallel.shard(batch, one), jax.random.key(1))
-  return jax.tree.map(lambda x: np.asarray(parallel.local_value(x)[0]), s.params), metrics
+  return jax.tree.map(lambda x: np.asarray(parallel.local_value(x)[0]), s.variables()), metrics
 
 
 def _step(run, **kwargs):
@@ -79,13 +84,16 @@ def test_train_step_equals_a_plain_grad_and_optax_update(config, data_dir):
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
   got, metrics = _run_on_one_device(state, _step(run, microbatch_size=0), batches[:2])
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got['params'], params)
   np.testing.assert_allclose(parallel.first(metrics['loss']), want_loss, rtol=1e-5)
   np.testing.assert_allclose(parallel.first(metrics['grad_norm']), optax.global_norm(grads), rtol=1e-5)
 
 
-@pytest.mark.parametrize('backend', parallel.BACKENDS)
-def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_dir, backend):
+@pytest.mark.parametrize('backend,norm', [('pmap', 'none'), ('shard_map', 'none'), ('pmap', 'batch'),
+                                          ('shard_map', 'batch')])
+def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_dir, backend, norm):
+  """With BatchNorm, the statistics are averaged over the 8 devices: the same as over the whole batch."""
+  config.model.norm = norm
   run, state, batches = _three_steps_setup(config, data_dir)
   initial_kernel = np.array(parallel.local_value(state.params['block0']['kernel']))  # donation may free state
   want, ref_metrics = _run_on_one_device(state, _step(run), batches)
@@ -95,10 +103,11 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_di
   for batch in batches:
     s, metrics = train_fn(s, mapped.put_batch(jax.tree.map(lambda x: x.reshape(8, 8, *x.shape[2:]), batch)),
                           jax.random.key(1))
-  got = jax.tree.map(parallel.local_value, mapped.to_checkpoint(s).params)
+  got = jax.tree.map(parallel.local_value, mapped.to_checkpoint(s).variables())
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, want)
   np.testing.assert_allclose(parallel.first(metrics['loss']), parallel.first(ref_metrics['loss']), rtol=1e-5)
-  assert not np.allclose(got['block0']['kernel'], initial_kernel)  # it trained
+  assert not np.allclose(got['params']['block0']['kernel'], initial_kernel)  # it trained
+  assert bool(got['batch_stats']) == (norm == 'batch')
 
 
 @pytest.mark.parametrize('microbatch_size', [16, 32])
@@ -110,26 +119,30 @@ def test_micro_batches_give_the_whole_batch_step(config, data_dir, microbatch_si
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
   for k in ('loss', 'accuracy', 'grad_norm'):
     np.testing.assert_allclose(parallel.first(got_metrics[k]), parallel.first(want_metrics[k]), rtol=1e-5)
-  assert not np.allclose(got['block0']['kernel'], initial_kernel)  # it trained
+  assert not np.allclose(got['params']['block0']['kernel'], initial_kernel)  # it trained
 
 
 def test_shard_map_backend_trains_end_to_end(config, data_dir, tmp_path):
   config.parallel, config.num_train_steps = 'shard_map', 10
   result = train.train_and_evaluate(config, str(tmp_path), data_dir)
-  assert np.isfinite(result.metrics['eval_loss']) and os.listdir(tmp_path / 'checkpoints') == ['10']
+  assert np.isfinite(result.metrics['test_loss']) and os.listdir(tmp_path / 'checkpoints') == ['10']
   again = train.train_and_evaluate(config, str(tmp_path), data_dir)  # restores the replicated checkpoint layout
   assert again.start_step == 10
-  jax.tree.map(np.testing.assert_array_equal, again.params, result.params)
+  jax.tree.map(np.testing.assert_array_equal, again.variables, result.variables)
 
 
-def test_resume_equals_uninterrupted_run(config, data_dir, tmp_path):
+@pytest.mark.parametrize('norm', ['none', 'batch'])
+def test_resume_equals_uninterrupted_run(config, data_dir, tmp_path, norm):
   config.data.augment_flip = config.data.augment_crop = True
+  config.model.norm, config.microbatch_size = norm, 0
   full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, full, data_dir)  # checkpoints at 10 and 20
   shutil.copytree(full, resumed)
   shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))  # as if killed after step 10's checkpoint
   assert train.train_and_evaluate(config, resumed, data_dir).start_step == 10
-  jax.tree.map(np.testing.assert_array_equal, _checkpoint_params(full, 20), _checkpoint_params(resumed, 20))
+  want, got = _checkpoint(full, 20), _checkpoint(resumed, 20)
+  jax.tree.map(np.testing.assert_array_equal, got, want)  # params, optimizer state and batch statistics
+  assert bool(want['batch_stats']) == (norm == 'batch')
 
 
 def test_train_step_is_traced_once(config, data_dir, tmp_path, monkeypatch):
@@ -148,15 +161,15 @@ def test_train_step_is_traced_once(config, data_dir, tmp_path, monkeypatch):
 def test_other_heads_train(config, data_dir, tmp_path, head):
   config.head, config.num_train_steps = head, 10
   metrics = train.train_and_evaluate(config, str(tmp_path), data_dir).metrics
-  assert np.isfinite(metrics['eval_loss'])
-  assert ('eval_accuracy' in metrics) == (head == 'binary') and ('eval_mae' in metrics) == (head == 'regression')
+  assert np.isfinite(metrics['test_loss']) and np.isfinite(metrics['val_loss'])
+  assert ('test_accuracy' in metrics) == (head == 'binary') and ('test_mae' in metrics) == (head == 'regression')
 
 
-def test_one_step_end_to_end_on_mocked_mnist(config, tmp_path):
+def test_one_step_end_to_end_on_mocked_mnist(config, tmp_path, mock_dataset):
   config.data.name, config.num_train_steps = 'mnist', 1
-  with tfds.testing.mock_data(num_examples=100):  # 100 test examples in one eval batch padded to 512
+  with mock_dataset('mnist', 100):  # 100 test examples in one eval batch padded to 512
     metrics = train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'data')).metrics
-  correct = metrics['eval_accuracy'] * 100
+  correct = metrics['test_accuracy'] * 100
   assert abs(correct - round(correct)) < 1e-4  # a mean over exactly the 100 real examples, padding masked
   assert [r['step'] for r in _read_metrics(str(tmp_path / 'work')) if 'train_loss' in r] == [1]
 
@@ -164,7 +177,14 @@ def test_one_step_end_to_end_on_mocked_mnist(config, tmp_path):
 INVALID = [
     ({'batch_size': 100}, r'--config.batch_size=100 must be a positive multiple of the 8 devices; use e.g. '
                           r'--config.batch_size=96'),
-    ({'microbatch_size': -1}, r'--config.microbatch_size=-1 must be >= 0'),
+    ({'microbatch_size': -1}, r'--config.microbatch_size=-1 must be auto or an int >= 0'),
+    ({'microbatch_size': 'some'}, r"--config.microbatch_size='some' must be auto or an int >= 0"),
+    ({'cpu_speedups': 'yes'}, r"--config.cpu_speedups='yes' is unknown"),
+    ({'optimizer.learning_rate': float('nan')}, r'--config.optimizer.learning_rate=nan must be a finite number > 0'),
+    ({'optimizer.learning_rate': float('inf')}, r'--config.optimizer.learning_rate=inf must be a finite number > 0'),
+    ({'optimizer.warmup_steps': -3}, r'--config.optimizer.warmup_steps=-3 must be a finite number >= 0'),
+    ({'optimizer.momentum': 2.0}, r'--config.optimizer.momentum=2.0 must be in \[0, 1\)'),
+    ({'model.dtype': 'float8'}, r"--config.model.dtype='float8' is unknown"),
     ({'microbatch_size': 3}, r'--config.microbatch_size=3 must divide the per-device batch of 8 '
                              r'\(--config.batch_size=64 over 8 devices\); use e.g. --config.microbatch_size=2'),
     ({'model.stride': 0}, r'--config.model.stride=0 must be >= 1'),
@@ -184,3 +204,53 @@ def test_invalid_configs_are_refused_before_anything_is_written(config, data_dir
   with pytest.raises(ConfigError, match=message):
     train.train_and_evaluate(apply_overrides(config, overrides), str(workdir), data_dir)
   assert not workdir.exists()
+
+
+def test_platform_choices():
+  config = load_experiment('shapes').get_config()  # microbatch_size=auto, cpu_speedups=auto, batch 128
+  assert train.platform_choices(config, 1, 'cpu') == (64, True)
+  assert train.platform_choices(config, 1, 'gpu') == (0, False)
+  assert train.platform_choices(config, 8, 'cpu') == (0, True)  # per-device 16: the whole batch at once
+  config.batch_size = 96
+  assert train.platform_choices(config, 1, 'cpu') == (48, True)  # the largest divisor of 96 up to 64
+  config.model.norm = 'batch'
+  assert train.platform_choices(config, 1, 'cpu') == (0, True)  # statistics over the whole batch
+  config.microbatch_size, config.cpu_speedups = 32, 'off'
+  assert train.platform_choices(config, 1, 'tpu') == (32, False)
+
+
+def test_cpu_kernels_and_plain_kernels_train_to_the_same_values(config, data_dir):
+  """The two-step bias and NHWC/HWIO gradients (CPU) against the plain bias and JAX's own rules (GPU/TPU),
+  both forced on CPU, micro-batches and all: three steps, the same parameters up to float rounding."""
+  config.microbatch_size = 16
+  results = {}
+  for speedups in ('on', 'off'):
+    config.cpu_speedups = speedups
+    run, state, batches = _three_steps_setup(config, data_dir)
+    assert run.cpu_kernels == (speedups == 'on') and run.microbatch_size == 16
+    results[speedups], _ = _run_on_one_device(state, _step(run, microbatch_size=16), batches)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), results['on'], results['off'])
+
+
+def test_bfloat16_activations_with_float32_parameters(config, data_dir):
+  """dtype=bfloat16: activations in bf16, parameters, optimizer state and loss in float32; three steps move
+  the parameters as a float32 run's do (bf16 keeps 8 bits of mantissa: close, not equal)."""
+  got = {}
+  for dtype in ('float32', 'bfloat16'):
+    config.model.dtype = dtype
+    run, state, batches = _three_steps_setup(config, data_dir)
+    x = batches[0]['image'][0]
+    _, inter = run.model.apply(state.variables(jax.tree.map(parallel.local_value, state.params)), x,
+                               capture_intermediates=True, mutable=['intermediates'])
+    assert inter['intermediates']['block0']['__call__'][0].dtype == jnp.dtype(dtype)
+    got[dtype], metrics = _run_on_one_device(state, _step(run), batches)
+    assert np.isfinite(parallel.first(metrics['loss'])) and metrics['loss'].dtype == jnp.float32
+    leaves = jax.tree.leaves(got[dtype]) + jax.tree.leaves(state.opt_state)
+    assert all(x.dtype in (np.float32, np.int32) for x in leaves)
+  initial = jax.tree.map(parallel.local_value, state.variables())
+  moved = {k: np.concatenate([(a - b).ravel() for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(initial),
+                                                                 strict=True)]) for k, v in got.items()}
+  f32, bf16 = moved['float32'], moved['bfloat16']
+  cosine = f32 @ bf16 / np.linalg.norm(f32) / np.linalg.norm(bf16)
+  assert np.linalg.norm(f32) > 0 and cosine > 0.95, cosine
+  assert abs(np.linalg.norm(bf16) / np.linalg.norm(f32) - 1) < 0.1
