@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -110,8 +111,8 @@ def parse_flags_with_experiment(argv: list[str], flag_values: flags.FlagValues =
   for arg in argv[1:]:  # an unknown field would otherwise end in a traceback from deep inside absl
     path = arg[len('--config.'):].split('=', 1)[0] if arg.startswith('--config.') else None
     if path and not has_field(config, path):
-      sys.exit(f'--config.{path} is not a field of the {name} experiment\'s config (see experiments/{name}.py and '
-               'experiments/shapes.py for every field)')
+      sys.exit(f'--config.{path} is not a field of the {name} experiment\'s config; every field is listed, with '
+               'its choices, in experiments/shapes.py')
   config_flags.DEFINE_config_dict('config', config, 'The experiment\'s config; override with --config.FIELD=VALUE.',
                                   lock_config=True, flag_values=flag_values)
   try:
@@ -140,6 +141,12 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
                'keep_checkpoints', 'seeds'):
     check_at_least(flag, config[flag], 1)
   check_choice('rng_impl', config.rng_impl, RNG_IMPLS)
+  grid = tuple(config.lr_grid)
+  if grid and not all(isinstance(lr, int | float) and math.isfinite(lr) and lr > 0 for lr in grid):
+    raise ConfigError(f'--config.lr_grid={grid}: every learning rate must be a finite number > 0, e.g. '
+                      '--config.lr_grid=(1e-3,3e-3,1e-2)')
+  if grid and not config.data.val_fraction:
+    raise ConfigError(f'--config.lr_grid={grid} picks by the validation metric; set --config.data.val_fraction > 0')
 
 
 def _validate_microbatch_size(size: int | str, batch_size: int, num_devices: int) -> None:

@@ -32,7 +32,8 @@ def _group(results: Sequence[Result]) -> dict[str, list[Result]]:
 
 
 def _metric_keys(results: Sequence[Result]) -> list[str]:
-  keys = {k for r in results for k in r if k.startswith(('train_', 'val_', 'test_')) and k not in SKIP_METRICS}
+  keys = {k for r in results for k in r
+          if k.startswith(('train_', 'val_', 'test_')) and k not in SKIP_METRICS and not k.endswith('_by_lr')}
   return sorted(keys, key=lambda k: (not k.startswith('train_'), k))
 
 
@@ -52,11 +53,33 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
   for name, group in _group(results).items():
     row = {'point': name, 'seeds': len(group), **{k: group[0]['overrides'].get(k, '') for k in varied},
            'params': group[0]['num_params'], 'flops': group[0]['flops']}
+    if any('picked_lr' in r for r in group):
+      row['picked lr'] = ', '.join(f'{r["picked_lr"]:g}' + ' (edge)' * r['picked_on_edge'] for r in group)
     for key in [*_metric_keys(results), 'steps_per_sec', 'wall_time_s']:
       values = [r[key] for r in group if key in r]
       row[key] = _stats(values) if values else None
     rows.append(row)
   return rows
+
+
+def grid_table(results: Sequence[Result]) -> str:
+  """Per point, the validation metric at each learning rate of the grid (mean over seeds), as markdown; ''
+  when no point chose a learning rate."""
+  chosen = [r for r in results if 'picked_lr' in r]
+  if not chosen:
+    return ''
+  key = next(k for k in chosen[0] if k.endswith('_by_lr'))
+  grid = chosen[0]['lr_grid']
+  lines = [f'| point | {key[:-len("_by_lr")]} at lr ' + ' | '.join(f'{lr:g}' for lr in grid) + ' |',
+           '|' + ' --- |' * (len(grid) + 1)]
+  for name, group in _group(chosen).items():
+    means = np.mean([r[key] for r in group], axis=0)
+    lines.append(f'| {name} | ' + ' | '.join(f'{v:.4g}' for v in means) + ' |')
+  edges = sorted({r['point'] for r in chosen if r['picked_on_edge']})
+  note = (f'\n\nThe pick lies on the edge of the grid for: {", ".join(edges)}; the best learning rate may lie '
+          'outside it.' if edges else '\n\nEvery pick lies inside the grid.')
+  return ('Learning rate picked per run by its validation metric; the test metrics above are of the picks '
+          'only.\n\n' + '\n'.join(lines) + note)
 
 
 def _cell(value: Any) -> str:
@@ -92,11 +115,14 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
     f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
             'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
             f'per image (closed form); steps/s is the median over the run.\n\n{markdown_table(rows)}\n\n')
+    grid = grid_table(results)
+    f.write(f'{grid}\n\n' if grid else '')
     f.writelines(f'![{p}]({p})\n\n' for p in plots if p)
 
 
 def _write_csv(path: str, results: Sequence[Result]) -> None:
-  fields = sorted({k for r in results for k in r if k not in ('overrides', 'invariance')})
+  fields = sorted({k for r in results for k in r if k not in ('overrides', 'invariance') and '_by_lr' not in k
+                   and k != 'lr_grid'})
   overrides = sorted({k for r in results for k in r['overrides']})
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)

@@ -67,7 +67,12 @@ def expand(sweep: Sequence[Overrides], seeds: int, base_seed: int) -> list[Point
 
 def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, data_dir: str | None
               ) -> dict[str, Any]:
-  """Trains one point (or resumes it), analyses it and writes WORKDIR/<name>/result.json."""
+  """Trains one point (or resumes it), analyses it and writes WORKDIR/<name>/result.json.
+
+  With ``config.lr_grid``, the point trains once per learning rate (in WORKDIR/<name>/lr=<value>/), picks the
+  one with the best validation metric, and reports the test metrics of that pick only, with the validation
+  metric of every value and whether the pick lies on the edge of the grid.
+  """
   point_dir = os.path.join(workdir, point.name)
   result_path = os.path.join(point_dir, 'result.json')
   if os.path.exists(result_path):
@@ -75,15 +80,25 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
     return load_result(point_dir)
   logging.info('Sweep point %s: %s', point.name, point.overrides)
   start = time.time()
-  trained = train.train_and_evaluate(config, point_dir, data_dir)
+  grid = tuple(config.lr_grid)
+  if grid:
+    trials = {lr: train.train_and_evaluate(apply_overrides(config, {'optimizer.learning_rate': lr, 'lr_grid': ()}),
+                                           os.path.join(point_dir, _lr_dir(lr)), data_dir) for lr in grid}
+    key, sign = selection_metric(next(iter(trials.values())).metrics)
+    picked = max(grid, key=lambda lr: sign * trials[lr].metrics[key])
+    trained = trials[picked]
+    choice = {'picked_lr': picked, 'lr_grid': list(grid), f'{key}_by_lr': [trials[lr].metrics[key] for lr in grid],
+              'picked_on_edge': len(grid) > 1 and picked in (min(grid), max(grid))}
+  else:
+    trained, choice = train.train_and_evaluate(config, point_dir, data_dir), {}
   wall_time = time.time() - start
   run, variables = trained.run, trained.variables
   layers = analysis.analyze(config.model, run.info.image_shape, run.info.num_outputs)
-  history = read_metrics(point_dir)
+  history = read_metrics(_run_dir(point_dir, choice))
   train_rows = [r for r in history if 'train_loss' in r]
   speeds = [r['steps_per_sec'] for r in history if 'steps_per_sec' in r]
   result = {'name': point.name, 'point': point.group, 'overrides': point.overrides, 'seed': config.seed,
-            **trained.metrics, **{k: v for k, v in train_rows[-1].items() if k.startswith('train_')},
+            **trained.metrics, **{k: v for k, v in train_rows[-1].items() if k.startswith('train_')}, **choice,
             'flops': analysis.totals(layers)['flops'],
             'steps_per_sec': statistics.median(speeds) if speeds else float('nan'), 'wall_time_s': wall_time}
   images, targets = _eval_sample(run)
@@ -99,6 +114,21 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
   return result
 
 
+def selection_metric(metrics: dict[str, float]) -> tuple[str, int]:
+  """(name, sign) of what a choice maximises (sign 1) or minimises (-1): validation accuracy where the head has
+  one, else validation loss."""
+  return ('val_accuracy', 1) if 'val_accuracy' in metrics else ('val_loss', -1)
+
+
+def _lr_dir(lr: float) -> str:
+  return f'lr={lr:g}'
+
+
+def _run_dir(point_dir: str, result: dict[str, Any]) -> str:
+  """The directory of the run a point's result reports: the picked learning rate's, with a grid."""
+  return os.path.join(point_dir, _lr_dir(result['picked_lr'])) if 'picked_lr' in result else point_dir
+
+
 def _eval_sample(run: train.Run, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:
   """Up to ``num`` real test examples as host arrays (images [N, H, W, C], targets [N])."""
   images, targets = [], []
@@ -111,9 +141,9 @@ def _eval_sample(run: train.Run, num: int = 1024) -> tuple[np.ndarray, np.ndarra
   return np.concatenate(images)[:num], np.concatenate(targets)[:num]
 
 
-def read_metrics(point_dir: str) -> list[dict[str, float]]:
+def read_metrics(run_dir: str) -> list[dict[str, float]]:
   """The rows of a run's metrics.jsonl that carry a step."""
-  path = os.path.join(point_dir, 'metrics.jsonl')
+  path = os.path.join(run_dir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -160,8 +190,9 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
     done = [p for p in points if os.path.exists(os.path.join(workdir, p.name, 'result.json'))]
     if not done:
       raise ConfigError(f'--report_only: no finished sweep points in {workdir}')
-    report.write(workdir, [load_result(os.path.join(workdir, p.name)) for p in done],
-                 {p.name: read_metrics(os.path.join(workdir, p.name)) for p in done})
+    results = [load_result(os.path.join(workdir, p.name)) for p in done]
+    report.write(workdir, results, {r['name']: read_metrics(_run_dir(os.path.join(workdir, r['name']), r))
+                                    for r in results})
     logging.info('Report: %s (%d of %d points finished).', os.path.join(workdir, 'report.md'), len(done),
                  len(points))
   return points

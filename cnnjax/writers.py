@@ -17,19 +17,25 @@ class JsonlWriter(interface.MetricWriter):
   """Appends {'step': s, name: value, ...} as one JSON line per write_scalars call.
 
   A run resumed at step k replays the steps after its checkpoint, so the rows a killed run wrote after step
-  k are dropped first (all rows for a run that starts at 0): each step's metrics appear once. Each row is
-  flushed as it is written, so none that a checkpoint's step reported is lost to a kill.
+  k are dropped first (all rows for a run that starts at 0), and a metric already in the file at a step is
+  not written again: each step's metrics appear once. Each row is flushed as it is written, so none that a
+  checkpoint's step reported is lost to a kill.
   """
 
   def __init__(self, path: str, start_step: int = 0):
+    self._written: set[tuple[int, str]] = set()  # (step, name) pairs in the file
     if os.path.exists(path):
-      _truncate_after(path, start_step)
+      for row in _truncate_after(path, start_step):
+        self._written.update((row['step'], k) for k in row if k != 'step')
     self._file = open(path, 'a')  # noqa: SIM115 - closed in close()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    row = {'step': int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
-    self._file.write(json.dumps(row) + '\n')
-    self._file.flush()  # on disk before the checkpoint of its step: a killed run loses no row it reported
+    """Writes the scalars not yet in the file at ``step`` (a finished run launched again re-evaluates)."""
+    new = {k: float(np.asarray(v)) for k, v in scalars.items() if (int(step), k) not in self._written}
+    if new:
+      self._file.write(json.dumps({'step': int(step), **new}) + '\n')
+      self._file.flush()  # on disk before the checkpoint of its step: a killed run loses no row it reported
+      self._written.update((int(step), k) for k in new)
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     self._file.write(json.dumps({'hparams': {k: str(v) for k, v in hparams.items()}}) + '\n')
@@ -60,14 +66,16 @@ class JsonlWriter(interface.MetricWriter):
     pass
 
 
-def _truncate_after(path: str, step: int) -> None:
-  """Keeps the rows of metrics.jsonl up to ``step`` (none when step is 0), rewriting the file atomically."""
+def _truncate_after(path: str, step: int) -> list[dict[str, Any]]:
+  """Keeps the rows of metrics.jsonl up to ``step`` (none when step is 0), rewriting the file atomically;
+  returns the kept rows that carry a step."""
   with open(path) as f:
-    rows = [line for line in f if line.endswith('\n')]  # a line cut by a kill has no newline
-  keep = [line for line in rows if step and json.loads(line).get('step', 0) <= step]
+    lines = [line for line in f if line.endswith('\n')]  # a line cut by a kill has no newline
+  keep = [line for line in lines if step and json.loads(line).get('step', 0) <= step]
   with open(path + '.tmp', 'w') as f:
     f.writelines(keep)
   os.replace(path + '.tmp', path)
+  return [row for row in map(json.loads, keep) if 'step' in row]
 
 
 def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:

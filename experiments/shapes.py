@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   # gives bit-identical random streams on every backend.
   config.rng_impl = 'rbg'
   config.seeds = 1  # sweeps: run every point with seeds seed, seed + 1, ... and report mean ± std
+  # Sweeps: train every point once per learning rate, e.g. (1e-3, 3e-3, 1e-2), pick by the validation metric
+  # and report the pick's test metrics only. () = optimizer.learning_rate alone.
+  config.lr_grid = ()
   config.skip_nonfinite = False  # True: skip updates whose gradients are NaN/Inf instead of stopping the run
   config.head = 'multiclass'  # multiclass (softmax CE) | binary (sigmoid BCE) | regression (linear, MSE)
 

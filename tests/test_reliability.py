@@ -113,6 +113,13 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tm
   _assert_each_step_once(os.path.join(preempted, 'metrics.jsonl'), sorted(logged))
 
 
+def test_a_finished_run_launched_again_writes_no_row_twice(config, data_dir, tmp_path):
+  first = train.train_and_evaluate(config, str(tmp_path), data_dir)
+  again = train.train_and_evaluate(config, str(tmp_path), data_dir)  # re-evaluates what the run left
+  assert again.start_step == 20 and again.metrics == first.metrics
+  _assert_each_step_once(str(tmp_path / 'metrics.jsonl'), [10, 20])
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(config, data_dir, tmp_path, caplog):
   workdir = str(tmp_path)
   train.train_and_evaluate(config, workdir, data_dir)  # checkpoints at 10 and 20

@@ -114,3 +114,29 @@ def test_every_experiment_and_sweep_point_is_a_valid_config(name):
   for point in points or [sweep.Point('config', 'config', {})]:
     train.validate(apply_overrides(config, point.overrides), 8)
   assert module.__doc__ and f'--experiment={name}' in module.__doc__  # the docstring gives the command
+
+
+def test_a_learning_rate_grid_picks_on_validation_and_reports_the_picks_test_metrics(config, data_dir, tmp_path):
+  config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 6, 6, 6
+  config.lr_grid = (1e-4, 3e-3, 1e-1)
+  sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path), data_dir)
+  result = json.loads((tmp_path / 'pool=max' / 'result.json').read_text())
+  last = {}  # each trial's final rows, read from its own metrics.jsonl
+  for lr in config.lr_grid:
+    rows = [json.loads(line) for line in open(tmp_path / 'pool=max' / f'lr={lr:g}' / 'metrics.jsonl')]
+    last[lr] = {k: v for r in rows if r.get('step') == 6 for k, v in r.items()}
+  best = max(config.lr_grid, key=lambda lr: last[lr]['val_accuracy'])
+  assert result['picked_lr'] == best and result['val_accuracy_by_lr'] == [last[lr]['val_accuracy']
+                                                                          for lr in config.lr_grid]
+  assert result['test_accuracy'] == last[best]['test_accuracy']  # the pick's test metrics only
+  assert result['picked_on_edge'] == (best != 3e-3)
+  text = (tmp_path / 'report.md').read_text()
+  assert '| point | val_accuracy at lr 0.0001 | 0.003 | 0.1 |' in text and 'picked lr' in text
+
+
+def test_a_learning_rate_grid_needs_a_validation_split(config, tmp_path):
+  config.lr_grid, config.data.val_fraction = (1e-3, 1e-2), 0.0
+  with pytest.raises(ConfigError, match=r'--config.lr_grid=\(0.001, 0.01\) picks by the validation metric; set '
+                                        r'--config.data.val_fraction > 0'):
+    sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path / 'work'))
+  assert not (tmp_path / 'work').exists()
