@@ -40,7 +40,8 @@ def analyze(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int
     (h, w, c), (h2, w2, c2), k = layer.input_shape, layer.output_shape, layer.window
     rf, jump = rf + layer.dilation * (k - 1) * jump, jump * layer.stride
     if layer.kind == 'conv':
-      params = (0 if layer.fixed else k * k * c * c2) + (2 * c2 if layer.norm != 'none' else 0 if layer.fixed else c2)
+      weights = 0 if layer.fixed else k * k * c * c2
+      params = weights + (2 * c2 if layer.norm != 'none' else 0 if layer.fixed else c2)  # norm scale + bias, or bias
       flops = 2 * k * k * c * c2 * h2 * w2
     else:
       params, flops = 0, k * k * h2 * w2 * c2

@@ -39,6 +39,11 @@ def check_choice(flag: str, value: Any, choices: Iterable[Any]) -> None:
     raise ConfigError(f'--config.{flag}={value!r} is unknown; choose one of {choices}')
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+  """The largest divisor of ``n`` that is <= ``at_most`` (>= 1)."""
+  return max(d for d in range(1, at_most + 1) if n % d == 0)
+
+
 def check_at_least(flag: str, value: float, minimum: float) -> None:
   """Raises ConfigError unless ``value >= minimum``."""
   if value < minimum:
@@ -157,7 +162,7 @@ def _validate_microbatch_size(size: int | str, batch_size: int, num_devices: int
                       'batch at once)')
   per_device = batch_size // num_devices
   if 0 < size < per_device and per_device % size:
-    divisor = max(d for d in range(1, size) if per_device % d == 0)
+    divisor = largest_divisor(per_device, size - 1)
     raise ConfigError(f'--config.microbatch_size={size} must divide the per-device batch of {per_device} '
                       f'(--config.batch_size={batch_size} over {num_devices} device{"s" * (num_devices > 1)}); use '
                       f'e.g. --config.microbatch_size={divisor}, or 0 for no micro-batches')

@@ -208,17 +208,15 @@ def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_config: ml_col
   thread.join(data_config.download_timeout_s)
   if thread.is_alive():
     name, spec = data_config.name, get_spec(data_config.name)
-    local = ''
-    if spec.idx:
-      where = spec.source_dir or 'DIR'
-      local = (f'put its IDX files in --config.data.source_dir={where}'
-               + (f' ({spec.install_hint})' if spec.install_hint else '') + ', ')
-    raise ConfigError(
-        f'--config.data.name={name} is not in --data_dir={builder.data_dir_root} and downloading it did not finish '
-        f'in {data_config.download_timeout_s} s (no internet?). {local[:1].upper() + local[1:]}'
-        f'{"or d" if local else "D"}ownload it once on a machine with internet into that --data_dir '
-        '(python -c "import tensorflow_datasets as tfds; '
-        f"tfds.builder('{name}', data_dir='DIR').download_and_prepare()\"), raise "
-        '--config.data.download_timeout_s, or use an offline dataset: --config.data.name=shapes or digits')
+    remedies = [f'put its IDX files in --config.data.source_dir={spec.source_dir or "DIR"}'
+                + (f' ({spec.install_hint})' if spec.install_hint else '')] if spec.idx else []
+    remedies += ['download it once on a machine with internet into that --data_dir (python -c "import '
+                 f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR').download_and_prepare()\")",
+                 'raise --config.data.download_timeout_s',
+                 'or use an offline dataset: --config.data.name=shapes or digits']
+    advice = ', '.join(remedies)
+    raise ConfigError(f'--config.data.name={name} is not in --data_dir={builder.data_dir_root} and downloading it '
+                      f'did not finish in {data_config.download_timeout_s} s (no internet?). '
+                      f'{advice[0].upper()}{advice[1:]}')
   if errors:
     raise errors[0]

@@ -31,7 +31,7 @@ from flax import traverse_util
 from flax.training import train_state
 
 from cnnjax import checkpointing, data, heads, input_pipeline, models, optim, parallel, writers
-from cnnjax.config import ConfigError, validate_run
+from cnnjax.config import ConfigError, largest_divisor, validate_run
 
 Metrics = dict[str, jax.Array]
 PyTree = Any
@@ -92,7 +92,7 @@ def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platfo
   if size == 'auto':
     per_device = config.batch_size // num_devices
     whole = platform != 'cpu' or config.model.norm == 'batch'
-    size = 0 if whole else max(d for d in range(1, min(CPU_MICROBATCH, per_device) + 1) if per_device % d == 0)
+    size = 0 if whole else largest_divisor(per_device, min(CPU_MICROBATCH, per_device))
     size = 0 if size == per_device else size  # 0: the whole batch at once
   return size, {'on': True, 'off': False}.get(config.cpu_speedups, platform == 'cpu')
 
@@ -341,8 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     holds another config's run; NonFiniteLoss if the loss becomes NaN/Inf (without skip_nonfinite);
     checkpointing.Preempted after saving a checkpoint on SIGTERM/SIGINT.
   """
-  validate(config, jax.device_count())
-  run = setup(config, data_dir)  # prepares the data; writes nothing to the workdir
+  run = setup(config, data_dir)  # validates, then prepares the data; writes nothing to the workdir
   with contextlib.ExitStack() as stack:
     if jax.process_index() == 0:  # in a multi-host run, process 0 holds the workdir
       stack.enter_context(checkpointing.WorkdirLock(workdir))
