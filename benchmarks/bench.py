@@ -1,5 +1,6 @@
 r"""Train-step benchmark: compile time, throughput, FLOP/s against a measured matmul peak, eval throughput,
-input-pipeline stall, and (with --vs_torch) PyTorch eager on the same model and batch, in one process.
+input-pipeline stall, against the same CNN as plain Flax + optax and (with --vs_torch) PyTorch eager,
+channels_last and torch.compile on the same model and batch, in one process.
 
   python benchmarks/bench.py                          # the flax mnist-example CNN, batch 128 and 512
   python benchmarks/bench.py --vs_torch --json=/tmp/bench.json
@@ -8,24 +9,30 @@ input-pipeline stall, and (with --vs_torch) PyTorch eager on the same model and 
 The model is the experiment's (default `mnist`: conv32-relu-avgpool-conv64-relu-avgpool-dense256-dense10,
 SGD with momentum), fed device-resident synthetic batches of its input shape. FLOPs are the closed-form
 forward FLOPs (cnnjax.analysis) times 3 for forward + backward. Throughput is the median over windows; the
-matmul peak is measured after each JAX window and, with --vs_torch, JAX and PyTorch windows alternate, so that
-all see the same machine state. Runs in ~3-5 minutes on 2 CPU cores.
+matmul peak is measured after each round of windows, and the arms' windows alternate, so that all see the same
+machine state. Compile times are first-step seconds minus a steady step (cold: no persistent cache); ratios
+are against the fastest PyTorch arm. Runs in ~5-8 minutes on 2 CPU cores with --vs_torch.
 """
 
 import json
 import os
 import statistics
+import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
 from cnnjax.config import parse_flags_with_experiment
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/torch_reference.py
 
 flags.DEFINE_string('experiment', 'mnist', 'Experiment whose model and optimizer are benchmarked.')
 flags.DEFINE_list('batch_sizes', ['128', '512'], 'Global batch sizes to measure.')
 flags.DEFINE_integer('windows', 5, 'Timed windows per measurement (the median is reported).')
 flags.DEFINE_float('window_seconds', 3.0, 'Approximate length of one timed window.')
-flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorch eager model (needs torch).')
+flags.DEFINE_bool('vs_torch', False, 'Also time the PyTorch mirrors: eager, channels_last, compile.')
+flags.DEFINE_bool('vs_flax', True, 'Also time the same CNN as a plain Flax module + optax + jax.jit (no cnnjax).')
 flags.DEFINE_bool('pipeline', True, 'Measure the input-pipeline stall on the offline shapes dataset.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory (the pipeline measurement generates shapes there).')
 flags.DEFINE_string('json', None, 'Also write the results as JSON here.')
@@ -125,32 +132,79 @@ class JaxRunner:
 
 
 class TorchRunner:
-  """The same CNN in PyTorch eager (NCHW), SGD with the same momentum."""
+  """One PyTorch arm (eager NCHW, channels_last or torch.compile; benchmarks/torch_reference.py) of the same
+  model, optimizer and batch, stepping on one synthetic batch."""
 
-  def __init__(self, config, batch_size: int, shape, num_outputs: int):
-    import torch
-    from torch import nn
-    torch.set_num_threads(os.cpu_count())
-    if tuple(config.model.features or ()) not in ((), (32, 64)) or config.model.variant != 'base':
-      raise app.UsageError('--vs_torch mirrors the base variant (conv32-conv64-dense256) only')
-    if config.head != 'multiclass':
-      raise app.UsageError('--vs_torch mirrors the multiclass head (softmax cross-entropy) only')
-    pool = {'avg': nn.AvgPool2d(2), 'max': nn.MaxPool2d(2)}[config.model.pool]
-    h, w, c = shape
-    self.model = nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), pool, nn.Conv2d(32, 64, 3, padding=1),
-                               nn.ReLU(), pool, nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 256), nn.ReLU(),
-                               nn.Linear(256, num_outputs))
-    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=config.optimizer.momentum)
-    self.x = torch.randn(batch_size, c, h, w)
-    self.y = torch.randint(0, num_outputs, (batch_size,))
-    self.loss = nn.CrossEntropyLoss()
-    self.torch = torch
+  def __init__(self, config, batch_size: int, shape, num_outputs: int, arm: str):
+    import numpy as np
+    import torch_reference
+    self.trainer = torch_reference.Trainer(config, shape, num_outputs, arm)
+    rng = np.random.default_rng(0)
+    self.x = rng.normal(size=(batch_size, *shape)).astype(np.float32)
+    self.y = rng.integers(0, num_outputs, batch_size)
+
+  def compile_seconds(self) -> float:
+    """First step (torch.compile's compile, or eager's warm-up) minus a steady step."""
+    start = time.perf_counter()
+    self.train(1)
+    first = time.perf_counter() - start
+    return first - min(timed_windows(self.train, 1, 3))
 
   def train(self, steps: int) -> None:
     for _ in range(steps):
-      self.opt.zero_grad(set_to_none=True)
-      self.loss(self.model(self.x), self.y).backward()
-      self.opt.step()
+      self.trainer.train_step(self.x, self.y)
+
+
+class PlainFlaxRunner:
+  """The same CNN written as a plain Flax module with an optax optimizer and a jax.jit step (no cnnjax), on the
+  same synthetic batch: the reference for cnnjax's compile time and step overhead."""
+
+  def __init__(self, config, batch_size: int, shape, num_outputs: int):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from cnnjax import models, optim
+    m = config.model
+    pool = {'max': nn.max_pool, 'avg': nn.avg_pool}[m.pool]
+
+    class Plain(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        for f in models.conv_features(m):
+          x = pool(nn.relu(nn.Conv(f, (m.kernel_size,) * 2)(x)), (2, 2), (2, 2))
+        x = x.reshape(len(x), -1)
+        for width in models.dense_widths(m):
+          x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(num_outputs)(x)
+
+    model = Plain()
+    tx = optim.optimizer(config.optimizer, optim.schedule(config.optimizer, config.num_train_steps))
+    rng = np.random.default_rng(0)
+    self.x = jnp.asarray(rng.normal(size=(batch_size, *shape)).astype(np.float32))
+    self.y = jnp.asarray(rng.integers(0, num_outputs, batch_size))
+    self.params = model.init(jax.random.key(0), self.x[:1])
+    self.opt_state = tx.init(self.params)
+
+    def step(params, opt_state, x, y):
+      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()  # noqa: E731
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss
+
+    self.step, self.jax = jax.jit(step, donate_argnums=(0, 1)), jax
+
+  def compile_seconds(self) -> float:
+    start = time.perf_counter()
+    self.train(1)
+    first = time.perf_counter() - start
+    return first - min(timed_windows(self.train, 1, 3))
+
+  def train(self, steps: int) -> None:
+    for _ in range(steps):
+      self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.x, self.y)
+    self.jax.block_until_ready(loss)
 
 
 def steps_for(run, seconds: float) -> int:
@@ -167,28 +221,35 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
   row = {'batch_size': batch_size, 'params': jx.num_params, 'parallel': config.parallel,
          'dtype': config.model.dtype, 'microbatch': jx.run.microbatch_size, 'cpu_kernels': jx.run.cpu_kernels,
          'compile_s': jx.compile_seconds()}
-  n = steps_for(jx.train, FLAGS.window_seconds)
-  runners = {'jax': jx.train}
+  shape, outputs = jx.run.info.image_shape, jx.run.info.num_outputs
+  runners = {'jax': jx}
+  if FLAGS.vs_flax:
+    runners['plain_flax'] = PlainFlaxRunner(config, batch_size, shape, outputs)
   if FLAGS.vs_torch:
-    th = TorchRunner(config, batch_size, jx.run.info.image_shape, jx.run.info.num_outputs)
-    runners['torch'] = th.train
-    n_torch = steps_for(th.train, FLAGS.window_seconds)
+    import torch_reference
+    runners.update({arm: TorchRunner(config, batch_size, shape, outputs, arm) for arm in torch_reference.ARMS})
+  for name, runner in runners.items():
+    if name != 'jax':
+      row[f'{name}_compile_s'] = runner.compile_seconds()
+  steps = {name: steps_for(runner.train, FLAGS.window_seconds) for name, runner in runners.items()}
   times, peaks = {name: [] for name in runners}, []
-  for _ in range(FLAGS.windows):  # alternate the frameworks (and the peak) window by window
-    times['jax'] += timed_windows(jx.train, n, 1)
+  for _ in range(FLAGS.windows):  # alternate the arms (and the peak) window by window
+    for name, runner in runners.items():
+      times[name] += timed_windows(runner.train, steps[name], 1)
     peaks.append(peak.measure())
-    if FLAGS.vs_torch:
-      times['torch'] += timed_windows(th.train, n_torch, 1)
-  step = statistics.median(times['jax'])
-  row['train_img_s'] = batch_size / step
+  row['train_img_s'] = batch_size / statistics.median(times['jax'])
   row['gflops'] = 3 * jx.fwd_flops * row['train_img_s'] / 1e9
   row['peak_gflops'] = statistics.median(peaks)
   row['pct_peak'] = 100 * row['gflops'] / row['peak_gflops']
   n_eval = steps_for(jx.eval, FLAGS.window_seconds / 2)
   row['eval_img_s'] = batch_size / statistics.median(timed_windows(jx.eval, n_eval, FLAGS.windows))
-  if FLAGS.vs_torch:
-    row['torch_img_s'] = batch_size / statistics.median(times['torch'])
-    row['jax_over_torch'] = row['train_img_s'] / row['torch_img_s']
+  for name in runners:
+    if name != 'jax':
+      row[f'{name}_img_s'] = batch_size / statistics.median(times[name])
+  torch_arms = [name for name in runners if name.startswith('torch_')]
+  if torch_arms:
+    best = max(torch_arms, key=lambda name: row[f'{name}_img_s'])
+    row['best_torch'], row['jax_over_best_torch'] = best, row['train_img_s'] / row[f'{best}_img_s']
   if FLAGS.pipeline:
     row.update(pipeline_stall(config, jx, batch_size))
   return row

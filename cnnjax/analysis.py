@@ -82,9 +82,11 @@ def xla_flops(model: models.CNN, image_shape: tuple[int, ...]) -> float:
 
 def shift_invariance(apply_fn, variables, images: np.ndarray, targets: np.ndarray, max_shift: int
                      ) -> dict[str, list[float]]:
-  """Accuracy and agreement with the unshifted predictions when inputs are shifted by 0..max_shift pixels.
+  """How predictions survive input shifts of 0..max_shift pixels.
 
-  Each shift moves the image diagonally by (k, k) pixels, wrapping around (shapes sit away from the border).
+  Each shift moves the image diagonally by (k, k) pixels, wrapping around (objects sit away from the border).
+  Agreement alone rewards a model that predicts one class everywhere (agreement 1); ``consistent_correct``
+  cannot: it counts images classified correctly both unshifted and shifted, so it is at most the accuracy.
 
   Args:
     apply_fn: ``model.apply``.
@@ -94,16 +96,18 @@ def shift_invariance(apply_fn, variables, images: np.ndarray, targets: np.ndarra
     max_shift: the largest shift.
 
   Returns:
-    {'shift': [0..max_shift], 'accuracy': [...], 'agreement': [...]}.
+    {'shift': [0..max_shift], 'accuracy': accuracy on shifted images, 'agreement': predictions equal to the
+    unshifted ones, 'consistent_correct': correct unshifted and shifted}, fractions of the N images.
   """
   predict = jax.jit(lambda x: apply_fn(variables, x).argmax(-1))
   base = np.asarray(predict(images))
-  result = {'shift': [], 'accuracy': [], 'agreement': []}
+  result = {'shift': [], 'accuracy': [], 'agreement': [], 'consistent_correct': []}
   for k in range(max_shift + 1):
     pred = np.asarray(predict(jnp.roll(images, (k, k), axis=(1, 2))))
     result['shift'].append(k)
     result['accuracy'].append(float((pred == targets).mean()))
     result['agreement'].append(float((pred == base).mean()))
+    result['consistent_correct'].append(float(((pred == targets) & (base == targets)).mean()))
   return result
 
 

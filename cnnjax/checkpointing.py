@@ -25,17 +25,26 @@ from cnnjax.config import ConfigError
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+BEST_CHECKPOINT_DIR = 'best_checkpoint'  # config.test_checkpoint=best_val: the best by validation so far
 LOCK_FILE = 'lock'
 # Fields that change how a run is watched, not what it computes: a resumed run may change them.
 OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'eval_batch_size', 'seeds', 'data.cache', 'data.prefetch', 'data.download_timeout_s', 'data.source_dir',
-               'analysis.invariance_shifts')
+               'analysis.invariance_shifts', 'baseline_point')
 
 
 def manager(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:
   """The orbax CheckpointManager of ``workdir``'s checkpoints, keeping the last ``keep`` (None: all)."""
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
                                options=ocp.CheckpointManagerOptions(max_to_keep=keep))
+
+
+def best_manager(workdir: str, metric: str, sign: int) -> ocp.CheckpointManager:
+  """The CheckpointManager of ``workdir``'s best checkpoint by ``metric`` (maximised for sign 1, minimised for
+  -1): every save passes its metrics, and orbax keeps the best one only."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[metric],
+                                         best_mode='max' if sign > 0 else 'min')
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, BEST_CHECKPOINT_DIR)), options=options)
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:

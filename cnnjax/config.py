@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS_DIR = os.path.join(ROOT, 'experiments')
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups: XLA:CPU's faster forms of the same values
+TEST_CHECKPOINTS = ('last', 'best_val')  # config.test_checkpoint: the weights the test split evaluates
 
 
 class ConfigError(ValueError):
@@ -152,6 +153,10 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       '--config.lr_grid=(1e-3,3e-3,1e-2)')
   if grid and not config.data.val_fraction:
     raise ConfigError(f'--config.lr_grid={grid} picks by the validation metric; set --config.data.val_fraction > 0')
+  check_choice('test_checkpoint', config.test_checkpoint, TEST_CHECKPOINTS)
+  if config.test_checkpoint == 'best_val' and not config.data.val_fraction:
+    raise ConfigError('--config.test_checkpoint=best_val picks by the validation metric; set '
+                      '--config.data.val_fraction > 0 or --config.test_checkpoint=last')
 
 
 def _validate_microbatch_size(size: int | str, batch_size: int, num_devices: int) -> None:

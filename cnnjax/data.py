@@ -133,6 +133,9 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   if not 0 <= data_config.val_fraction < 1:
     raise ConfigError(f'--config.data.val_fraction={data_config.val_fraction} must be in [0, 1) (0: no validation '
                       'split; evaluate on test)')
+  if not 0 <= data_config.random_erasing <= 1:
+    raise ConfigError(f'--config.data.random_erasing={data_config.random_erasing} is a probability: use 0..1 '
+                      '(0.5 is usual; 0 = off)')
   if data_config.source_dir and not get_spec(data_config.name).idx:
     idx_names = sorted(k for k, v in DATASETS.items() if v.idx)
     raise ConfigError(f'--config.data.source_dir is for datasets prepared from IDX files ({idx_names}); drop it '

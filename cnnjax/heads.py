@@ -34,25 +34,36 @@ class Head:
 
   Attributes:
     name: its ``--config.head`` value.
-    loss: ``(outputs, targets) -> [B]`` per-example loss.
+    loss: ``(outputs, targets, label_smoothing=0.0) -> [B]`` per-example loss; classification heads train on
+      targets smoothed towards uniform by ``label_smoothing`` (``--config.label_smoothing``).
     metrics: ``(outputs, targets) -> {name: [B]}``, the loss among them.
     num_outputs: ``(features, data_config) -> int``, the model's output width.
     target: ``(features, data_config) -> (example -> target)``, applied in the input pipeline.
     check: ``(features, data_config) -> None``; raises ConfigError when the dataset cannot serve the task.
+    select_by: (metric, sign): what every choice made on validation (learning rate, checkpoint) maximises
+      (sign 1) or minimises (-1).
   """
   name: str
-  loss: Callable[[jax.Array, jax.Array], jax.Array]
+  loss: Callable[..., jax.Array]
   metrics: Callable[[jax.Array, jax.Array], Metrics]
   num_outputs: Callable[[Features, ml_collections.ConfigDict], int]
   target: Callable[[Features, ml_collections.ConfigDict], Target]
   check: Callable[[Features, ml_collections.ConfigDict], None]
+  select_by: tuple[str, int] = ('accuracy', 1)
+
+  def selection(self, prefix: str = 'val') -> tuple[str, int]:
+    """('<prefix>_<metric>', sign) of ``select_by``, as the evaluations name it."""
+    return f'{prefix}_{self.select_by[0]}', self.select_by[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # multiclass
 
-def _multiclass_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def _multiclass_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  return optax.softmax_cross_entropy(logits, optax.smooth_labels(one_hot, label_smoothing))
 
 
 def _multiclass_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
@@ -73,8 +84,9 @@ MULTICLASS = Head('multiclass', _multiclass_loss, _multiclass_metrics,
 # ---------------------------------------------------------------------------------------------------------
 # binary
 
-def _binary_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.sigmoid_binary_cross_entropy(logits[..., 0], labels.astype(logits.dtype))
+def _binary_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  labels = labels.astype(logits.dtype) * (1 - label_smoothing) + label_smoothing / 2  # smoothed towards 1/2
+  return optax.sigmoid_binary_cross_entropy(logits[..., 0], labels)
 
 
 def _binary_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
@@ -103,7 +115,8 @@ BINARY = Head('binary', _binary_loss, _binary_metrics, num_outputs=lambda featur
 # ---------------------------------------------------------------------------------------------------------
 # regression
 
-def _regression_loss(preds: jax.Array, targets: jax.Array) -> jax.Array:
+def _regression_loss(preds: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  del label_smoothing  # validate() refuses it for regression
   return jnp.mean(jnp.square(preds - targets.reshape(preds.shape)), axis=-1)
 
 
@@ -123,7 +136,7 @@ REGRESSION = Head(
     num_outputs=lambda features, data_config: int(np.prod(features[data_config.regression_target].shape, dtype=int)),
     target=lambda features, data_config: lambda ex: tf.reshape(
         tf.cast(ex[data_config.regression_target], tf.float32), [-1]),
-    check=_regression_check)
+    check=_regression_check, select_by=('loss', -1))
 
 
 HEADS: dict[str, Head] = {h.name: h for h in (MULTICLASS, BINARY, REGRESSION)}
@@ -133,3 +146,13 @@ def get_head(name: str) -> Head:
   """Looks a head up by ``--config.head`` ('multiclass', 'binary' or 'regression')."""
   check_choice('head', name, HEADS)
   return HEADS[name]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses a head name that does not exist and label smoothing that is outside [0, 1) or meaningless."""
+  get_head(config.head)
+  if not 0 <= config.label_smoothing < 1:
+    raise ConfigError(f'--config.label_smoothing={config.label_smoothing} must be in [0, 1); 0.1 is usual')
+  if config.label_smoothing and config.head == 'regression':
+    raise ConfigError('--config.label_smoothing smooths class targets; set it to 0 for --config.head=regression')
+

@@ -38,17 +38,42 @@ def _preprocess(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train
     image = tf.cast(ex['image'], tf.float32) / 255.0
     if spec.image_size == 0:
       image = tf.image.resize(image, (size, size), antialias=True)
-    if train and (config.data.augment_flip or config.data.augment_crop):
-      seed = tf.stack([tf.constant(config.seed, tf.int64), tf.cast(index, tf.int64)])
-      if config.data.augment_flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed)
-      if config.data.augment_crop:
-        pad = config.data.crop_padding
-        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode='REFLECT')
-        image = tf.image.stateless_random_crop(image, (size, size, spec.channels), seed + 1)
-    return {'image': (image - mean) / std, 'target': ex['target']}
+    seed = tf.stack([tf.constant(config.seed, tf.int64), tf.cast(index, tf.int64)])
+    if train and config.data.augment_flip:
+      image = tf.image.stateless_random_flip_left_right(image, seed)
+    if train and config.data.augment_crop:
+      pad = config.data.crop_padding
+      image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode='REFLECT')
+      image = tf.image.stateless_random_crop(image, (size, size, spec.channels), seed + 1)
+    image = (image - mean) / std
+    if train and config.data.random_erasing:
+      image = random_erasing(image, config.data.random_erasing, seed + 2)
+    return {'image': image, 'target': ex['target']}
 
   return fn
+
+
+ERASE_AREA = (0.02, 0.4)  # random erasing: fraction of the image, and aspect ratio (log-uniform), of Zhong et al.
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def random_erasing(image: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
+  """With ``probability``, zeroes one random rectangle of ``image`` [H, W, C] (normalised, so zero is the
+  dataset mean): area a fraction of the image uniform in ERASE_AREA, aspect ratio log-uniform in ERASE_ASPECT,
+  clipped to the image; position uniform where it fits. Stateless: the rectangle is a function of ``seed``."""
+  height, width = image.shape[0], image.shape[1]
+  u = tf.random.stateless_uniform([5], seed, dtype=tf.float32)
+  area = (ERASE_AREA[0] + u[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * height * width
+  log_lo, log_hi = np.log(ERASE_ASPECT[0]), np.log(ERASE_ASPECT[1])
+  aspect = tf.exp(log_lo + u[1] * (log_hi - log_lo))
+  h = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32), 1, height)
+  w = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32), 1, width)
+  top = tf.cast(u[2] * tf.cast(height - h + 1, tf.float32), tf.int32)
+  left = tf.cast(u[3] * tf.cast(width - w + 1, tf.float32), tf.int32)
+  rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
+  inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+  erase = inside & (u[4] < probability)
+  return tf.where(erase[:, :, None], tf.zeros_like(image), image)
 
 
 Shard = tuple[int, int]  # (this process's index, number of processes)

@@ -29,20 +29,22 @@ def validate(opt: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'--config.optimizer.{flag}={opt[flag]} must be a finite number >= 0')
 
 
-def learning_rate_fn(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """The learning-rate schedule of ``config.optimizer`` over ``num_steps``."""
-  lr, warmup = opt.learning_rate, opt.warmup_steps
+def schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """The shape of ``config.optimizer``'s learning-rate schedule over ``num_steps``, peaking at 1: the rate at
+  a step is this times the peak rate (``learning_rate``), which ``create_tx`` keeps in the optimizer state."""
+  warmup = opt.warmup_steps
   if opt.schedule == 'constant':
-    return optax.constant_schedule(lr)
+    return optax.constant_schedule(1.0)
   if opt.schedule == 'cosine':
-    return optax.cosine_decay_schedule(lr, num_steps)
+    return optax.cosine_decay_schedule(1.0, num_steps)
   if opt.schedule == 'warmup_cosine':
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1))
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(num_steps, warmup + 1))
+  return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0)], [warmup])
 
 
 def optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """sgd / momentum / adam / adamw, after global-norm gradient clipping when grad_clip_norm > 0."""
+  """sgd / momentum / adam / adamw following ``schedule``, after global-norm gradient clipping when
+  grad_clip_norm > 0."""
   tx = {'sgd': lambda: optax.sgd(schedule),
         'momentum': lambda: optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov),
         'adam': lambda: optax.adam(schedule),
@@ -50,7 +52,20 @@ def optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax
   return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx) if opt.grad_clip_norm > 0 else tx
 
 
-def create_tx(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The run's optimizer; with config.skip_nonfinite, updates with non-finite gradients are skipped."""
-  tx = optimizer(config.optimizer, schedule)
-  return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPPED_STEPS) if config.skip_nonfinite else tx
+def create_tx(config: ml_collections.ConfigDict, shape: optax.Schedule) -> optax.GradientTransformation:
+  """The run's optimizer, following ``shape`` times the peak learning rate; with config.skip_nonfinite, updates
+  with non-finite gradients are skipped.
+
+  The peak rate is a hyper-parameter in the optimizer state (``optax.inject_hyperparams``), not a constant of
+  the compiled program: runs that differ only in learning rate (a sweep's lr_grid) or seed compile to the same
+  program, which the persistent compilation cache then compiles once.
+  """
+  def make(learning_rate):
+    tx = optimizer(config.optimizer, lambda count: learning_rate * shape(count))
+    return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPPED_STEPS) if config.skip_nonfinite else tx
+  return optax.inject_hyperparams(make)(learning_rate=config.optimizer.learning_rate)
+
+
+def learning_rate(opt_state: optax.OptState, shape: optax.Schedule, step) -> float:
+  """The learning rate ``create_tx``'s optimizer applies at ``step``."""
+  return opt_state.hyperparams['learning_rate'] * shape(step)

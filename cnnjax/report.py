@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.stats  # noqa: E402
 
 Result = dict[str, Any]  # one run's result.json: 'name' (its directory), 'point' (its setting), metrics, ...
 FIRST_LAYER_FILE = 'first_layer.npz'  # in a run's directory: first-layer filters, feature maps and the input
@@ -44,6 +45,74 @@ def main_metric(results: Sequence[Result]) -> str:
 
 def _stats(values: list[float]) -> tuple[float, float]:
   return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+CONFIDENCE = 0.95
+
+
+def interval(values: Sequence[float]) -> tuple[float, float]:
+  """(mean, half-width of its 95 % Student-t interval over the seeds); the half-width is nan for one seed."""
+  n = len(values)
+  if n < 2:
+    return float(np.mean(values)), float('nan')
+  sem = float(np.std(values, ddof=1)) / np.sqrt(n)
+  return float(np.mean(values)), float(scipy.stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * sem)
+
+
+def welch(values: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
+  """Difference of means (values - baseline), its 95 % interval and the two-sided p-value of Welch's t-test
+  (unequal variances); nan where either side has fewer than two seeds or neither varies."""
+  diff = float(np.mean(values) - np.mean(baseline))
+  if min(len(values), len(baseline)) < 2 or not (np.std(values) or np.std(baseline)):
+    return {'diff': diff, 'low': float('nan'), 'high': float('nan'), 'p': float('nan')}
+  test = scipy.stats.ttest_ind(values, baseline, equal_var=False)
+  ci = test.confidence_interval(CONFIDENCE)
+  return {'diff': diff, 'low': float(ci.low), 'high': float(ci.high), 'p': float(test.pvalue)}
+
+
+def significance_table(results: Sequence[Result], baseline: str = '') -> str:
+  """Each point's main metric (mean, 95 % interval over seeds) and its difference from the baseline point's
+  (``baseline``, default the first), with Welch's 95 % interval and p-value, as markdown."""
+  metric, groups = main_metric(results), _group(results)
+  base = baseline or next(iter(groups))
+  if base not in groups:
+    return f'The baseline point {base} has not finished; no comparison.'
+  ref = [r[metric] for r in groups[base]]
+  lines = [f'| point | seeds | {metric} (mean ± 95 % interval) | difference from {base} | 95 % interval | '
+           'Welch p | at 5 % |', '|' + ' --- |' * 7]
+  for name, group in groups.items():
+    values = [r[metric] for r in group]
+    mean, half = interval(values)
+    row = f'| {name} | {len(values)} | {mean:.4f} ± {half:.4f} |'
+    if name == base:
+      lines.append(row + ' (baseline) | | | |')
+      continue
+    w = welch(values, ref)
+    verdict = ('n/a (needs 2+ seeds each)' if np.isnan(w['p']) else
+               'no significant difference' if w['p'] >= 1 - CONFIDENCE else
+               'significantly ' + ('higher' if w['diff'] > 0 else 'lower'))
+    lines.append(f'{row} {w["diff"]:+.4f} | [{w["low"]:+.4f}, {w["high"]:+.4f}] | {w["p"]:.3g} | {verdict} |')
+  return ('Each point against the baseline: difference of mean test metric over seeds, with the 95 % interval '
+          "and p-value of Welch's t-test (scipy.stats.ttest_ind, unequal variances).\n\n" + '\n'.join(lines))
+
+
+def invariance_table(results: Sequence[Result]) -> str:
+  """At the largest measured shift, per point (mean over seeds): accuracy, agreement with the unshifted
+  predictions, and correct both unshifted and shifted; '' when no run measured invariance."""
+  groups = {n: [r['invariance'] for r in g if 'invariance' in r] for n, g in _group(results).items()}
+  groups = {n: runs for n, runs in groups.items() if runs}
+  if not groups:
+    return ''
+  shift = next(iter(groups.values()))[0]['shift'][-1]
+  keys = ('accuracy', 'agreement', 'consistent_correct')
+  header = ' | '.join(f'{k} at {shift} px' for k in keys)
+  lines = [f'| point | accuracy at 0 px | {header} |', '|' + ' --- |' * 5]
+  for name, runs in groups.items():
+    cells = [np.mean([r['accuracy'][0] for r in runs])]
+    cells += [np.mean([r.get(k, [np.nan])[-1] for r in runs]) for k in keys]
+    lines.append(f'| {name} | ' + ' | '.join(f'{c:.4f}' for c in cells) + ' |')
+  return ('Shift invariance (diagonal shifts, wrapping; agreement alone would score a constant predictor 1, '
+          'consistent_correct cannot exceed the accuracy):\n\n' + '\n'.join(lines))
 
 
 def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
@@ -101,22 +170,25 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dict[str, float]]]) -> None:
-  """Writes report.md, results.csv, results.json and the plots for the finished points."""
+def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dict[str, float]]],
+          baseline: str = '') -> None:
+  """Writes report.md, results.csv, results.json and the plots for the finished points; ``baseline`` names
+  the point the others are compared with (default the first)."""
   rows = summarize(results)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump({'points': list(results), 'summary': rows}, f, indent=1)
   _write_csv(os.path.join(workdir, 'results.csv'), results)
   metric = main_metric(results)
-  plots = [_plot_vs(workdir, rows, metric, 'params'), _plot_vs(workdir, rows, metric, 'flops'),
-           _plot_per_setting(workdir, rows, metric), _plot_learning_curves(workdir, histories, metric),
+  bars = _error_bars(results, metric)
+  plots = [_plot_vs(workdir, rows, bars, metric, 'params'), _plot_vs(workdir, rows, bars, metric, 'flops'),
+           _plot_per_setting(workdir, rows, bars, metric), _plot_learning_curves(workdir, histories, metric),
            _plot_invariance(workdir, results), _plot_first_layers(workdir, results)]
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
             'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
             f'per image (closed form); steps/s is the median over the run.\n\n{markdown_table(rows)}\n\n')
-    grid = grid_table(results)
-    f.write(f'{grid}\n\n' if grid else '')
+    for section in (significance_table(results, baseline), grid_table(results), invariance_table(results)):
+      f.write(f'{section}\n\n' if section else '')
     f.writelines(f'![{p}]({p})\n\n' for p in plots if p)
 
 
@@ -138,23 +210,29 @@ def _save(fig, workdir: str, name: str) -> str:
   return name
 
 
-def _plot_vs(workdir: str, rows, metric: str, x: str) -> str:
+def _error_bars(results: Sequence[Result], metric: str) -> dict[str, tuple[float, float]]:
+  """Per point: (mean, half-width of the 95 % interval over seeds, 0 for one seed)."""
+  bars = {name: interval([r[metric] for r in group]) for name, group in _group(results).items()}
+  return {name: (mean, 0.0 if np.isnan(half) else half) for name, (mean, half) in bars.items()}
+
+
+def _plot_vs(workdir: str, rows, bars, metric: str, x: str) -> str:
   fig, ax = plt.subplots(figsize=(6, 4))
   for row in rows:
-    mean, std = row[metric]
-    ax.errorbar(row[x], mean, yerr=std, fmt='o', capsize=3)
+    mean, half = bars[row['point']]
+    ax.errorbar(row[x], mean, yerr=half, fmt='o', capsize=3)
     ax.annotate(row['point'], (row[x], mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
-  ax.set(xscale='log', xlabel=f'{x} (log scale)', ylabel=metric, title=f'{metric} vs {x}')
+  ax.set(xscale='log', xlabel=f'{x} (log scale)', ylabel=metric, title=f'{metric} vs {x} (bars: 95 % interval)')
   ax.grid(alpha=0.3)
   return _save(fig, workdir, f'{metric}_vs_{x}.png')
 
 
-def _plot_per_setting(workdir: str, rows, metric: str) -> str:
+def _plot_per_setting(workdir: str, rows, bars, metric: str) -> str:
   fig, ax = plt.subplots(figsize=(max(4, 1 + 0.9 * len(rows)), 4))
-  means, stds = zip(*(row[metric] for row in rows), strict=True)
-  ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color='tab:blue')
+  means, halves = zip(*(bars[row['point']] for row in rows), strict=True)
+  ax.bar(range(len(rows)), means, yerr=halves, capsize=3, color='tab:blue')
   ax.set_xticks(range(len(rows)), [row['point'] for row in rows], rotation=30, ha='right', fontsize=8)
-  ax.set(ylabel=metric, title=f'{metric} per setting')
+  ax.set(ylabel=metric, title=f'{metric} per setting (bars: 95 % interval over seeds)')
   return _save(fig, workdir, f'{metric}_per_setting.png')
 
 
@@ -180,13 +258,15 @@ def _plot_invariance(workdir: str, results: Sequence[Result]) -> str | None:
   groups = {name: runs for name, runs in groups.items() if runs}
   if not groups:
     return None
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   for name, runs in groups.items():
-    for ax, key in zip(axes, ('accuracy', 'agreement'), strict=True):
-      ax.plot(runs[0]['shift'], np.mean([r[key] for r in runs], axis=0), marker='o', label=name)
+    for ax, key in zip(axes, ('accuracy', 'agreement', 'consistent_correct'), strict=True):
+      values = [r.get(key, [np.nan] * len(r['shift'])) for r in runs]  # consistent_correct: absent in old runs
+      ax.plot(runs[0]['shift'], np.mean(values, axis=0), marker='o', label=name)
   axes[0].set(xlabel='shift (pixels, diagonal)', ylabel='test accuracy', title='accuracy under input shifts')
   axes[1].set(xlabel='shift (pixels, diagonal)', ylabel='agreement', title='predictions unchanged by the shift')
-  axes[1].legend(fontsize=7)
+  axes[2].set(xlabel='shift (pixels, diagonal)', ylabel='consistent_correct', title='correct unshifted and shifted')
+  axes[2].legend(fontsize=7)
   return _save(fig, workdir, 'invariance.png')
 
 

@@ -84,7 +84,7 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
   if grid:
     trials = {lr: train.train_and_evaluate(apply_overrides(config, {'optimizer.learning_rate': lr, 'lr_grid': ()}),
                                            os.path.join(point_dir, _lr_dir(lr)), data_dir) for lr in grid}
-    key, sign = selection_metric(next(iter(trials.values())).metrics)
+    key, sign = next(iter(trials.values())).run.head.selection()
     picked = max(grid, key=lambda lr: sign * trials[lr].metrics[key])
     trained = trials[picked]
     choice = {'picked_lr': picked, 'lr_grid': list(grid), f'{key}_by_lr': [trials[lr].metrics[key] for lr in grid],
@@ -112,12 +112,6 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
     with open(result_path, 'w') as f:
       json.dump(result, f, indent=1)
   return result
-
-
-def selection_metric(metrics: dict[str, float]) -> tuple[str, int]:
-  """(name, sign) of what a choice maximises (sign 1) or minimises (-1): validation accuracy where the head has
-  one, else validation loss."""
-  return ('val_accuracy', 1) if 'val_accuracy' in metrics else ('val_loss', -1)
 
 
 def _lr_dir(lr: float) -> str:
@@ -170,6 +164,10 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
     The sweep's points.
   """
   points = expand(get_sweep(), config.seeds, config.seed)
+  groups = list(dict.fromkeys(p.group for p in points))
+  if config.baseline_point and config.baseline_point not in groups:
+    raise ConfigError(f'--config.baseline_point={config.baseline_point!r} is not a point of this sweep; choose one '
+                      f'of {groups} (or \'\' for the first)')
   if sweep_index is not None and not 0 <= sweep_index < len(points):
     raise ConfigError(f'--sweep_index={sweep_index} is out of range: this sweep has {len(points)} points '
                             f'(0..{len(points) - 1})')
@@ -192,7 +190,7 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
       raise ConfigError(f'--report_only: no finished sweep points in {workdir}')
     results = [load_result(os.path.join(workdir, p.name)) for p in done]
     report.write(workdir, results, {r['name']: read_metrics(_run_dir(os.path.join(workdir, r['name']), r))
-                                    for r in results})
+                                    for r in results}, config.baseline_point)
     logging.info('Report: %s (%d of %d points finished).', os.path.join(workdir, 'report.md'), len(done),
                  len(points))
   return points

@@ -35,6 +35,7 @@ from cnnjax.config import ConfigError, largest_divisor, validate_run
 
 Metrics = dict[str, jax.Array]
 PyTree = Any
+Loss = Callable[[jax.Array, jax.Array], jax.Array]  # (outputs, targets) -> per-example loss
 
 
 class TrainState(train_state.TrainState):
@@ -63,7 +64,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     config: the experiment config.
     num_devices: all devices taking part (global), which must divide the batch sizes.
   """
-  heads.get_head(config.head)
+  heads.validate(config)
   data.validate(config.data)
   validate_run(config, num_devices)
   optim.validate(config.optimizer)
@@ -111,7 +112,7 @@ class Run:
     head: the task head.
     model: the Flax CNN.
     backend: how steps are mapped over devices and state and batches placed.
-    learning_rate_fn: the schedule.
+    schedule: the learning-rate schedule's shape (peak 1; the peak rate is in the optimizer state).
     tx: the optimizer.
     train_step: ``(state, batch, rng) -> (state, metrics)`` mapped over devices, the state donated.
     eval_step: ``(state, batch) -> metric sums`` mapped over devices.
@@ -124,7 +125,7 @@ class Run:
   head: heads.Head
   model: models.CNN
   backend: parallel.Backend
-  learning_rate_fn: optax.Schedule
+  schedule: optax.Schedule
   tx: optax.GradientTransformation
   train_step: Callable[..., tuple[TrainState, Metrics]]
   eval_step: Callable[..., Metrics]
@@ -185,10 +186,11 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
   backend = parallel.get_backend(config.parallel)
   microbatch_size, cpu_kernels = platform_choices(config, jax.device_count(), jax.default_backend())
-  learning_rate_fn = optim.learning_rate_fn(config.optimizer, config.num_train_steps)
-  step = functools.partial(train_step, head=head, learning_rate_fn=learning_rate_fn, microbatch_size=microbatch_size)
+  schedule = optim.schedule(config.optimizer, config.num_train_steps)
+  step = functools.partial(train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
+                           label_smoothing=config.label_smoothing)
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_kernels)
-  return Run(config, builder, info, head, model, backend, learning_rate_fn, optim.create_tx(config, learning_rate_fn),
+  return Run(config, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
              backend.map_train_step(step), backend.map_eval_step(functools.partial(eval_step, head=head)),
              microbatch_size, cpu_kernels)
 
@@ -212,7 +214,7 @@ def params_fingerprint(params: PyTree) -> str:
 # Steps (pure; run under pmap with axis_name=parallel.AXIS).
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, head: heads.Head,
-               learning_rate_fn: optax.Schedule, microbatch_size: int = 0,
+               schedule: optax.Schedule, microbatch_size: int = 0, label_smoothing: float = 0.0,
                axis_name: str = parallel.AXIS) -> tuple[TrainState, Metrics]:
   """One SGD step on this device's shard of the batch; gradients and metrics are averaged over devices.
 
@@ -221,10 +223,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     batch: {'image': [B, H, W, C], 'target': [B, ...]}.
     rng: the run's root key for dropout; the step and the device index are folded in here.
     head: the task's loss and metrics.
-    learning_rate_fn: the schedule, only to report the current learning rate.
+    schedule: the learning-rate schedule's shape, only to report the current learning rate.
     microbatch_size: if it is > 0 and < B (and divides B), the gradient is summed over consecutive
       micro-batches of this many examples, computed one after another: the same gradient up to float
       rounding, with activations small enough to stay in cache on CPU.
+    label_smoothing: the loss's targets are smoothed by this much (the reported metrics are not).
     axis_name: the device axis to average over.
 
   Returns:
@@ -234,27 +237,29 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   # Parameters typed as varying over the devices: each device's gradient stays its own until the pmean below
   # (JAX would otherwise sum it at each use of a replicated parameter, which ops.conv2d's custom VJP cannot).
   params = jax.lax.pcast(state.params, axis_name, to='varying')
-  grads, outputs, batch_stats = _accumulated_grads(state.replace(params=params), batch, rng, head, microbatch_size)
+  loss = functools.partial(head.loss, label_smoothing=label_smoothing)
+  grads, outputs, batch_stats = _accumulated_grads(state.replace(params=params), batch, rng, loss, microbatch_size)
   grads = jax.lax.pmean(grads, axis_name)
   metrics = {k: v.mean() for k, v in head.metrics(outputs, batch['target']).items()}
   metrics = jax.lax.pmean(metrics, axis_name)
-  metrics.update(grad_norm=optax.global_norm(grads), learning_rate=learning_rate_fn(state.step))
+  metrics.update(grad_norm=optax.global_norm(grads),
+                 learning_rate=optim.learning_rate(state.opt_state, schedule, state.step))
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def _accumulated_grads(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, head: heads.Head,
+def _accumulated_grads(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, loss: Loss,
                        microbatch_size: int) -> tuple[PyTree, jax.Array, PyTree]:
   """Gradient of the batch's mean loss, the model's outputs and the updated batch statistics, summed over
   micro-batches by a ``lax.scan``: its body is traced and compiled once, however many micro-batches the batch
   holds. (Models with batch statistics take the whole batch: ``validate`` refuses micro-batches for them.)"""
   n = len(batch['image'])
   if not 0 < microbatch_size < n:
-    return _grads(state, batch['image'], batch['target'], jax.random.fold_in(rng, 0), head, n)
+    return _grads(state, batch['image'], batch['target'], jax.random.fold_in(rng, 0), loss, n)
   chunks = jax.tree.map(lambda x: x.reshape(n // microbatch_size, microbatch_size, *x.shape[1:]),
                         {'image': batch['image'], 'target': batch['target']})
 
   def body(grads, chunk):
-    g, out, _ = _grads(state, chunk['image'], chunk['target'], jax.random.fold_in(rng, chunk['index']), head, n)
+    g, out, _ = _grads(state, chunk['image'], chunk['target'], jax.random.fold_in(rng, chunk['index']), loss, n)
     return jax.tree.map(jnp.add, grads, g), out
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -262,7 +267,7 @@ def _accumulated_grads(state: TrainState, batch: dict[str, jax.Array], rng: jax.
   return grads, outputs.reshape(n, *outputs.shape[2:]), state.batch_stats
 
 
-def _grads(state: TrainState, images: jax.Array, targets: jax.Array, rng: jax.Array, head: heads.Head,
+def _grads(state: TrainState, images: jax.Array, targets: jax.Array, rng: jax.Array, loss: Loss,
            batch_size: int) -> tuple[PyTree, jax.Array, PyTree]:
   """Gradient of these examples' share of the batch's mean loss (their loss sum / batch_size), the model's
   outputs and its updated batch statistics; summed over the micro-batches it is the gradient of the batch's
@@ -270,7 +275,7 @@ def _grads(state: TrainState, images: jax.Array, targets: jax.Array, rng: jax.Ar
   def loss_fn(params):
     outputs, updates = state.apply_fn(state.variables(params), images, train=True, rngs={'dropout': rng},
                                       mutable=['batch_stats'])
-    return head.loss(outputs, targets).sum() / batch_size, (outputs, updates.get('batch_stats', {}))
+    return loss(outputs, targets).sum() / batch_size, (outputs, updates.get('batch_stats', {}))
   grads, (outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   return grads, outputs, batch_stats
 
@@ -310,8 +315,9 @@ class TrainResult:
 
   Attributes:
     metrics: the final validation metrics ('val_loss', 'val_accuracy', ...; none when val_fraction is 0),
-      the test metrics ('test_loss', 'test_accuracy', ...) and 'num_params'.
-    variables: the final model variables ({'params', 'batch_stats'}), host numpy arrays (this process's).
+      the test metrics ('test_loss', 'test_accuracy', ...), 'num_params', and with test_checkpoint=best_val
+      'selected_step', the step whose weights they are.
+    variables: the tested model variables ({'params', 'batch_stats'}), host numpy arrays (this process's).
     start_step: the step the run started from: 0, or the checkpoint it resumed.
     run: the run's set-up (model, data, head, ...).
   """
@@ -324,8 +330,9 @@ class TrainResult:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None,
                        overwrite: bool = False) -> TrainResult:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating on the validation split
-  every ``eval_every_steps`` and at the end, and on the test split once, at the end (with val_fraction 0, the
-  periodic evaluations are on the test split).
+  every ``eval_every_steps`` and at the end, and on the test split once, at the end: the last weights, or with
+  ``test_checkpoint=best_val`` those of the best validation evaluation (with val_fraction 0, the periodic
+  evaluations are on the test split).
 
   Args:
     config: the experiment config (see experiments/shapes.py for every field).
@@ -354,7 +361,9 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.Preemp
   config, backend = run.config, run.backend
   init_rng, dropout_rng = run.keys()
   checkpoints = checkpointing.manager(workdir, config.keep_checkpoints)
-  state = checkpointing.restore_latest(checkpoints, run.init_state(init_rng), workdir)
+  best = checkpointing.best_manager(workdir, *run.head.selection()) if config.test_checkpoint == 'best_val' else None
+  template = run.init_state(init_rng)
+  state = checkpointing.restore_latest(checkpoints, template, workdir)
   start_step = int(state.step)
   if start_step:
     logging.info('Resumed from %s at step %d.', workdir, start_step)
@@ -396,27 +405,37 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.Preemp
       if step % config.eval_every_steps == 0 or last:
         eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
         writer.write_scalars(step, eval_metrics)
+        if best is not None and step not in best.all_steps():  # orbax keeps the best of these only
+          best.save(step, args=ocp.args.StandardSave(backend.to_checkpoint(state)),
+                    metrics={k: float(v) for k, v in eval_metrics.items()})
       if save:
         checkpoints.save(step, args=ocp.args.StandardSave(backend.to_checkpoint(state)), force=True)
       if stop:
         raise checkpointing.Preempted(step, workdir)
-    if not eval_metrics:  # resumed a finished run: evaluate what it left
+    chosen = {}
+    if best is not None:  # test the best weights by validation, not the last
+      best.wait_until_finished()
+      chosen = {'selected_step': best.best_step()}
+      state = backend.from_checkpoint(best.restore(chosen['selected_step'], args=ocp.args.StandardRestore(template)))
+      eval_metrics = {}
+    if not eval_metrics:  # resumed a finished run, or chose a checkpoint: evaluate what it left
       eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
     if test_batches is not None:  # the test split, once, at the end
       test_metrics = evaluate(run.eval_step, state, test_batches, backend, 'test')
       writer.write_scalars(config.num_train_steps, test_metrics)
       eval_metrics.update(test_metrics)
-    writer.write_scalars(config.num_train_steps, {'num_params': num_params})
+    writer.write_scalars(config.num_train_steps, {'num_params': num_params, **chosen})
     final = backend.to_checkpoint(state)
     variables = jax.tree.map(parallel.local_value, final.variables())
     logging.info('Process %d: final params fingerprint %s', jax.process_index(),
                  params_fingerprint(variables['params']))
   finally:  # however the loop ends, finish the checkpoints already started
-    checkpoints.wait_until_finished()
-    checkpoints.close()
+    for manager in [m for m in (checkpoints, best) if m is not None]:
+      manager.wait_until_finished()
+      manager.close()
     writer.flush()
     writer.close()
-  return TrainResult({**eval_metrics, 'num_params': num_params}, variables, start_step, run)
+  return TrainResult({**eval_metrics, 'num_params': num_params, **chosen}, variables, start_step, run)
 
 
 def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_collections.ConfigDict,

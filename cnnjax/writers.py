@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ from clu.metric_writers import interface
 
 
 class JsonlWriter(interface.MetricWriter):
-  """Appends {'step': s, name: value, ...} as one JSON line per write_scalars call.
+  """Appends {'step': s, 'time': unix seconds, name: value, ...} as one JSON line per write_scalars call.
 
   A run resumed at step k replays the steps after its checkpoint, so the rows a killed run wrote after step
   k are dropped first (all rows for a run that starts at 0), and a metric already in the file at a step is
@@ -26,14 +27,14 @@ class JsonlWriter(interface.MetricWriter):
     self._written: set[tuple[int, str]] = set()  # (step, name) pairs in the file
     if os.path.exists(path):
       for row in _truncate_after(path, start_step):
-        self._written.update((row['step'], k) for k in row if k != 'step')
+        self._written.update((row['step'], k) for k in row if k not in ('step', 'time'))
     self._file = open(path, 'a')  # noqa: SIM115 - closed in close()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     """Writes the scalars not yet in the file at ``step`` (a finished run launched again re-evaluates)."""
     new = {k: float(np.asarray(v)) for k, v in scalars.items() if (int(step), k) not in self._written}
     if new:
-      self._file.write(json.dumps({'step': int(step), **new}) + '\n')
+      self._file.write(json.dumps({'step': int(step), 'time': time.time(), **new}) + '\n')
       self._file.flush()  # on disk before the checkpoint of its step: a killed run loses no row it reported
       self._written.update((int(step), k) for k in new)
 

@@ -19,11 +19,13 @@ def get_config() -> ml_collections.ConfigDict:
   # gives bit-identical random streams on every backend.
   config.rng_impl = 'rbg'
   config.seeds = 1  # sweeps: run every point with seeds seed, seed + 1, ... and report mean ± std
+  config.baseline_point = ''  # sweeps: the point every other is compared with ('' = the first)
   # Sweeps: train every point once per learning rate, e.g. (1e-3, 3e-3, 1e-2), pick by the validation metric
   # and report the pick's test metrics only. () = optimizer.learning_rate alone.
   config.lr_grid = ()
   config.skip_nonfinite = False  # True: skip updates whose gradients are NaN/Inf instead of stopping the run
   config.head = 'multiclass'  # multiclass (softmax CE) | binary (sigmoid BCE) | regression (linear, MSE)
+  config.label_smoothing = 0.0  # classification heads: train on targets mixed with this much of uniform
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'shapes'  # shapes | digits (offline) | mnist | fashion_mnist | cifar10 | cats_vs_dogs
@@ -40,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.augment_flip = False
   config.data.augment_crop = False
   config.data.crop_padding = 4
+  # Random erasing (Zhong et al. 2020): with this probability, one rectangle of 2-40 % of the image, aspect 0.3-3.3,
+  # is set to the dataset's mean (0 after normalisation).
+  config.data.random_erasing = 0.0
   config.data.shuffle_buffer = 10_000
   config.data.cache = True
   config.data.prefetch = 2
@@ -91,6 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 250
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
+  # Which weights the test split evaluates: 'last' (the end of training) or 'best_val' (of the periodic
+  # validation evaluations, the best by validation accuracy, or loss without one: the epochs chosen on
+  # validation; kept in WORKDIR/best_checkpoint).
+  config.test_checkpoint = 'last'
 
   config.analysis = ml_collections.ConfigDict()
   config.analysis.invariance_shifts = 0  # sweeps: > 0 measures accuracy under input shifts of 0..k pixels

@@ -35,3 +35,16 @@ def test_regression_mse_and_mae():
 def test_unknown_head():
   with pytest.raises(ValueError, match='--config.head'):
     heads.get_head('ranking')
+
+
+def test_label_smoothing_against_the_closed_form():
+  """Cross-entropy against targets (1 - a) * one_hot + a / K, and BCE against y (1 - a) + a / 2, by hand."""
+  logits, labels, a = np.array([[2.0, -1.0, 0.5]]), np.array([0]), 0.1
+  p = np.exp(logits) / np.exp(logits).sum()
+  q = (1 - a) * np.eye(3)[labels] + a / 3
+  got = heads.get_head('multiclass').loss(jnp.array(logits), jnp.array(labels), label_smoothing=a)
+  np.testing.assert_allclose(got, [-(q * np.log(p)).sum()], rtol=1e-5)
+  logit, y = 1.5, 1.0 * (1 - a) + a / 2
+  s = 1 / (1 + np.exp(-logit))
+  got = heads.get_head('binary').loss(jnp.array([[logit]]), jnp.array([1.0]), label_smoothing=a)
+  np.testing.assert_allclose(got, [-(y * np.log(s) + (1 - y) * np.log(1 - s))], rtol=1e-5)

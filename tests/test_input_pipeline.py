@@ -85,3 +85,22 @@ def test_wrong_image_size_for_a_fixed_size_dataset(config):
   config.data.name, config.data.image_size = 'mnist', 32
   with pytest.raises(ConfigError, match='--config.data.image_size=28'):
     data.image_size(config.data)
+
+
+def test_random_erasing_zeroes_one_rectangle_of_the_stated_size():
+  """p=1: every image loses one axis-aligned rectangle (zeroes, all channels) of 2-40 % of its area (up to
+  rounding of the sides), the same for the same seed; p=0.5 erases about half of 400 images; p=0 none."""
+  import tensorflow as tf
+  ones = tf.ones((28, 28, 2))
+  for i in range(50):
+    erased = input_pipeline.random_erasing(ones, 1.0, tf.constant([0, i], tf.int64)).numpy()
+    np.testing.assert_array_equal(erased, input_pipeline.random_erasing(ones, 1.0, tf.constant([0, i], tf.int64)))
+    zero = erased[:, :, 0] == 0
+    np.testing.assert_array_equal(zero, erased[:, :, 1] == 0)
+    rows, cols = np.flatnonzero(zero.any(1)), np.flatnonzero(zero.any(0))
+    assert zero.sum() == len(rows) * len(cols) == (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)  # a box
+    assert 0.02 * 784 * 0.7 <= zero.sum() <= 0.4 * 784 * 1.3, zero.sum()
+  count = sum(bool((input_pipeline.random_erasing(ones, 0.5, tf.constant([1, i], tf.int64)).numpy() == 0).any())
+              for i in range(400))
+  assert 160 <= count <= 240  # Binomial(400, 0.5): mean 200, sd 10
+  np.testing.assert_array_equal(input_pipeline.random_erasing(ones, 0.0, tf.constant([0, 0], tf.int64)), ones)

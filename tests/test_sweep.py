@@ -3,6 +3,8 @@
 import json
 import os
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from cnnjax import analysis, models, report, sweep, train
@@ -45,7 +47,8 @@ def _fake_result(name, pool, seed, accuracy):
           'seed': seed, 'num_params': 100,
           'flops': 1000, 'test_accuracy': accuracy, 'test_loss': 1 - accuracy, 'train_loss': 0.5,
           'steps_per_sec': 10.0, 'wall_time_s': 3.0,
-          'invariance': {'shift': [0, 1], 'accuracy': [accuracy, accuracy - 0.1], 'agreement': [1.0, 0.8]}}
+          'invariance': {'shift': [0, 1], 'accuracy': [accuracy, accuracy - 0.1], 'agreement': [1.0, 0.8],
+                         'consistent_correct': [accuracy, accuracy - 0.2]}}
 
 
 def test_report_from_fake_finished_runs(tmp_path):
@@ -58,11 +61,51 @@ def test_report_from_fake_finished_runs(tmp_path):
   # point | seeds | pool | params | flops | train_loss | test_accuracy: mean ± sample std of (0.8, 0.9) | test_loss
   assert '| pool=max | 2 | max | 100 | 1,000 | 0.5 | 0.85 ± 0.071 | 0.15 ± 0.071 |' in text
   assert '| pool=avg | 2 | avg | 100 | 1,000 | 0.5 | 0.7 | 0.3 |' in text
+  assert '| pool=avg | 2 | 0.7000 ± 0.0000 | -0.1500 |' in text  # the comparison with the first point
+  assert '| pool=max | 0.8500 | 0.7500 | 0.8000 | 0.6500 |' in text  # invariance at 1 px, mean over seeds
   for png in ('test_accuracy_vs_params.png', 'test_accuracy_vs_flops.png', 'test_accuracy_per_setting.png',
               'learning_curves.png', 'invariance.png'):
     assert (tmp_path / png).stat().st_size > 1000 and f'({png})' in text
   assert len((tmp_path / 'results.csv').read_text().splitlines()) == 5
   assert len(json.loads((tmp_path / 'results.json').read_text())['summary']) == 2
+
+
+def test_welch_interval_and_p_value_against_the_formulas():
+  """Welch's difference, Welch-Satterthwaite degrees of freedom, t interval and p-value, by hand."""
+  import scipy.stats
+  a, b = [0.91, 0.93, 0.92], [0.88, 0.90, 0.87, 0.89]
+  va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
+  df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
+  diff, se = np.mean(a) - np.mean(b), np.sqrt(va + vb)
+  w = report.welch(a, b)
+  half = scipy.stats.t.ppf(0.975, df) * se
+  np.testing.assert_allclose([w['diff'], w['low'], w['high']], [diff, diff - half, diff + half], rtol=1e-9)
+  np.testing.assert_allclose(w['p'], 2 * scipy.stats.t.sf(diff / se, df), rtol=1e-9)
+  mean, half = report.interval(a)
+  np.testing.assert_allclose(half, scipy.stats.t.ppf(0.975, 2) * np.std(a, ddof=1) / np.sqrt(3))
+  assert np.isnan(report.welch([0.9], b)['p']) and np.isnan(report.interval([0.9])[1])
+
+
+def test_significance_table_names_the_verdicts(tmp_path):
+  results = [_fake_result(f'pool={p},seed={i}', p, i, acc)
+             for p, accs in (('max', (0.90, 0.91, 0.92)), ('avg', (0.80, 0.81, 0.82)), ('none', (0.89, 0.93, 0.91)))
+             for i, acc in enumerate(accs)]
+  text = report.significance_table(results)
+  assert '| pool=max | 3 | 0.9100 ± 0.0248 | (baseline) |' in text
+  assert '| pool=avg | 3 | 0.8100 ± 0.0248 | -0.1000 |' in text and 'significantly lower |' in text
+  assert '| pool=none | 3 | 0.9100 ± 0.0497 | +0.0000 |' in text and 'no significant difference |' in text
+  assert '| pool=max | 3 | 0.9100 ± 0.0248 | -0.1000 |' not in report.significance_table(results, 'pool=avg')
+
+
+def test_shift_invariance_of_a_constant_predictor_is_its_accuracy_not_one():
+  """A model that answers class 0 for everything agrees with itself under every shift; correct-both-times
+  stays at its accuracy (the share of class 0)."""
+  images = np.random.default_rng(0).normal(size=(10, 8, 8, 1)).astype(np.float32)
+  targets = np.array([0, 0, 0, 1, 2, 3, 4, 5, 1, 2])
+  constant = lambda variables, x: jnp.zeros((len(x), 6)).at[:, 0].set(1.0)  # noqa: E731
+  result = analysis.shift_invariance(constant, {}, images, targets, 2)
+  assert result['agreement'] == [1.0] * 3 and result['accuracy'] == [0.3] * 3
+  assert result['consistent_correct'] == [0.3] * 3
 
 
 def test_analysis_reproduces_the_seed_numbers(config):
@@ -119,6 +162,8 @@ def test_every_experiment_and_sweep_point_is_a_valid_config(name):
 def test_a_learning_rate_grid_picks_on_validation_and_reports_the_picks_test_metrics(config, data_dir, tmp_path):
   config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 6, 6, 6
   config.lr_grid = (1e-4, 3e-3, 1e-1)
+  with pytest.raises(ConfigError, match=r"--config.baseline_point='pool=avg' is not a point of this sweep"):
+    sweep.run(apply_overrides(config, {'baseline_point': 'pool=avg'}), lambda: [{'model.pool': 'max'}], str(tmp_path))
   sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path), data_dir)
   result = json.loads((tmp_path / 'pool=max' / 'result.json').read_text())
   last = {}  # each trial's final rows, read from its own metrics.jsonl

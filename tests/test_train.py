@@ -43,6 +43,36 @@ def test_training_on_shapes_learns(config, data_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, result.variables['params'], _checkpoint_params(str(tmp_path), 150))
 
 
+def test_best_val_tests_the_checkpoint_with_the_best_validation_accuracy(config, data_dir, tmp_path):
+  """test_checkpoint=best_val: the tested weights are those of the step with the highest logged validation
+  accuracy (equal to the regular checkpoint of that step), and their validation accuracy is the one logged."""
+  config.test_checkpoint, config.label_smoothing, config.data.random_erasing = 'best_val', 0.1, 0.5
+  config.optimizer.learning_rate = 3e-2  # noisy, so the best is rarely simply the last
+  config.eval_every_steps, config.checkpoint_every_steps, config.keep_checkpoints = 5, 5, 10
+  result = train.train_and_evaluate(config, str(tmp_path), data_dir)
+  logged = {r['step']: r['val_accuracy'] for r in _read_metrics(str(tmp_path)) if 'val_accuracy' in r}
+  step = result.metrics['selected_step']
+  assert sorted(logged) == [5, 10, 15, 20] and logged[step] == max(logged.values())
+  np.testing.assert_allclose(result.metrics['val_accuracy'], logged[step], rtol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, result.variables['params'], _checkpoint_params(str(tmp_path), step))
+  assert os.listdir(tmp_path / 'best_checkpoint') == [str(step)]
+
+
+@pytest.mark.parametrize('backend', parallel.BACKENDS)
+def test_learning_rates_and_seeds_share_one_compiled_program(config, data_dir, backend):
+  """The peak learning rate lives in the optimizer state, so an lr grid's runs and a sweep's seeds lower to
+  the same program (which the persistent compilation cache compiles once); the rate itself still differs."""
+  config.parallel = backend
+  programs = set()
+  for lr, seed in ((1e-3, 0), (3e-2, 1)):
+    run = train.setup(apply_overrides(config, {'optimizer.learning_rate': lr, 'seed': seed}), data_dir)
+    state = run.backend.from_checkpoint(run.init_state(run.keys()[0]))
+    assert float(parallel.first(state.opt_state.hyperparams['learning_rate'])) == pytest.approx(lr)
+    batch = run.backend.put_batch(next(run.train_batches()))
+    programs.add(run.train_step.lower(state, batch, run.keys()[1]).as_text())
+  assert len(programs) == 1
+
+
 def _three_steps_setup(config, data_dir):
   """The run, its fresh state and three global batches of 64 shaped [1, 64, ...]."""
   run = train.setup(config, data_dir)
@@ -62,7 +92,7 @@ def _run_on_one_device(state, step, batches):
 
 
 def _step(run, **kwargs):
-  return functools.partial(train.train_step, head=run.head, learning_rate_fn=run.learning_rate_fn, **kwargs)
+  return functools.partial(train.train_step, head=run.head, schedule=run.schedule, **kwargs)
 
 
 def test_train_step_equals_a_plain_grad_and_optax_update(config, data_dir):
@@ -195,6 +225,11 @@ INVALID = [
     ({'model.pool': 'median'}, r"--config.model.pool='median' is unknown"),
     ({'data.name': 'imagenet'}, r"--config.data.name='imagenet' is unknown"),
     ({'head': 'ranking'}, r"--config.head='ranking' is unknown"),
+    ({'label_smoothing': 1.0}, r'--config.label_smoothing=1.0 must be in \[0, 1\)'),
+    ({'head': 'regression', 'label_smoothing': 0.1}, r'set it to 0 for --config.head=regression'),
+    ({'data.random_erasing': 1.5}, r'--config.data.random_erasing=1.5 is a probability'),
+    ({'test_checkpoint': 'best'}, r"--config.test_checkpoint='best' is unknown"),
+    ({'test_checkpoint': 'best_val', 'data.val_fraction': 0.0}, r'best_val picks by the validation metric'),
 ]
 
 

@@ -1,0 +1,109 @@
+r"""What seeds x learning rates cost a sweep: wall time and XLA compilations, against one seed at one rate.
+
+  python benchmarks/sweep_cost.py                                   # pooling on shapes, 100 steps per run
+  python benchmarks/sweep_cost.py --experiment=stride --num_train_steps=300 --json=/tmp/sweep_cost.json
+
+Arms, each a whole sweep in a fresh process with an empty persistent compilation cache (as a new machine
+has), run one after the other: `1x1` (seeds=1, no lr_grid: the sweep as it ran before seeds and grids) and
+`SxL` (--seeds seeds x --lr_grid rates per point). Per arm: runs trained, wall seconds, backend compilations
+(XLA compiles) and persistent-cache hits, and seconds spent compiling. The learning rate is a value in the
+optimizer state (optax.inject_hyperparams), so every run of a point after its first loads the program its
+first compiled.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from cnnjax.config import ROOT, apply_overrides, load_experiment
+
+flags.DEFINE_string('experiment', 'pooling', 'A sweep experiment (one with get_sweep()).')
+flags.DEFINE_integer('num_train_steps', 100, 'Steps per run (also the eval and checkpoint interval).')
+flags.DEFINE_integer('seeds', 3, 'Seeds per point in the SxL arm.')
+flags.DEFINE_list('lr_grid', ['1e-3', '3e-3', '1e-2'], 'Learning rates per seed in the SxL arm.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory (the offline datasets are generated on first use).')
+flags.DEFINE_string('json', None, 'Also write the results as JSON here.')
+flags.DEFINE_string('worker', None, 'Internal: run this arm in this process.')
+flags.DEFINE_string('worker_cache_dir', None, 'Internal: the arm\'s compilation cache.')
+FLAGS = flags.FLAGS
+
+COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
+
+
+def arm_overrides(arm: str) -> dict:
+  steps = FLAGS.num_train_steps
+  common = {'num_train_steps': steps, 'eval_every_steps': steps, 'checkpoint_every_steps': steps}
+  if arm == '1x1':
+    return {**common, 'seeds': 1, 'lr_grid': ()}
+  return {**common, 'seeds': FLAGS.seeds, 'lr_grid': tuple(float(x) for x in FLAGS.lr_grid)}
+
+
+def worker(arm: str, cache_dir: str) -> dict:
+  """Runs the arm's sweep here and counts what JAX compiled and loaded from the cache."""
+  from cnnjax import compiler
+  compiler.set_default_xla_flags()
+  compiler.set_compilation_cache(cache_dir)
+  from jax import monitoring
+
+  from cnnjax import sweep
+  counts = {'compiles': 0, 'compile_s': 0.0, 'cache_hits': 0}
+
+  def on_duration(event, seconds, **kwargs):
+    if event == COMPILE_EVENT:
+      counts['compiles'] += 1
+      counts['compile_s'] += seconds
+
+  def on_event(event, **kwargs):
+    counts['cache_hits'] += event == CACHE_HIT_EVENT
+
+  monitoring.register_event_duration_secs_listener(on_duration)
+  monitoring.register_event_listener(on_event)
+  module = load_experiment(FLAGS.experiment)
+  config = apply_overrides(module.get_config(), arm_overrides(arm))
+  with tempfile.TemporaryDirectory(prefix='cnnjax-sweep-cost-') as workdir:
+    start = time.perf_counter()
+    points = sweep.run(config, module.get_sweep, workdir, FLAGS.data_dir)
+    wall = time.perf_counter() - start
+  runs = len(points) * max(1, len(config.lr_grid))
+  return {'arm': arm, 'points': len(points), 'runs': runs, 'wall_s': wall, **counts}
+
+
+def run_arm(arm: str) -> dict:
+  with tempfile.TemporaryDirectory(prefix='cnnjax-sweep-cost-cache-') as cache_dir:
+    args = [sys.executable, os.path.abspath(__file__), f'--worker={arm}', f'--worker_cache_dir={cache_dir}',
+            f'--experiment={FLAGS.experiment}', f'--num_train_steps={FLAGS.num_train_steps}',
+            f'--seeds={FLAGS.seeds}', f'--lr_grid={",".join(FLAGS.lr_grid)}']
+    if FLAGS.data_dir:
+      args.append(f'--data_dir={FLAGS.data_dir}')
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+  if proc.returncode:
+    sys.exit(proc.stderr[-3000:])
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  if FLAGS.worker:
+    print(json.dumps(worker(FLAGS.worker, FLAGS.worker_cache_dir)))
+    return
+  rows = [run_arm('1x1'), run_arm(f'{FLAGS.seeds}x{len(FLAGS.lr_grid)}')]
+  base = rows[0]
+  print(f'{FLAGS.experiment}, {FLAGS.num_train_steps} steps per run, fresh compilation cache per arm')
+  print('| arm (seeds x lrs) | runs | wall s | wall / 1x1 | runs / 1x1 | XLA compiles | cache hits | compile s |')
+  print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for r in rows:
+    print(f'| {r["arm"]} | {r["runs"]} | {r["wall_s"]:.0f} | {r["wall_s"] / base["wall_s"]:.2f} | '
+          f'{r["runs"] / base["runs"]:.0f} | {r["compiles"]} | {r["cache_hits"]} | {r["compile_s"]:.1f} |')
+  if FLAGS.json:
+    with open(FLAGS.json, 'w') as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)

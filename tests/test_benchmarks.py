@@ -1,0 +1,45 @@
+"""The benchmarks' PyTorch mirror against cnnjax: the same parameter count and learning-rate schedule (the
+benchmarks themselves are measurements, not tests)."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from cnnjax import models, optim, train
+from cnnjax.config import apply_overrides, load_experiment
+
+torch = pytest.importorskip('torch', reason='the PyTorch mirror needs torch (pip install torch)')
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import torch_reference  # noqa: E402
+
+
+@pytest.mark.parametrize('experiment', ['fashion_mnist', 'mnist', 'fashion_mnist_table'])
+def test_the_mirror_has_cnnjax_parameter_count(experiment):
+  config = load_experiment(experiment).get_config()
+  mirror = torch_reference.build_model(config, (28, 28, 1), 10)
+  params = sum(p.numel() for p in mirror.parameters())
+  assert params == train.count_params(models.build_model(config.model, 10), (28, 28, 1))
+
+
+def test_the_mirror_follows_cnnjax_schedule_and_refuses_what_it_cannot_express():
+  config = load_experiment('fashion_mnist').get_config()
+  rates = torch_reference.schedule_values(config)
+  shape = optim.schedule(config.optimizer, config.num_train_steps)
+  for step in (0, 100, 200, 1000, config.num_train_steps):
+    np.testing.assert_allclose(rates[step], 3e-3 * float(shape(step)), rtol=1e-6)
+  assert rates[200] == pytest.approx(3e-3) and rates[-1] == pytest.approx(0, abs=1e-9)
+  with pytest.raises(ValueError, match='--config.model.stride=1'):
+    torch_reference.check_supported(apply_overrides(config, {'model.stride': 2}))
+
+
+def test_mirror_steps_fit_a_fixed_batch():
+  """Ten steps on one random batch of 32 (no dropout, Adam 1e-3) memorise much of it."""
+  overrides = {'optimizer.warmup_steps': 0, 'optimizer.learning_rate': 1e-3, 'model.dropout': 0.0}
+  config = apply_overrides(load_experiment('fashion_mnist').get_config(), overrides)
+  trainer = torch_reference.Trainer(config, (28, 28, 1), 10, 'torch_channels_last')
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(32, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 32)
+  losses = [trainer.train_step(x, y) for _ in range(10)]
+  assert losses[0] == pytest.approx(np.log(10), rel=0.1) and losses[-1] < 0.3 * losses[0], losses
