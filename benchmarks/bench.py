@@ -50,6 +50,15 @@ def timed_windows(run_steps, steps_per_window: int, windows: int) -> list[float]
   return times
 
 
+def compile_seconds(train) -> float:
+  """The first ``train(1)`` (trace + compile + one step; torch.compile's compile, eager's warm-up) minus the
+  fastest of three steady steps."""
+  start = time.perf_counter()
+  train(1)
+  first = time.perf_counter() - start
+  return first - min(timed_windows(train, 1, 3))
+
+
 class MatmulPeak:
   """fp32 matmul GFLOP/s of XLA on this backend (n x n products), measured between the timed windows so that
   the model's share of it is taken at the same machine state (this machine's speed drifts)."""
@@ -105,12 +114,6 @@ class JaxRunner:
     self.state = self.backend.from_checkpoint(run.init_state(init_rng))
     self.config, self.max_in_flight = config, train.MAX_STEPS_IN_FLIGHT
 
-  def compile_seconds(self) -> float:
-    """First call (trace + compile + one step) minus a steady step."""
-    start = time.perf_counter()
-    self.train(1)
-    first = time.perf_counter() - start
-    return first - min(timed_windows(self.train, 1, 3))
 
   def train(self, steps: int) -> None:
     in_flight = []
@@ -143,12 +146,6 @@ class TorchRunner:
     self.x = rng.normal(size=(batch_size, *shape)).astype(np.float32)
     self.y = rng.integers(0, num_outputs, batch_size)
 
-  def compile_seconds(self) -> float:
-    """First step (torch.compile's compile, or eager's warm-up) minus a steady step."""
-    start = time.perf_counter()
-    self.train(1)
-    first = time.perf_counter() - start
-    return first - min(timed_windows(self.train, 1, 3))
 
   def train(self, steps: int) -> None:
     for _ in range(steps):
@@ -195,11 +192,6 @@ class PlainFlaxRunner:
 
     self.step, self.jax = jax.jit(step, donate_argnums=(0, 1)), jax
 
-  def compile_seconds(self) -> float:
-    start = time.perf_counter()
-    self.train(1)
-    first = time.perf_counter() - start
-    return first - min(timed_windows(self.train, 1, 3))
 
   def train(self, steps: int) -> None:
     for _ in range(steps):
@@ -220,7 +212,7 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
   jx = JaxRunner(config, batch_size)
   row = {'batch_size': batch_size, 'params': jx.num_params, 'parallel': config.parallel,
          'dtype': config.model.dtype, 'microbatch': jx.run.microbatch_size, 'cpu_kernels': jx.run.cpu_kernels,
-         'compile_s': jx.compile_seconds()}
+         'compile_s': compile_seconds(jx.train)}
   shape, outputs = jx.run.info.image_shape, jx.run.info.num_outputs
   runners = {'jax': jx}
   if FLAGS.vs_flax:
@@ -230,7 +222,7 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
     runners.update({arm: TorchRunner(config, batch_size, shape, outputs, arm) for arm in torch_reference.ARMS})
   for name, runner in runners.items():
     if name != 'jax':
-      row[f'{name}_compile_s'] = runner.compile_seconds()
+      row[f'{name}_compile_s'] = compile_seconds(runner.train)
   steps = {name: steps_for(runner.train, FLAGS.window_seconds) for name, runner in runners.items()}
   times, peaks = {name: [] for name in runners}, []
   for _ in range(FLAGS.windows):  # alternate the arms (and the peak) window by window
