@@ -416,9 +416,11 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.Preemp
     if best is not None:  # test the best weights by validation, not the last
       best.wait_until_finished()
       chosen = {'selected_step': best.best_step()}
-      state = backend.from_checkpoint(best.restore(chosen['selected_step'], args=ocp.args.StandardRestore(template)))
-      eval_metrics = {}
-    if not eval_metrics:  # resumed a finished run, or chose a checkpoint: evaluate what it left
+      if chosen['selected_step'] != config.num_train_steps:  # the last weights are in hand, evaluated
+        state = backend.from_checkpoint(best.restore(chosen['selected_step'],
+                                                     args=ocp.args.StandardRestore(template)))
+        eval_metrics = {}
+    if not eval_metrics:  # resumed a finished run, or chose an earlier checkpoint: evaluate what it left
       eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
     if test_batches is not None:  # the test split, once, at the end
       test_metrics = evaluate(run.eval_step, state, test_batches, backend, 'test')
