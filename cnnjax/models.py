@@ -49,19 +49,51 @@ class BlockSpec:
   norm_groups: int = 8  # norm='group': channel groups
 
 
-# Normalisation layers (flax's own), by --config.model.norm: (train, groups, axis_name, dtype) -> module. BatchNorm
+class BatchNorm(nn.Module):
+  """``flax.linen.BatchNorm`` (momentum, epsilon, axis_name, dtype and the variables ``scale``, ``bias`` and
+  batch_stats ``mean``, ``var`` as there) whose training path is ``ops.batch_norm``: the same values up to
+  rounding, with XLA:CPU's fast reductions (README, Performance). Normalises over every axis but the last."""
+  use_running_average: bool
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), features)
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), features)
+    scale = self.param('scale', nn.initializers.ones, features, jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
+    dtype = x.dtype if self.dtype is None else self.dtype
+    if self.use_running_average:
+      y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      return y.astype(dtype)
+    initializing = self.is_initializing()
+    y, mean, var = ops.batch_norm(x, scale, bias, self.epsilon, None if initializing else self.axis_name)
+    if not initializing:
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.astype(dtype)
+
+
+# Normalisation layers, by --config.model.norm: (train, groups, axis_name, dtype, cpu_kernels) -> module. BatchNorm
 # normalises over the batch and the map (statistics averaged over the devices of axis_name while training,
-# running averages in eval, momentum 0.9 as in flax/examples/imagenet); LayerNorm over each example's map and
-# channels; GroupNorm over each example's map and channel group. Each has a scale and bias per channel.
+# running averages in eval, momentum 0.9 as in flax/examples/imagenet; flax's layer, or with cpu_kernels the
+# BatchNorm above); LayerNorm over each example's map and channels; GroupNorm over each example's map and
+# channel group. Each has a scale and bias per channel.
 Norm = Callable[[bool], nn.Module]
 NORMS: dict[str, Callable[..., nn.Module] | None] = {
     'none': None,
-    'batch': lambda train, groups, axis_name, dtype=None: nn.BatchNorm(
+    'batch': lambda train, groups, axis_name, dtype=None, cpu_kernels=False: (BatchNorm if cpu_kernels
+                                                                              else nn.BatchNorm)(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name if train else None,
         dtype=dtype),
-    'layer': lambda train, groups, axis_name, dtype=None: nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1),
-                                                                       dtype=dtype),
-    'group': lambda train, groups, axis_name, dtype=None: nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype),
+    'layer': lambda train, groups, axis_name, dtype=None, cpu_kernels=False: nn.LayerNorm(
+        epsilon=1e-5, reduction_axes=(-3, -2, -1), dtype=dtype),
+    'group': lambda train, groups, axis_name, dtype=None, cpu_kernels=False: nn.GroupNorm(
+        num_groups=groups, epsilon=1e-5, dtype=dtype),
 }
 
 
@@ -110,8 +142,8 @@ def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None =
   """Builds a ConvBlock whose callables are resolved from the names in ``spec``.
 
   BatchNorm averages its statistics over the devices of ``axis_name`` while training; ``cpu_kernels`` picks
-  XLA:CPU's faster forms of the same values (two-step bias broadcast, NHWC/HWIO conv gradients); norms
-  compute in ``dtype``.
+  XLA:CPU's faster forms of the same values (two-step bias broadcast, NHWC/HWIO conv gradients, BatchNorm's
+  reductions); norms compute in ``dtype``.
   """
   pool, norm = ops.get_pool(spec.pool), NORMS[spec.norm]
   conv_kwargs = {'nhwc_gradients': cpu_kernels} if spec.conv_impl == 'xla' else {}  # im2col's are matmuls
@@ -120,7 +152,7 @@ def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None =
       conv=functools.partial(ops.get_conv(spec.conv_impl), stride=spec.stride, padding=spec.padding,
                              dilation=spec.dilation, flip_kernel=spec.flip_kernel, **conv_kwargs),
       norm=None if norm is None else functools.partial(norm, groups=spec.norm_groups, axis_name=axis_name,
-                                                       dtype=dtype),
+                                                       dtype=dtype, cpu_kernels=cpu_kernels),
       add_bias=functools.partial(ops.add_bias, two_step=cpu_kernels),
       activation=ops.get_activation(spec.activation),
       pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride))

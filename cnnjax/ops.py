@@ -248,6 +248,76 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Normalisation.
+
+def channel_sum(x: jax.Array) -> jax.Array:
+  """Sum over every axis but the last: [N, ..., C] -> [C], over the batch axis first, then behind an
+  optimisation barrier over the rest.
+
+  The same sum as ``x.sum(range(x.ndim - 1))`` up to rounding; in one reduction over several axes XLA:CPU runs
+  the strided reduce-window described in ``add_bias`` (README, Performance, has the times).
+  """
+  return jax.lax.optimization_barrier(x.sum(0)).reshape(-1, x.shape[-1]).sum(0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float = 1e-5,
+               axis_name: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Batch normalisation of ``x`` by its own statistics, as ``flax.linen.BatchNorm`` computes it in training,
+  with every reduction over the batch (forward and gradient) a ``channel_sum``, for XLA:CPU.
+
+  Statistics are float32 (at least): ``mean`` of x and ``var`` = mean of x^2 - mean^2 (clipped at 0), averaged
+  over the devices of ``axis_name`` when given; y = (x - mean) * rsqrt(var + epsilon) * scale + bias in x's
+  dtype. The gradient is the batch-norm gradient over the whole (cross-device) batch, as JAX derives it from
+  flax's layer. ``mean`` and ``var`` are returned for the running averages and carry no gradient.
+
+  Args:
+    x: [N, ..., C].
+    scale, bias: [C], float32.
+    epsilon: added to the variance.
+    axis_name: the mapped device axis the statistics are averaged over, or None.
+
+  Returns:
+    (y, mean, var).
+  """
+  return _batch_norm_fwd(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon, axis_name):
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  n = x.size // x.shape[-1]
+  mean, mean2 = _mean_over_devices(channel_sum(xf) / n, channel_sum(xf * xf) / n, axis_name)
+  var = jnp.maximum(0.0, mean2 - mean * mean)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = ((xf - mean) * (rstd * scale) + bias).astype(x.dtype)
+  return (y, mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_bwd(epsilon, axis_name, residuals, cotangents):
+  del epsilon
+  x, mean, rstd, scale = residuals
+  g = cotangents[0].astype(mean.dtype)
+  x_hat = (x.astype(mean.dtype) - mean) * rstd
+  dbias, dscale = channel_sum(g), channel_sum(g * x_hat)
+  n = x.size // x.shape[-1]
+  g_mean, gx_mean = _mean_over_devices(dbias / n, dscale / n, axis_name)
+  dx = (scale * rstd) * (g - g_mean - x_hat * gx_mean)
+  return dx.astype(x.dtype), dscale, dbias
+
+
+def _mean_over_devices(a: jax.Array, b: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+  """Two per-device means averaged over the devices of ``axis_name`` in one collective (as flax does), or as
+  they are without one."""
+  if axis_name is None:
+    return a, b
+  both = jax.lax.pmean(jnp.stack([a, b]), axis_name)
+  return both[0], both[1]
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Pooling.
 
 def max_pool(x: jax.Array, window: int = 2, stride: int | None = None, padding: Padding = 'VALID') -> jax.Array:

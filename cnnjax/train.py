@@ -86,8 +86,9 @@ def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platfo
   microbatch_size=auto: on CPU the largest divisor of the per-device batch up to ``CPU_MICROBATCH`` (0, the
   whole batch, when that is the batch, and for BatchNorm, whose statistics are over it); elsewhere 0, which
   fills an accelerator.
-  cpu_speedups=auto: on for CPU only (the two-step bias broadcast and NHWC/HWIO conv gradients that XLA:CPU
-  runs faster; other compilers fuse the plain forms). Both choices give the same values up to rounding.
+  cpu_speedups=auto: on for CPU only (the two-step bias broadcast, NHWC/HWIO conv gradients and two-step
+  BatchNorm reductions that XLA:CPU runs faster; other compilers fuse the plain forms). Both choices give the
+  same values up to rounding.
   """
   size = config.microbatch_size
   if size == 'auto':
@@ -374,8 +375,8 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.Preemp
     hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
     writer.write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()})
   logging.info('Platform %s x%d: micro-batches of %s per device, CPU kernels (two-step bias, NHWC/HWIO conv '
-               'gradients) %s.', jax.default_backend(), jax.device_count(), run.microbatch_size or 'the whole batch',
-               'on' if run.cpu_kernels else 'off')
+               'gradients, two-step BatchNorm) %s.', jax.default_backend(), jax.device_count(),
+               run.microbatch_size or 'the whole batch', 'on' if run.cpu_kernels else 'off')
   image_shape = run.info.image_shape
   num_params = count_params(run.model, image_shape)
   logging.info('Model: %s parameters.\n%s\n%s', f'{num_params:,}', parameter_overview.get_parameter_overview(

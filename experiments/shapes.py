@@ -88,7 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
   # activations in cache on CPU (README, Performance). 0 = the whole per-device batch at once. auto = up to 64
   # on CPU (the whole batch with BatchNorm), the whole batch on GPU/TPU. 'auto' or an int.
   config.microbatch_size = ml_collections.FieldReference('auto', field_type=object)
-  # XLA:CPU's faster forms of the same values: a two-step bias broadcast and NHWC/HWIO conv gradients.
+  # XLA:CPU's faster forms of the same values: a two-step bias broadcast, NHWC/HWIO conv gradients and
+  # two-step BatchNorm reductions.
   # auto = on for CPU only | on | off.
   config.cpu_speedups = 'auto'
   config.num_train_steps = 1000

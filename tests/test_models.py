@@ -112,19 +112,22 @@ def test_small_parameter_count_with_a_norm_by_hand(config):
     assert analysis.totals(analysis.analyze(config.model, (32, 32, 3), 6))['params'] == want
 
 
-def _normalised(norm, x):
+def _normalised(norm, x, cpu_kernels=False):
   """A ConvBlock conv -> norm (identity activation, no pool); its variables and the conv output alone."""
   block = models.ConvBlock(features=4, kernel_size=3, conv=functools.partial(ops.conv2d, padding='SAME'),
-                           norm=functools.partial(models.NORMS[norm], groups=2, axis_name=None),
+                           norm=functools.partial(models.NORMS[norm], groups=2, axis_name=None,
+                                                  cpu_kernels=cpu_kernels),
                            activation=ops.identity, pool=None)
   variables = block.init(jax.random.key(0), x)
   return block, variables, np.asarray(ops.conv2d(x, variables['params']['kernel'], padding='SAME'), np.float64)
 
 
-@pytest.mark.parametrize('norm,axes', [('batch', (0, 1, 2)), ('layer', (1, 2, 3)), ('group', (1, 2, 4))])
-def test_norms_against_a_hand_computation(norm, axes):
+@pytest.mark.parametrize('norm,axes,cpu_kernels', [('batch', (0, 1, 2), False), ('batch', (0, 1, 2), True),
+                                                   ('layer', (1, 2, 3), False), ('group', (1, 2, 4), False)])
+def test_norms_against_a_hand_computation(norm, axes, cpu_kernels):
+  """flax's norms, and the CPU BatchNorm (``models.BatchNorm``), against numpy."""
   x = jnp.asarray(np.random.default_rng(0).normal(1.0, 2.0, size=(5, 6, 6, 3)), jnp.float32)
-  block, variables, conv = _normalised(norm, x)
+  block, variables, conv = _normalised(norm, x, cpu_kernels)
   y, updates = block.apply(variables, x, train=True, mutable=['batch_stats'])
   grouped = conv.reshape(5, 6, 6, 2, 2)  # [N, H, W, groups, channels per group], for 'group'
   z = grouped if norm == 'group' else conv

@@ -206,3 +206,27 @@ def test_activations_and_unknown_names():
   for fn, name in ((ops.get_activation, 'swishy'), (ops.get_pool, 'median'), (ops.parse_padding, 'FULL')):
     with pytest.raises(ValueError, match=name):
       fn(name)
+
+
+def test_channel_sum_and_the_batch_norm_gradient_against_float64():
+  """ops.channel_sum against numpy; ops.batch_norm's output and custom gradient against jax.grad of the
+  batch-norm formula written here, in float64 numpy-style jnp (scale and bias not at their initial values)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(1.0, 2.0, size=(6, 5, 4, 3))
+  scale, bias, g = rng.normal(size=3), rng.normal(size=3), rng.normal(size=x.shape)
+  np.testing.assert_allclose(ops.channel_sum(jnp.asarray(x, jnp.float32)), x.sum((0, 1, 2)), rtol=1e-5)
+
+  def plain(x, scale, bias):
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    return jnp.sum(((x - mean) / jnp.sqrt(var + 1e-5) * scale + bias) * g)
+
+  def fast(x, scale, bias):
+    return jnp.sum(ops.batch_norm(x, scale, bias, 1e-5, None)[0] * g)
+
+  with jax.enable_x64(True):
+    want = jax.grad(plain, (0, 1, 2))(*map(jnp.asarray, (x, scale, bias)))
+    want_y = plain(*map(jnp.asarray, (x, scale, bias)))
+  f32 = [jnp.asarray(a, jnp.float32) for a in (x, scale, bias)]
+  np.testing.assert_allclose(fast(*f32), want_y, rtol=1e-4)
+  for got, w in zip(jax.grad(fast, (0, 1, 2))(*f32), want, strict=True):
+    np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
