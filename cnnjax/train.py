@@ -191,9 +191,9 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   step = functools.partial(train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
                            label_smoothing=config.label_smoothing)
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_kernels)
+  evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip)
   return Run(config, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
-             backend.map_train_step(step), backend.map_eval_step(functools.partial(eval_step, head=head)),
-             microbatch_size, cpu_kernels)
+             backend.map_train_step(step), backend.map_eval_step(evaluation), microbatch_size, cpu_kernels)
 
 
 def count_params(model: models.CNN, image_shape: tuple[int, ...]) -> int:
@@ -281,14 +281,19 @@ def _grads(state: TrainState, images: jax.Array, targets: jax.Array, rng: jax.Ar
   return grads, outputs, batch_stats
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Head,
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Head, flip: bool = False,
               axis_name: str = parallel.AXIS) -> Metrics:
   """Sums of the task metrics over the real (mask=True) examples of the batch, over all devices.
+
+  With ``flip`` (``--config.eval_flip``), the outputs are the mean of the model's outputs on each image and on
+  its left-right mirror (test-time augmentation for models trained with flips).
 
   Returns:
     {metric: sum over examples, 'count': number of examples}; divide to get means.
   """
   outputs = state.apply_fn(state.variables(), batch['image'], train=False)
+  if flip:
+    outputs = (outputs + state.apply_fn(state.variables(), batch['image'][:, :, ::-1], train=False)) / 2
   mask = batch['mask'].astype(jnp.float32)
   sums = {k: (v * mask).sum() for k, v in head.metrics(outputs, batch['target']).items()}
   return jax.lax.psum({**sums, 'count': mask.sum()}, axis_name)

@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.skip_nonfinite = False  # True: skip updates whose gradients are NaN/Inf instead of stopping the run
   config.head = 'multiclass'  # multiclass (softmax CE) | binary (sigmoid BCE) | regression (linear, MSE)
   config.label_smoothing = 0.0  # classification heads: train on targets mixed with this much of uniform
+  # Evaluate on each image and its left-right mirror, averaging the outputs (test-time augmentation; for models
+  # trained with data.augment_flip).
+  config.eval_flip = False
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'shapes'  # shapes | digits (offline) | mnist | fashion_mnist | cifar10 | cats_vs_dogs

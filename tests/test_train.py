@@ -119,6 +119,26 @@ def test_train_step_equals_a_plain_grad_and_optax_update(config, data_dir):
   np.testing.assert_allclose(parallel.first(metrics['grad_norm']), optax.global_norm(grads), rtol=1e-5)
 
 
+def test_eval_flip_averages_the_outputs_of_each_image_and_its_mirror(config, data_dir):
+  """--config.eval_flip: the loss and accuracy sums of eval_step equal those of the mean of the logits of each
+  image and its left-right mirror, computed here, and differ from those of the image alone."""
+  config.eval_flip = True
+  run, state, batches = _three_steps_setup(config, data_dir)
+  batch = {**batches[0], 'mask': np.ones((1, 64), bool)}
+  images, labels = batch['image'][0], batch['target'][0]
+  variables = state.variables(jax.tree.map(parallel.local_value, state.params))
+  one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
+  sums = {}
+  for flip in (True, False):
+    step = jax.pmap(functools.partial(train.eval_step, head=run.head, flip=flip), axis_name=parallel.AXIS)
+    sums[flip] = jax.tree.map(parallel.first, step(parallel.replicate(state, one), batch))
+  logits = (run.model.apply(variables, images) + run.model.apply(variables, images[:, :, ::-1])) / 2
+  np.testing.assert_allclose(sums[True]['loss'], optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum(),
+                             rtol=1e-5)
+  assert sums[True]['accuracy'] == np.sum(np.argmax(logits, -1) == labels) and sums[True]['count'] == 64
+  assert sums[True]['loss'] != sums[False]['loss']
+
+
 @pytest.mark.parametrize('backend,norm', [('pmap', 'none'), ('shard_map', 'none'), ('pmap', 'batch'),
                                           ('shard_map', 'batch')])
 def test_eight_devices_match_one_device_on_the_same_global_batch(config, data_dir, backend, norm):
@@ -159,6 +179,99 @@ def test_shard_map_backend_trains_end_to_end(config, data_dir, tmp_path):
   again = train.train_and_evaluate(config, str(tmp_path), data_dir)  # restores the replicated checkpoint layout
   assert again.start_step == 10
   jax.tree.map(np.testing.assert_array_equal, again.variables, result.variables)
+
+
+@pytest.mark.parametrize('norm', ['none', 'batch'])
+def test_resume_equals_uninterrupted_run(config, data_dir, tmp_path, norm):
+  config.data.augment_flip = config.data.augment_crop = True
+  config.model.norm, config.microbatch_size = norm, 0
+  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(config, full, data_dir)  # checkpoints at 10 and 20
+  shutil.copytree(full, resumed)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))  # as if killed after step 10's checkpoint
+  assert train.train_and_evaluate(config, resumed, data_dir).start_step == 10
+  want, got = _checkpoint(full, 20), _checkpoint(resumed, 20)
+  jax.tree.map(np.testing.assert_array_equal, got, want)  # params, optimizer state and batch statistics
+  assert bool(want['batch_stats']) == (norm == 'batch')
+
+
+def test_train_step_is_traced_once(config, data_dir, tmp_path, monkeypatch):
+  traces, original = [], train.train_step
+
+  def counting_train_step(*args, **kwargs):
+    traces.append(1)  # Python side effects run only while tracing
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(train, 'train_step', counting_train_step)
+  train.train_and_evaluate(config, str(tmp_path), data_dir)
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize('head', ['binary', 'regression'])
+def test_other_heads_train(config, data_dir, tmp_path, head):
+  config.head, config.num_train_steps = head, 10
+  metrics = train.train_and_evaluate(config, str(tmp_path), data_dir).metrics
+  assert np.isfinite(metrics['test_loss']) and np.isfinite(metrics['val_loss'])
+  assert ('test_accuracy' in metrics) == (head == 'binary') and ('test_mae' in metrics) == (head == 'regression')
+
+
+def test_one_step_end_to_end_on_mocked_mnist(config, tmp_path, mock_dataset):
+  config.data.name, config.num_train_steps = 'mnist', 1
+  with mock_dataset('mnist', 100):  # 100 test examples in one eval batch padded to 512
+    metrics = train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'data')).metrics
+  correct = metrics['test_accuracy'] * 100
+  assert abs(correct - round(correct)) < 1e-4  # a mean over exactly the 100 real examples, padding masked
+  assert [r['step'] for r in _read_metrics(str(tmp_path / 'work')) if 'train_loss' in r] == [1]
+
+
+INVALID = [
+    ({'batch_size': 100}, r'--config.batch_size=100 must be a positive multiple of the 8 devices; use e.g. '
+                          r'--config.batch_size=96'),
+    ({'microbatch_size': -1}, r'--config.microbatch_size=-1 must be auto or an int >= 0'),
+    ({'microbatch_size': 'some'}, r"--config.microbatch_size='some' must be auto or an int >= 0"),
+    ({'cpu_speedups': 'yes'}, r"--config.cpu_speedups='yes' is unknown"),
+    ({'optimizer.learning_rate': float('nan')}, r'--config.optimizer.learning_rate=nan must be a finite number > 0'),
+    ({'optimizer.learning_rate': float('inf')}, r'--config.optimizer.learning_rate=inf must be a finite number > 0'),
+    ({'optimizer.warmup_steps': -3}, r'--config.optimizer.warmup_steps=-3 must be a finite number >= 0'),
+    ({'optimizer.momentum': 2.0}, r'--config.optimizer.momentum=2.0 must be in \[0, 1\)'),
+    ({'model.dtype': 'float8'}, r"--config.model.dtype='float8' is unknown"),
+    ({'microbatch_size': 3}, r'--config.microbatch_size=3 must divide the per-device batch of 8 '
+                             r'\(--config.batch_size=64 over 8 devices\); use e.g. --config.microbatch_size=2'),
+    ({'model.stride': 0}, r'--config.model.stride=0 must be >= 1'),
+    ({'model.features': (4, 4, 4, 4, 4, 4)}, r'block5.pool: pool window 2x2 is larger than its padded input 1x1'),
+    ({'model.padding': 'VALID', 'model.kernel_size': 7, 'data.image_size': 16}, r'block1.conv: conv window 7x7'),
+    ({'optimizer.name': 'lion'}, r"--config.optimizer.name='lion' is unknown"),
+    ({'model.activation': 'swish2'}, r"--config.model.activation='swish2' is unknown"),
+    ({'model.pool': 'median'}, r"--config.model.pool='median' is unknown"),
+    ({'data.name': 'imagenet'}, r"--config.data.name='imagenet' is unknown"),
+    ({'head': 'ranking'}, r"--config.head='ranking' is unknown"),
+    ({'label_smoothing': 1.0}, r'--config.label_smoothing=1.0 must be in \[0, 1\)'),
+    ({'head': 'regression', 'label_smoothing': 0.1}, r'set it to 0 for --config.head=regression'),
+    ({'data.random_erasing': 1.5}, r'--config.data.random_erasing=1.5 is a probability'),
+    ({'test_checkpoint': 'best'}, r"--config.test_checkpoint='best' is unknown"),
+    ({'test_checkpoint': 'best_val', 'data.val_fraction': 0.0}, r'best_val picks by the validation metric'),
+]
+
+
+@pytest.mark.parametrize('overrides,message', INVALID)
+def test_invalid_configs_are_refused_before_anything_is_written(config, data_dir, tmp_path, overrides, message):
+  workdir = tmp_path / 'work'
+  with pytest.raises(ConfigError, match=message):
+    train.train_and_evaluate(apply_overrides(config, overrides), str(workdir), data_dir)
+  assert not workdir.exists()
+
+
+def test_platform_choices():
+  config = load_experiment('shapes').get_config()  # microbatch_size=auto, cpu_speedups=auto, batch 128
+  assert train.platform_choices(config, 1, 'cpu') == (64, True)
+  assert train.platform_choices(config, 1, 'gpu') == (0, False)
+  assert train.platform_choices(config, 8, 'cpu') == (0, True)  # per-device 16: the whole batch at once
+  config.batch_size = 96
+  assert train.platform_choices(config, 1, 'cpu') == (48, True)  # the largest divisor of 96 up to 64
+  config.model.norm = 'batch'
+  assert train.platform_choices(config, 1, 'cpu') == (0, True)  # statistics over the whole batch
+  config.microbatch_size, config.cpu_speedups = 32, 'off'
+  assert train.platform_choices(config, 1, 'tpu') == (32, False)
 
 
 @pytest.mark.parametrize('norm,microbatch', [('none', 16), ('batch', 0)])  # BatchNorm refuses micro-batches
