@@ -68,8 +68,7 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
     dtype = x.dtype if self.dtype is None else self.dtype
     if self.use_running_average:
-      y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
-      return y.astype(dtype)
+      return ops.normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon).astype(dtype)
     initializing = self.is_initializing()
     y, mean, var = ops.batch_norm(x, scale, bias, self.epsilon, None if initializing else self.axis_name)
     if not initializing:

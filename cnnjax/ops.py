@@ -260,6 +260,13 @@ def channel_sum(x: jax.Array) -> jax.Array:
   return jax.lax.optimization_barrier(x.sum(0)).reshape(-1, x.shape[-1]).sum(0)
 
 
+def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, bias: jax.Array,
+              epsilon: float) -> jax.Array:
+  """(x - mean) * rsqrt(var + epsilon) * scale + bias per channel, as flax's norms compute it (the result in the
+  promoted type of x and the [C] statistics)."""
+  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float = 1e-5,
                axis_name: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -288,9 +295,8 @@ def _batch_norm_fwd(x, scale, bias, epsilon, axis_name):
   n = x.size // x.shape[-1]
   mean, mean2 = _mean_over_devices(channel_sum(xf) / n, channel_sum(xf * xf) / n, axis_name)
   var = jnp.maximum(0.0, mean2 - mean * mean)
-  rstd = jax.lax.rsqrt(var + epsilon)
-  y = ((xf - mean) * (rstd * scale) + bias).astype(x.dtype)
-  return (y, mean, var), (x, mean, rstd, scale)
+  y = normalize(xf, mean, var, scale, bias, epsilon).astype(x.dtype)
+  return (y, mean, var), (x, mean, jax.lax.rsqrt(var + epsilon), scale)
 
 
 def _batch_norm_bwd(epsilon, axis_name, residuals, cotangents):
