@@ -132,18 +132,17 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
 
 
 def grid_table(results: Sequence[Result]) -> str:
-  """Per point, the validation metric at each learning rate of the grid (mean over seeds), as markdown; ''
-  when no point chose a learning rate."""
+  """Per point, the validation metric it picked by (its head's: accuracy, or loss for regression) at each
+  learning rate of the grid (mean over seeds), as markdown; '' when no point chose a learning rate."""
   chosen = [r for r in results if 'picked_lr' in r]
   if not chosen:
     return ''
-  key = next(k for k in chosen[0] if k.endswith('_by_lr'))
   grid = chosen[0]['lr_grid']
-  lines = [f'| point | {key[:-len("_by_lr")]} at lr ' + ' | '.join(f'{lr:g}' for lr in grid) + ' |',
-           '|' + ' --- |' * (len(grid) + 1)]
+  lines = ['| point | picked by | ' + ' | '.join(f'lr {lr:g}' for lr in grid) + ' |', '|' + ' --- |' * (len(grid) + 2)]
   for name, group in _group(chosen).items():
+    key = next(k for k in group[0] if k.endswith('_by_lr'))
     means = np.mean([r[key] for r in group], axis=0)
-    lines.append(f'| {name} | ' + ' | '.join(f'{v:.4g}' for v in means) + ' |')
+    lines.append(f'| {name} | {key[:-len("_by_lr")]} | ' + ' | '.join(f'{v:.4g}' for v in means) + ' |')
   edges = sorted({r['point'] for r in chosen if r['picked_on_edge']})
   note = (f'\n\nThe pick lies on the edge of the grid for: {", ".join(edges)}; the best learning rate may lie '
           'outside it.' if edges else '\n\nEvery pick lies inside the grid.')

@@ -176,7 +176,20 @@ def test_a_learning_rate_grid_picks_on_validation_and_reports_the_picks_test_met
   assert result['test_accuracy'] == last[best]['test_accuracy']  # the pick's test metrics only
   assert result['picked_on_edge'] == (best != 3e-3)
   text = (tmp_path / 'report.md').read_text()
-  assert '| point | val_accuracy at lr 0.0001 | 0.003 | 0.1 |' in text and 'picked lr' in text
+  assert '| point | picked by | lr 0.0001 | lr 0.003 | lr 0.1 |' in text and 'picked lr' in text
+  values = ' | '.join(f"{last[lr]['val_accuracy']:.4g}" for lr in config.lr_grid)
+  assert f'| pool=max | val_accuracy | {values} |' in text
+
+
+def test_the_grid_table_names_each_points_own_selection_metric():
+  """A sweep whose points pick by different metrics (classification: accuracy; regression: loss), as the
+  heads sweep does: one row each, with its own metric."""
+  common = {'lr_grid': [1e-3, 1e-2], 'picked_lr': 1e-2, 'picked_on_edge': True}
+  results = [{'point': 'head=multiclass', 'val_accuracy_by_lr': [0.5, 0.75], **common},
+             {'point': 'head=regression', 'val_loss_by_lr': [2.0, 1.5], **common}]
+  text = report.grid_table(results)
+  assert '| head=multiclass | val_accuracy | 0.5 | 0.75 |' in text
+  assert '| head=regression | val_loss | 2 | 1.5 |' in text
 
 
 def test_a_learning_rate_grid_needs_a_validation_split(config, tmp_path):
