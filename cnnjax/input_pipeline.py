@@ -30,7 +30,8 @@ Target = Callable[[dict], tf.Tensor]
 
 def _preprocess(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train: bool
                 ) -> Callable[[tf.Tensor, dict], dict]:
-  """(index, example) -> {'image': normalised float32, 'target'}; augmentation is keyed by (seed, index)."""
+  """(index, example) -> {'image': normalised float32, 'target'}; augmentation is keyed by (seed, index). Without
+  per-example work (``_per_example``) the same function maps whole batches."""
   size = data.image_size(config.data)
   mean, std = tf.constant(spec.mean), tf.constant(spec.std)
 
@@ -38,6 +39,8 @@ def _preprocess(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train
     image = tf.cast(ex['image'], tf.float32) / 255.0
     if spec.image_size == 0:
       image = tf.image.resize(image, (size, size), antialias=True)
+    if not _per_example(config, spec, train):  # whole batches: the element-wise ops alone
+      return {'image': (image - mean) / std, 'target': ex['target']}
     seed = tf.stack([tf.constant(config.seed, tf.int64), tf.cast(index, tf.int64)])
     if train and config.data.augment_flip:
       image = tf.image.stateless_random_flip_left_right(image, seed)
@@ -51,6 +54,14 @@ def _preprocess(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train
     return {'image': image, 'target': ex['target']}
 
   return fn
+
+
+def _per_example(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train: bool) -> bool:
+  """Whether preprocessing must run example by example: augmentation keyed by each example's index, or resizing
+  images of varying sizes. Otherwise the pipeline batches first and normalises whole batches: the same
+  element-wise ops on the same values, at a fraction of tf.data's per-element CPU cost (README, Performance)."""
+  d = config.data
+  return (train and bool(d.augment_flip or d.augment_crop or d.random_erasing)) or spec.image_size == 0
 
 
 ERASE_AREA = (0.02, 0.4)  # random erasing: fraction of the image, and aspect ratio (log-uniform), of Zhong et al.
@@ -127,8 +138,12 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
   batch = config.batch_size // shard[1]
   ds = _source(config, builder, target, data.splits(config.data, builder).train, drop_remainder=True, shard=shard)
   ds = ds.repeat().shuffle(config.data.shuffle_buffer, seed=config.seed).enumerate().skip(start_step * batch)
-  ds = ds.map(_preprocess(config, spec, train=True), num_parallel_calls=tf.data.AUTOTUNE)
-  ds = _device_batches(ds.batch(batch, drop_remainder=True), num_devices)
+  preprocess = _preprocess(config, spec, train=True)
+  if _per_example(config, spec, train=True):
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
+  else:
+    ds = ds.batch(batch, drop_remainder=True).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _device_batches(ds, num_devices)
   return iter(tfds.as_numpy(ds.prefetch(config.data.prefetch).with_options(_options())))
 
 

@@ -34,8 +34,28 @@ def test_shapes_builder_and_train_batches(config, data_dir):
   assert abs(batch['image'].mean()) < 0.5 and 0.5 < batch['image'].std() < 2  # normalised
 
 
-def test_resuming_at_step_k_yields_batch_k(config, data_dir):
-  config.data.augment_flip = config.data.augment_crop = True
+def test_whole_batch_preprocessing_equals_the_per_example_path(config, data_dir, monkeypatch):
+  """Without augmentation the pipeline normalises whole batches; the batches are those of the per-example
+  path, bit for bit, and the images are (pixels / 255 - mean) / std of the dataset's pixels."""
+  builder, target = _prepared(config, data_dir)
+  assert not input_pipeline._per_example(config, data.get_spec('shapes'), train=True)
+  batched = input_pipeline.train_iterator(config, builder, target, num_devices=2)
+  got = [next(batched) for _ in range(3)]
+  monkeypatch.setattr(input_pipeline, '_per_example', lambda *args, **kwargs: True)
+  per_example = input_pipeline.train_iterator(config, builder, target, num_devices=2)
+  for batch in got:
+    want = next(per_example)
+    for key in ('image', 'target'):
+      np.testing.assert_array_equal(batch[key], want[key])
+  spec = data.get_spec('shapes')
+  pixels = np.round((got[0]['image'] * np.float32(spec.std) + np.float32(spec.mean)) * 255)
+  assert pixels.min() >= 0 and pixels.max() <= 255 and np.abs(got[0]['image'] - (
+      (pixels.astype(np.float32) / 255 - np.float32(spec.mean)) / np.float32(spec.std))).max() < 1e-6
+
+
+@pytest.mark.parametrize('augment', [True, False])
+def test_resuming_at_step_k_yields_batch_k(config, data_dir, augment):
+  config.data.augment_flip = config.data.augment_crop = augment
   builder, target = _prepared(config, data_dir)
   fresh = input_pipeline.train_iterator(config, builder, target, num_devices=8)
   batches = [next(fresh) for _ in range(4)]

@@ -1,5 +1,6 @@
 """cnnjax.ops against independent references: scipy.signal, numpy and closed forms."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,6 +177,34 @@ def test_pools_against_numpy():
                              x[1, 6:9, 0:3, 2].mean(), rtol=1e-5)
 
 
+@pytest.mark.parametrize('window', [2, 3])
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window):
+  """Integer inputs tie often; each window's gradient goes to its first maximum in row-major order (numpy loop
+  here), as flax's reduce_window max pool (select_and_scatter) gives it; the cropped rows and columns get 0."""
+  x = np.random.default_rng(4).integers(0, 3, size=(2, 9, 7, 3)).astype(np.float32)
+  g = np.random.default_rng(5).normal(size=(2, 9 // window, 7 // window, 3)).astype(np.float32)
+  want = np.zeros_like(x)
+  for n, i, j, c in np.ndindex(g.shape):
+    block = x[n, i * window:(i + 1) * window, j * window:(j + 1) * window, c]
+    a, b = np.unravel_index(np.argmax(block), block.shape)  # numpy's argmax: the first maximum
+    want[n, i * window + a, j * window + b, c] = g[n, i, j, c]
+  vjp = lambda pool: jax.vjp(pool, jnp.asarray(x))[1](jnp.asarray(g))[0]  # noqa: E731
+  np.testing.assert_array_equal(vjp(lambda x: ops.max_pool(x, window)), want)
+  np.testing.assert_array_equal(vjp(lambda x: nn.max_pool(x, (window,) * 2, (window,) * 2)), want)
+  np.testing.assert_array_equal(jax.jit(lambda x: ops.max_pool(x, window))(x),
+                                x[:, :9 // window * window, :7 // window * window].reshape(
+                                    2, 9 // window, window, 7 // window, window, 3).max(axis=(2, 4)))
+
+
+def test_max_pool_propagates_nan_and_takes_windows_past_int8_indices():
+  x = np.zeros((1, 24, 24, 1), np.float32)
+  x[0, 0, 1, 0] = np.nan
+  assert np.isnan(ops.max_pool(jnp.asarray(x))[0, 0, 0, 0])
+  x[0, 0, 1, 0], x[0, 11, 10, 0] = 0.0, 1.0  # a 12x12 window has 144 elements: the winner is index 142
+  grad = jax.grad(lambda x: ops.max_pool(x, 12)[0, 0, 0, 0])(jnp.asarray(x))
+  assert grad[0, 11, 10, 0] == 1 and grad.sum() == 1
+
+
 def test_seed_224_map_pools_to_112():
   assert ops.max_pool(jnp.zeros((1, 224, 224, 1)), window=2).shape == (1, 112, 112, 1)
 
@@ -206,6 +235,14 @@ def test_activations_and_unknown_names():
   for fn, name in ((ops.get_activation, 'swishy'), (ops.get_pool, 'median'), (ops.parse_padding, 'FULL')):
     with pytest.raises(ValueError, match=name):
       fn(name)
+
+
+@pytest.mark.parametrize('shape', [(16, 3, 5, 4), (6, 2, 3), (7, 4), (1, 2, 2, 3)])
+def test_channel_sum_against_numpy(shape):
+  """Batch sizes with 8, 2 and 1 parts (ops.CHANNEL_SUM_PARTS) and arrays of 2 to 4 dimensions."""
+  x = np.random.default_rng(0).normal(1.0, 2.0, size=shape)
+  got = jax.jit(ops.channel_sum)(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(got, x.reshape(-1, shape[-1]).sum(0), rtol=1e-5, atol=1e-5)
 
 
 def test_channel_sum_and_the_batch_norm_gradient_against_float64():
