@@ -7,11 +7,14 @@ e.g. --config.model.stride=2. Re-running with the same workdir resumes from the 
 """
 
 import logging as logging_std
+import os
 import sys
 
 from absl import app, flags, logging
 
-from cnnjax.config import ConfigError, load_experiment, parse_flags_with_experiment
+from cnnjax import files
+from cnnjax.config import load_experiment, parse_flags_with_experiment
+from cnnjax.errors import CnnjaxError, ConfigError, DownloadTimeout
 
 flags.DEFINE_string('experiment', 'shapes', 'Name of a config file in experiments/ (without .py).')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and metrics.jsonl.')
@@ -35,23 +38,39 @@ FLAGS = flags.FLAGS
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Drops INFO records from orbax's and tfds's internals; warnings and errors still show."""
+  """Drops INFO records from orbax's and tfds's internals, and the tracebacks with which orbax and asyncio report
+  a write that failed for lack of space or permission: cnnjax reports that in one line. Other warnings and
+  errors still show."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    noisy = any(f'/{lib}/' in record.pathname for lib in ('orbax', 'tensorflow_datasets'))
-    return record.levelno >= logging_std.WARNING or not noisy
+    library = any(f'/{lib}/' in record.pathname for lib in ('orbax', 'tensorflow_datasets', 'asyncio'))
+    if not library:
+      return True
+    if record.levelno < logging_std.WARNING:
+      return False
+    error = record.exc_info[1] if record.exc_info else Exception(record.getMessage())
+    return files.os_errno(error) is None
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """orbax closes its asyncio loops before tensorstore's callbacks have run: after a failed write each callback
+  reports 'Event loop is closed'. That noise is dropped; anything else is reported as Python would."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    sys.__unraisablehook__(unraisable)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _quiet_unraisable
   if not FLAGS.workdir and not (FLAGS.analyze or FLAGS.list_points):
     raise app.UsageError('--workdir is required (except with --analyze or --list_points)')
   from cnnjax import compiler
   logging.info('XLA_FLAGS=%r', compiler.set_default_xla_flags(FLAGS.default_xla_flags))  # before any backend
   logging.info('Compilation cache: %r', compiler.set_compilation_cache(FLAGS.compilation_cache_dir))
-  from cnnjax import checkpointing, parallel, sweep, train  # after flag parsing: jax/tf imports are slow
+  from cnnjax import parallel, sweep, train, workdirs  # after flag parsing: jax/tf imports are slow
 
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -59,23 +78,23 @@ def main(argv: list[str]) -> None:
   get_sweep = getattr(load_experiment(FLAGS.experiment), 'get_sweep', None)
   try:
     if FLAGS.list_points:
+      get_sweep = sweep.sweep_of(FLAGS.config, get_sweep)
       print('\n'.join(p.name for p in sweep.expand(get_sweep(), FLAGS.config.seeds, FLAGS.config.seed))
             if get_sweep else '')
     elif FLAGS.analyze:
       print(sweep.analyze(FLAGS.config, get_sweep, FLAGS.data_dir))
-    elif get_sweep:
-      sweep.run(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index, FLAGS.report_only,
-                FLAGS.overwrite)
-    elif FLAGS.sweep_index is not None or FLAGS.report_only:
-      raise ConfigError(f'--experiment={FLAGS.experiment} has no get_sweep(); drop --sweep_index/--report_only')
     else:
       logging.info('Experiment %s, config:\n%s', FLAGS.experiment, FLAGS.config)
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir, FLAGS.overwrite)
+      sweep.run_experiment(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index,
+                           FLAGS.report_only, FLAGS.overwrite)
   except ConfigError as e:
     sys.exit(f'Invalid config: {e}')
-  except train.NonFiniteLoss as e:
+  except DownloadTimeout as e:  # the download's threads may retry for minutes: do not wait for them
+    print(f'\nStopped: {e}', file=sys.stderr, flush=True)  # a line of its own after the download's progress bar
+    os._exit(1)
+  except (CnnjaxError, train.NonFiniteLoss) as e:
     sys.exit(f'Stopped: {e}')
-  except checkpointing.Preempted as e:
+  except workdirs.Preempted as e:
     logging.warning('%s', e)  # a clean stop: exit status 0
 
 

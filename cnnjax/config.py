@@ -1,6 +1,6 @@
-"""Configs: the ConfigError every module raises, overrides, loading experiments by name, run-level checks.
+"""Configs: checks of field values, overrides, loading experiments by name, run-level checks.
 
-This module imports nothing else of cnnjax, so every module can raise ``ConfigError`` for its own fields:
+This module imports only ``cnnjax.errors``, so every module can check its own fields with it:
 ``models`` for ``config.model``, ``data`` for ``config.data``, ``heads`` for ``config.head``, ``optim`` for
 ``config.optimizer``, ``parallel`` for ``config.parallel``, and ``validate_run`` here for the loop's own
 fields. ``train.validate`` runs all of them; none builds a backend, reads data or writes anything.
@@ -21,6 +21,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from cnnjax.errors import ConfigError
+
 # The experiments/ package beside the cnnjax package (a source checkout or an editable install).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS_DIR = os.path.join(ROOT, 'experiments')
@@ -29,14 +31,10 @@ SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups: XLA:CPU's faster forms 
 TEST_CHECKPOINTS = ('last', 'best_val')  # config.test_checkpoint: the weights the test split evaluates
 
 
-class ConfigError(ValueError):
-  """A config that cannot train; the message names the flag and the fix."""
-
-
 def check_choice(flag: str, value: Any, choices: Iterable[Any]) -> None:
   """Raises ConfigError unless ``value`` is one of ``choices``, naming ``--config.<flag>`` and the choices."""
   choices = sorted(choices)
-  if value not in choices:
+  if isinstance(value, list | dict) or value not in choices:
     raise ConfigError(f'--config.{flag}={value!r} is unknown; choose one of {choices}')
 
 
@@ -45,10 +43,52 @@ def largest_divisor(n: int, at_most: int) -> int:
   return max(d for d in range(1, at_most + 1) if n % d == 0)
 
 
-def check_at_least(flag: str, value: float, minimum: float) -> None:
-  """Raises ConfigError unless ``value >= minimum``."""
-  if value < minimum:
-    raise ConfigError(f'--config.{flag}={value} must be >= {minimum}')
+def is_int(value: Any) -> bool:
+  """An int, and not a bool (which Python counts as one)."""
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+  """A finite int or float, and not a bool."""
+  return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def check_int(flag: str, value: Any, minimum: int) -> None:
+  """Raises ConfigError unless ``value`` is an integer >= ``minimum``."""
+  if not is_int(value) or value < minimum:
+    raise ConfigError(f'--config.{flag}={value} must be an integer >= {minimum}')
+
+
+def check_number(flag: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
+                 high_open: bool = False, hint: str = '') -> None:
+  """Raises ConfigError unless ``value`` is a finite number in [low, high] (an end excluded where it is open);
+  ``hint`` ends the message (e.g. 'e.g. 0.001')."""
+  ok = is_number(value) and (value > low if low_open else value >= low) and (
+      value < high if high_open else value <= high)
+  if not ok:
+    bounds = f'> {low}' if low_open else f'>= {low}'
+    if math.isfinite(high):
+      bounds = f'in {"(" if low_open else "["}{low}, {high}{")" if high_open else "]"}'
+    raise ConfigError(f'--config.{flag}={value} must be a finite number {bounds}{"; " + hint if hint else ""}')
+
+
+def check_bool(flag: str, value: Any) -> None:
+  """Raises ConfigError unless ``value`` is True or False."""
+  if not isinstance(value, bool):
+    raise ConfigError(f'--config.{flag}={value!r} must be True or False')
+
+
+def check_str(flag: str, value: Any) -> None:
+  """Raises ConfigError unless ``value`` is a string."""
+  if not isinstance(value, str):
+    raise ConfigError(f'--config.{flag}={value!r} must be a string')
+
+
+def check_ints(flag: str, value: Any, minimum: int, example: str) -> None:
+  """Raises ConfigError unless ``value`` is a tuple of integers >= ``minimum`` (``example`` shows one)."""
+  if not isinstance(value, tuple | list) or not all(is_int(v) and v >= minimum for v in value):
+    raise ConfigError(f'--config.{flag}={value!r} must be a tuple of integers >= {minimum}, e.g. '
+                      f'--config.{flag}={example}')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -123,36 +163,44 @@ def parse_flags_with_experiment(argv: list[str], flag_values: flags.FlagValues =
                                   lock_config=True, flag_values=flag_values)
   try:
     return flag_values(argv)
-  except flags.Error as e:  # a value of the wrong type, e.g. --config.model.kernel_size=abc
-    sys.exit(f'{e}; give a value of the type of the field (see experiments/{name}.py)')
+  except (flags.Error, TypeError, ValueError) as e:  # an unknown flag, or a value of the wrong type
+    hint = f'; give a value of the type of the field (see experiments/{name}.py)' if '--config.' in str(e) else ''
+    sys.exit(f'{e}{hint}')
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The loop's own fields.
 
 def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Checks the fields the loop reads (batch sizes, step counts, micro-batches, seeds, PRNG).
+  """Checks the fields the loop reads (batch sizes, step counts, micro-batches, seeds, PRNG, sweeps' fields).
 
   Args:
     config: the experiment config.
     num_devices: all devices taking part (global), which must divide the batch sizes.
   """
+  check_int('seed', config.seed, 0)
   for flag in ('batch_size', 'eval_batch_size'):
-    if config[flag] < 1 or config[flag] % num_devices:
+    check_int(flag, config[flag], 1)
+    if config[flag] % num_devices:
       raise ConfigError(f'--config.{flag}={config[flag]} must be a positive multiple of the {num_devices} devices; '
                         f'use e.g. --config.{flag}={max(1, round(config[flag] / num_devices)) * num_devices}')
   _validate_microbatch_size(config.microbatch_size, config.batch_size, num_devices)
   check_choice('cpu_speedups', config.cpu_speedups, SPEEDUPS)
   for flag in ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints', 'seeds'):
-    check_at_least(flag, config[flag], 1)
+    check_int(flag, config[flag], 1)
   check_choice('rng_impl', config.rng_impl, RNG_IMPLS)
-  grid = tuple(config.lr_grid)
-  if grid and not all(isinstance(lr, int | float) and math.isfinite(lr) and lr > 0 for lr in grid):
-    raise ConfigError(f'--config.lr_grid={grid}: every learning rate must be a finite number > 0, e.g. '
+  for flag in ('skip_nonfinite', 'eval_flip'):
+    check_bool(flag, config[flag])
+  check_str('baseline_point', config.baseline_point)
+  check_int('analysis.invariance_shifts', config.analysis.invariance_shifts, 0)
+  grid = config.lr_grid
+  if not isinstance(grid, tuple | list) or not all(is_number(lr) and lr > 0 for lr in grid):
+    raise ConfigError(f'--config.lr_grid={grid!r}: every learning rate must be a finite number > 0, e.g. '
                       '--config.lr_grid=(1e-3,3e-3,1e-2)')
   if grid and not config.data.val_fraction:
-    raise ConfigError(f'--config.lr_grid={grid} picks by the validation metric; set --config.data.val_fraction > 0')
+    raise ConfigError(f'--config.lr_grid={tuple(grid)} picks by the validation metric; set '
+                      '--config.data.val_fraction > 0')
   check_choice('test_checkpoint', config.test_checkpoint, TEST_CHECKPOINTS)
   if config.test_checkpoint == 'best_val' and not config.data.val_fraction:
     raise ConfigError('--config.test_checkpoint=best_val picks by the validation metric; set '
@@ -162,7 +210,7 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
 def _validate_microbatch_size(size: int | str, batch_size: int, num_devices: int) -> None:
   if size == 'auto':
     return
-  if not isinstance(size, int) or size < 0:
+  if not is_int(size) or size < 0:
     raise ConfigError(f'--config.microbatch_size={size!r} must be auto or an int >= 0 (0 = the whole per-device '
                       'batch at once)')
   per_device = batch_size // num_devices

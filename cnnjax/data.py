@@ -7,6 +7,7 @@ wait for process 0).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -18,9 +19,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cnnjax import datasets
-from cnnjax.config import ConfigError, check_choice
+from cnnjax import datasets, files
+from cnnjax.config import check_bool, check_choice, check_int, check_number, check_str
 from cnnjax.datasets import idx
+from cnnjax.errors import ConfigError, DataError, DownloadTimeout
 
 RESIZE_DEFAULT = 224  # side that datasets of varying image sizes are resized to when image_size is 0
 
@@ -127,15 +129,25 @@ def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 def validate(data_config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the ``--config.data.*`` flag for an unknown dataset, image size, validation
-  fraction or a source_dir for a dataset that is not read from IDX files (pure: reads no file)."""
-  image_shape(data_config)
-  if not 0 <= data_config.val_fraction < 1:
-    raise ConfigError(f'--config.data.val_fraction={data_config.val_fraction} must be in [0, 1) (0: no validation '
-                      'split; evaluate on test)')
-  if not 0 <= data_config.random_erasing <= 1:
-    raise ConfigError(f'--config.data.random_erasing={data_config.random_erasing} is a probability: use 0..1 '
-                      '(0.5 is usual; 0 = off)')
+  """Raises ConfigError naming the ``--config.data.*`` flag for a value that cannot serve (an unknown dataset or
+  image size, a fraction or probability out of range, a pipeline size out of range, a source_dir for a
+  dataset that is not read from IDX files); pure: reads no file."""
+  check_choice('data.name', data_config.name, DATASETS)
+  check_int('data.image_size', data_config.image_size, 0)
+  size = image_size(data_config)
+  check_number('data.val_fraction', data_config.val_fraction, 0, 1, high_open=True,
+               hint='0 = no validation split (evaluate on test)')
+  check_number('data.random_erasing', data_config.random_erasing, 0, 1, hint='a probability; 0.5 is usual, 0 = off')
+  for flag in ('augment_flip', 'augment_crop', 'cache'):
+    check_bool(f'data.{flag}', data_config[flag])
+  check_int('data.crop_padding', data_config.crop_padding, 0)
+  if data_config.crop_padding >= size:
+    raise ConfigError(f'--config.data.crop_padding={data_config.crop_padding} must be smaller than the '
+                      f'{size}-pixel image it pads by reflection')
+  check_int('data.shuffle_buffer', data_config.shuffle_buffer, 1)
+  check_int('data.prefetch', data_config.prefetch, 1)
+  check_number('data.download_timeout_s', data_config.download_timeout_s, 0, low_open=True)
+  check_str('data.source_dir', data_config.source_dir)
   if data_config.source_dir and not get_spec(data_config.name).idx:
     idx_names = sorted(k for k, v in DATASETS.items() if v.idx)
     raise ConfigError(f'--config.data.source_dir is for datasets prepared from IDX files ({idx_names}); drop it '
@@ -150,27 +162,75 @@ def get_builder(data_config: ml_collections.ConfigDict, data_dir: str | None = N
 
 
 def prepare(data_config: ml_collections.ConfigDict, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The builder of ``config.data``, prepared in ``data_dir`` (offline datasets are generated on first use).
+  """The builder of ``config.data``, prepared in ``data_dir`` (offline datasets are generated on first use) and
+  checked.
 
-  In a multi-host run process 0 prepares while the others wait; a host that still sees no data then (no
-  shared filesystem) prepares its own copy, which is the same data: the builders are deterministic.
+  Processes that share a fresh data_dir (a cluster array's tasks, a multi-host run) prepare it once: the first
+  holds a lock in the data_dir while the others wait, then every one uses the same files. In a multi-host run
+  without a shared filesystem each host prepares its own copy, which is the same data: the builders are
+  deterministic. Prepared data is sealed by a manifest of checksums and checked at every start (a dataset
+  prepared without one is read through once, then sealed), so damaged files are named before anything trains.
 
   Raises:
-    ConfigError for a data_dir that is not a usable directory, or a download that does not finish within
-    config.data.download_timeout_s (no internet), with advice.
+    ConfigError for a data_dir that is not a usable directory; DownloadTimeout for a download that does not
+    finish within config.data.download_timeout_s (no internet), with advice; DataError for damaged files.
   """
   if data_dir and (os.path.exists(data_dir) and not os.path.isdir(data_dir)
                    or os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)):
     raise ConfigError(f'--data_dir={data_dir} is not a readable and writable directory; point it at one')
   builder = get_builder(data_config, data_dir)
   if jax.process_index() == 0 and not builder.is_prepared():
-    builder = _prepare(builder, data_config, data_dir)
+    builder = _prepare_once(data_config, data_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('cnnjax: data prepared by process 0')
     builder = get_builder(data_config, data_dir)
     if not builder.is_prepared():
-      builder = _prepare(builder, data_config, data_dir)
+      builder = _prepare_once(data_config, data_dir)
+  _check(builder, data_config.name)
   return builder
+
+
+def _prepare_once(data_config: ml_collections.ConfigDict, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """Prepares the data under a lock in the data_dir, unless another process has prepared it meanwhile, and
+  seals what it prepared."""
+  root = get_builder(data_config, data_dir).data_dir_root
+  os.makedirs(root, exist_ok=True)
+  name = data_config.name
+  waiting = functools.partial(logging.info, 'Waiting for another process that is preparing %s in %s.', name, root)
+  with files.locked(os.path.join(root, f'.cnnjax-prepare-{name}.lock'), on_wait=waiting):
+    builder = get_builder(data_config, data_dir)  # a fresh look: the other process may have prepared it
+    if not builder.is_prepared():
+      builder = _prepare(builder, data_config, data_dir)
+      files.seal(builder.data_dir)
+  return builder
+
+
+def _check(builder: tfds.core.DatasetBuilder, name: str) -> None:
+  """Raises DataError naming the damaged file of a prepared dataset and how to prepare it anew."""
+  directory = builder.data_dir
+  if files.is_sealed(directory):
+    problem = files.damage(directory)
+  else:  # prepared by an older cnnjax or by TFDS itself: read every record once (their CRCs), then seal
+    problem = _read_through(builder)
+    if problem is None and os.access(directory, os.W_OK):
+      files.seal(directory)
+  if problem:
+    raise DataError(f'the prepared {name} data in {directory} is damaged ({problem}); move that directory away '
+                    'and run again to prepare it anew')
+
+
+def _read_through(builder: tfds.core.DatasetBuilder) -> str | None:
+  """Reads every record of every split once, images left encoded; what failed, or None."""
+  import tensorflow as tf
+
+  skip = {k: tfds.decode.SkipDecoding() for k, v in builder.info.features.items()
+          if isinstance(v, tfds.features.Image)}
+  for split in builder.info.splits:
+    try:
+      builder.as_dataset(split=split, decoders=skip).reduce(0, lambda n, _: n + 1)
+    except tf.errors.OpError as e:
+      return f'split {split}: {type(e).__name__}: {(e.message.strip().splitlines() or [""])[0][:200]}'
+  return None
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict, data_dir: str | None
@@ -218,7 +278,7 @@ def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_config: ml_col
                  'raise --config.data.download_timeout_s',
                  'or use an offline dataset: --config.data.name=shapes or digits']
     advice = ', '.join(remedies)
-    raise ConfigError(f'--config.data.name={name} is not in --data_dir={builder.data_dir_root} and downloading it '
+    raise DownloadTimeout(f'--config.data.name={name} is not in --data_dir={builder.data_dir_root} and downloading it '
                       f'did not finish in {data_config.download_timeout_s} s (no internet?). '
                       f'{advice[0].upper()}{advice[1:]}')
   if errors:

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from cnnjax.config import ConfigError, check_choice
+from cnnjax.config import ConfigError, check_choice, check_int, check_number, check_str
 
 Metrics = dict[str, jax.Array]
 Features = dict  # a TFDS FeaturesDict: name -> feature (``builder.info.features``)
@@ -151,8 +151,9 @@ def get_head(name: str) -> Head:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses a head name that does not exist and label smoothing that is outside [0, 1) or meaningless."""
   get_head(config.head)
-  if not 0 <= config.label_smoothing < 1:
-    raise ConfigError(f'--config.label_smoothing={config.label_smoothing} must be in [0, 1); 0.1 is usual')
+  check_number('label_smoothing', config.label_smoothing, 0, 1, high_open=True, hint='0.1 is usual')
+  check_int('data.positive_class', config.data.positive_class, 0)
+  check_str('data.regression_target', config.data.regression_target)
   if config.label_smoothing and config.head == 'regression':
     raise ConfigError('--config.label_smoothing smooths class targets; set it to 0 for --config.head=regression')
 

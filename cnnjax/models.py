@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cnnjax import ops
-from cnnjax.config import ConfigError, check_at_least, check_choice
+from cnnjax.config import ConfigError, check_bool, check_choice, check_int, check_ints, check_number, check_str
 
 # Named model sizes: conv features per block and dense widths before the head. 'base' is the CNN of
 # flax/examples/mnist (conv32-conv64-dense256); 'tiny' is for tests; 'mlp' has no conv blocks.
@@ -230,11 +230,12 @@ def validate(model_config: ml_collections.ConfigDict, image_shape: tuple[int, in
   """Raises ConfigError naming the ``--config.model.*`` flag for settings that cannot build a model on
   images of ``image_shape``, including a stack whose geometry does not fit (pure: closed forms only)."""
   check_choice('model.variant', model_config.variant, VARIANTS)
-  for flag in ('kernel_size', 'stride', 'dilation', 'pool_window', 'pool_stride'):
-    check_at_least(f'model.{flag}', model_config[flag], 1)
-  for flag, value in (('features', model_config.features), ('dense', model_config.dense)):
-    if any(v < 1 for v in value):
-      raise ConfigError(f'--config.model.{flag}={tuple(value)}: every width must be >= 1')
+  for flag in ('kernel_size', 'stride', 'dilation', 'pool_window', 'pool_stride', 'norm_groups'):
+    check_int(f'model.{flag}', model_config[flag], 1)
+  check_ints('model.features', model_config.features, 1, '(32,64)')
+  check_ints('model.dense', model_config.dense, 1, '(256,)')
+  check_bool('model.flip_kernel', model_config.flip_kernel)
+  check_str('model.padding', model_config.padding)
   check_choice('model.activation', model_config.activation, ops.ACTIVATIONS)
   check_choice('model.pool', model_config.pool, ops.POOLS)
   check_choice('model.conv_impl', model_config.conv_impl, ops.CONVS)
@@ -248,12 +249,10 @@ def validate(model_config: ml_collections.ConfigDict, image_shape: tuple[int, in
   if size not in (None, model_config.kernel_size):
     raise ConfigError(f'--config.model.first_layer={first!r} needs --config.model.kernel_size={size}, got '
                       f'{model_config.kernel_size}')
-  if not 0 <= model_config.dropout < 1:
-    raise ConfigError(f'--config.model.dropout={model_config.dropout} must be in [0, 1)')
+  check_number('model.dropout', model_config.dropout, 0, 1, high_open=True)
   check_choice('model.norm', model_config.norm, NORMS)
   check_choice('model.dtype', model_config.dtype, DTYPES)
   if model_config.norm == 'group':
-    check_at_least('model.norm_groups', model_config.norm_groups, 1)
     bad = [f for f in conv_features(model_config) if f % model_config.norm_groups]
     if bad:
       raise ConfigError(f'--config.model.norm_groups={model_config.norm_groups} must divide every conv width; '

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 import optax
 
-from cnnjax.config import ConfigError, check_choice
+from cnnjax.config import check_bool, check_choice, check_int, check_number
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant')
@@ -18,15 +16,13 @@ def validate(opt: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the ``--config.optimizer.*`` flag for settings that cannot train."""
   check_choice('optimizer.name', opt.name, OPTIMIZERS)
   check_choice('optimizer.schedule', opt.schedule, SCHEDULES)
-  if not (math.isfinite(opt.learning_rate) and opt.learning_rate > 0):
-    raise ConfigError(f'--config.optimizer.learning_rate={opt.learning_rate} must be a finite number > 0, e.g. '
-                      '--config.optimizer.learning_rate=0.001')
-  if not 0 <= opt.momentum < 1:
-    raise ConfigError(f'--config.optimizer.momentum={opt.momentum} must be in [0, 1), e.g. '
-                      '--config.optimizer.momentum=0.9')
-  for flag in ('warmup_steps', 'weight_decay', 'grad_clip_norm'):
-    if not (math.isfinite(opt[flag]) and opt[flag] >= 0):
-      raise ConfigError(f'--config.optimizer.{flag}={opt[flag]} must be a finite number >= 0')
+  check_number('optimizer.learning_rate', opt.learning_rate, 0, low_open=True,
+               hint='e.g. --config.optimizer.learning_rate=0.001')
+  check_number('optimizer.momentum', opt.momentum, 0, 1, high_open=True, hint='e.g. --config.optimizer.momentum=0.9')
+  check_int('optimizer.warmup_steps', opt.warmup_steps, 0)
+  for flag in ('weight_decay', 'grad_clip_norm'):
+    check_number(f'optimizer.{flag}', opt[flag], 0)
+  check_bool('optimizer.nesterov', opt.nesterov)
 
 
 def schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:

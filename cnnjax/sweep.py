@@ -8,7 +8,6 @@ is rebuilt from whatever points are finished.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import statistics
@@ -21,10 +20,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import analysis, checkpointing, report, train
-from cnnjax.config import ConfigError, apply_overrides
+from cnnjax import analysis, files, report, train, workdirs
+from cnnjax.config import apply_overrides, check_int
+from cnnjax.errors import ConfigError
 
 Overrides = dict[str, Any]
+RESULT_FILE = 'result.json'  # a point is done when it exists
+SINGLE_POINT = 'base'  # the point of an experiment without a sweep run over seeds or learning rates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
   metric of every value and whether the pick lies on the edge of the grid.
   """
   point_dir = os.path.join(workdir, point.name)
-  result_path = os.path.join(point_dir, 'result.json')
+  result_path = os.path.join(point_dir, RESULT_FILE)
   if os.path.exists(result_path):
     logging.info('Sweep point %s is done; skipping.', point.name)
     return load_result(point_dir)
@@ -109,8 +111,7 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
     if run.model.blocks:
       filters, maps = analysis.first_layer_maps(run.model, variables, images[0])
       np.savez(os.path.join(point_dir, report.FIRST_LAYER_FILE), filters=filters, maps=maps, image=images[0])
-    with open(result_path, 'w') as f:
-      json.dump(result, f, indent=1)
+    files.write_json(result_path, result)
   return result
 
 
@@ -136,17 +137,24 @@ def _eval_sample(run: train.Run, num: int = 1024) -> tuple[np.ndarray, np.ndarra
 
 
 def read_metrics(run_dir: str) -> list[dict[str, float]]:
-  """The rows of a run's metrics.jsonl that carry a step."""
+  """The rows of a run's metrics.jsonl that carry a step (damaged lines are skipped with one warning)."""
   path = os.path.join(run_dir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [row for row in map(json.loads, f) if 'step' in row]
+  rows, damaged = files.read_jsonl(path)
+  files.warn_damaged_lines(path, damaged)
+  return [row for row in rows if 'step' in row]
 
 
 def load_result(point_dir: str) -> dict[str, Any]:
-  with open(os.path.join(point_dir, 'result.json')) as f:
-    return json.load(f)
+  """A finished point's result.json.
+
+  Raises:
+    DamagedFile naming the file and the fix, for one that is cut or not JSON.
+  """
+  return files.read_json(os.path.join(point_dir, RESULT_FILE),
+                         f'move it away and run the sweep again: the point resumes from its checkpoints and '
+                         f'writes {RESULT_FILE} anew')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,6 +171,9 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
   Returns:
     The sweep's points.
   """
+  check_int('seeds', config.seeds, 1)  # what expand() reads; the rest is validated point by point below
+  check_int('seed', config.seed, 0)
+  workdir = workdirs.resolve(workdir)
   points = expand(get_sweep(), config.seeds, config.seed)
   groups = list(dict.fromkeys(p.group for p in points))
   if config.baseline_point and config.baseline_point not in groups:
@@ -179,13 +190,13 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
     except ConfigError as e:
       raise ConfigError(f'sweep point {p.name}: {e}') from None
   if overwrite and not report_only:
-    checkpointing.move_aside(workdir)
+    workdirs.move_aside(workdir)
   if not report_only:
     for i, point in enumerate(points):
       if sweep_index is None or i == sweep_index:
         run_point(configs[point.name], point, workdir, data_dir)
   if sweep_index is None and jax.process_index() == 0:
-    done = [p for p in points if os.path.exists(os.path.join(workdir, p.name, 'result.json'))]
+    done = [p for p in points if os.path.exists(os.path.join(workdir, p.name, RESULT_FILE))]
     if not done:
       raise ConfigError(f'--report_only: no finished sweep points in {workdir}')
     results = [load_result(os.path.join(workdir, p.name)) for p in done]
@@ -194,6 +205,34 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
     logging.info('Report: %s (%d of %d points finished).', os.path.join(workdir, 'report.md'), len(done),
                  len(points))
   return points
+
+
+def sweep_of(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None
+             ) -> Callable[[], list[Overrides]] | None:
+  """The experiment's sweep: its ``get_sweep``; or, for an experiment without one whose config sets a sweep's
+  fields (seeds other than 1, an lr_grid, a baseline_point), a sweep of one point, the config as it is, so that
+  those fields are honoured rather than ignored; else None (a single run)."""
+  if get_sweep or (config.seeds == 1 and not config.lr_grid and not config.baseline_point):
+    return get_sweep
+  return lambda: [{'name': SINGLE_POINT}]
+
+
+def run_experiment(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None, workdir: str,
+                   data_dir: str | None = None, sweep_index: int | None = None, report_only: bool = False,
+                   overwrite: bool = False) -> list[Point] | train.TrainResult:
+  """Runs an experiment as launch.py does: its sweep (see ``sweep_of``) with ``run``, or a single run with
+  ``train.train_and_evaluate``.
+
+  Raises:
+    ConfigError for --sweep_index or --report_only without a sweep, and whatever those two raise.
+  """
+  get_sweep = sweep_of(config, get_sweep)
+  if get_sweep:
+    return run(config, get_sweep, workdir, data_dir, sweep_index, report_only, overwrite)
+  if sweep_index is not None or report_only:
+    raise ConfigError('this experiment has no get_sweep(); drop --sweep_index/--report_only (or set '
+                      '--config.seeds > 1 to repeat it over seeds)')
+  return train.train_and_evaluate(config, workdir, data_dir, overwrite)
 
 
 def analyze(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None,

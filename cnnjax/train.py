@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,15 +25,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 from absl import logging
 from clu import parameter_overview, periodic_actions
 from flax import traverse_util
 from flax.training import train_state
 
-from cnnjax import checkpointing, data, heads, input_pipeline, models, optim, parallel, writers
-from cnnjax.config import ConfigError, largest_divisor, validate_run
+from cnnjax import checkpointing, data, files, heads, input_pipeline, models, optim, parallel, workdirs, writers
+from cnnjax.config import largest_divisor, validate_run
+from cnnjax.errors import CnnjaxError, ConfigError
 
 Metrics = dict[str, jax.Array]
 PyTree = Any
@@ -177,7 +179,8 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
       are read, e.g. for synthetic batches or the analysis.
 
   Raises:
-    ConfigError naming the flag for a config that cannot train, or for data that cannot be had.
+    ConfigError naming the flag for a config that cannot train; DataError for data that cannot be had or is
+    damaged.
   """
   validate(config, jax.device_count())
   builder = data.prepare(config.data, data_dir) if prepare else data.get_builder(config.data, data_dir)
@@ -350,32 +353,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     The final metrics and variables, the start step and the run's set-up.
 
   Raises:
-    ConfigError before anything is compiled or written, for a config that cannot train or a workdir that
-    holds another config's run; NonFiniteLoss if the loss becomes NaN/Inf (without skip_nonfinite);
-    checkpointing.Preempted after saving a checkpoint on SIGTERM/SIGINT.
+    Before anything is compiled or written: ConfigError for a config that cannot train or a workdir that holds
+    another config's run, DataError for data that cannot be had or is damaged, WorkdirInUse while another
+    process trains in the workdir. Later: StorageError when a write fails (full disk, read-only, no
+    permission), naming the intact checkpoint; NonFiniteLoss if the loss becomes NaN/Inf (without
+    skip_nonfinite); workdirs.Preempted after saving a checkpoint on SIGTERM/SIGINT.
   """
-  run = setup(config, data_dir)  # validates, then prepares the data; writes nothing to the workdir
+  run = setup(config, data_dir)  # validates, then prepares and checks the data; writes nothing to the workdir
+  workdir = workdirs.resolve(workdir)  # a symbolic link is resolved once: the run stays in its target's tree
   with contextlib.ExitStack() as stack:
+    stack.enter_context(_storage_errors(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)))
     if jax.process_index() == 0:  # in a multi-host run, process 0 holds the workdir
-      stack.enter_context(checkpointing.WorkdirLock(workdir))
-    preemption = stack.enter_context(checkpointing.PreemptionSignals())  # SIGTERM/SIGINT: save, then stop
-    checkpointing.check_workdir(config, workdir, overwrite)
+      stack.enter_context(workdirs.WorkdirLock(workdir))
+    preemption = stack.enter_context(workdirs.PreemptionSignals())  # SIGTERM/SIGINT: save, then stop
+    workdirs.check(config, workdir, overwrite)
     return _train_and_evaluate(run, workdir, preemption)
 
 
-def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.PreemptionSignals) -> TrainResult:
+@contextlib.contextmanager
+def _storage_errors(checkpoint_dir: str) -> Iterator[None]:
+  """Turns a failed write (full disk, read-only filesystem, no permission, a file in the way) into one
+  StorageError line that names what failed, where, and which checkpoint is intact."""
+  try:
+    yield
+  except CnnjaxError:
+    raise
+  except Exception as e:  # noqa: BLE001 - storage errors become one line; any other is re-raised as it is
+    error = files.storage_error(e, 'writing the run', checkpointing.intact(checkpoint_dir))
+    if error is None:
+      raise
+    raise error from None
+
+
+def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionSignals) -> TrainResult:
   config, backend = run.config, run.backend
   init_rng, dropout_rng = run.keys()
-  checkpoints = checkpointing.manager(workdir, config.keep_checkpoints)
-  best = checkpointing.best_manager(workdir, *run.head.selection()) if config.test_checkpoint == 'best_val' else None
+  checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+  best = (checkpointing.Checkpoints(workdir, checkpointing.BEST_CHECKPOINT_DIR, best=run.head.selection())
+          if config.test_checkpoint == 'best_val' else None)
   template = run.init_state(init_rng)
-  state = checkpointing.restore_latest(checkpoints, template, workdir)
+  state = checkpoints.restore_latest(template)
   start_step = int(state.step)
   if start_step:
     logging.info('Resumed from %s at step %d.', workdir, start_step)
   writer = writers.create_writer(workdir, start_step)
   if jax.process_index() == 0:
-    checkpointing.write_config(config, workdir)
+    workdirs.write_config(config, workdir)
   if start_step == 0:
     hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
     writer.write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()})
@@ -412,19 +435,16 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.Preemp
         eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
         writer.write_scalars(step, eval_metrics)
         if best is not None and step not in best.all_steps():  # orbax keeps the best of these only
-          best.save(step, args=ocp.args.StandardSave(backend.to_checkpoint(state)),
-                    metrics={k: float(v) for k, v in eval_metrics.items()})
+          best.save(step, backend.to_checkpoint(state), metrics={k: float(v) for k, v in eval_metrics.items()})
       if save:
-        checkpoints.save(step, args=ocp.args.StandardSave(backend.to_checkpoint(state)), force=True)
+        checkpoints.save(step, backend.to_checkpoint(state))
       if stop:
-        raise checkpointing.Preempted(step, workdir)
+        raise workdirs.Preempted(step, workdir)
     chosen = {}
     if best is not None:  # test the best weights by validation, not the last
-      best.wait_until_finished()
       chosen = {'selected_step': best.best_step()}
       if chosen['selected_step'] != config.num_train_steps:  # the last weights are in hand, evaluated
-        state = backend.from_checkpoint(best.restore(chosen['selected_step'],
-                                                     args=ocp.args.StandardRestore(template)))
+        state = backend.from_checkpoint(best.restore(chosen['selected_step'], template))
         eval_metrics = {}
     if not eval_metrics:  # resumed a finished run, or chose an earlier checkpoint: evaluate what it left
       eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
@@ -437,12 +457,14 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: checkpointing.Preemp
     variables = jax.tree.map(parallel.local_value, final.variables())
     logging.info('Process %d: final params fingerprint %s', jax.process_index(),
                  params_fingerprint(variables['params']))
-  finally:  # however the loop ends, finish the checkpoints already started
-    for manager in [m for m in (checkpoints, best) if m is not None]:
-      manager.wait_until_finished()
-      manager.close()
-    writer.flush()
-    writer.close()
+  finally:  # however the loop ends, close what it opened; after a failure, a failing close is not news
+    failing = sys.exc_info()[1] is not None
+    for close in [m.close for m in (checkpoints, best) if m is not None] + [writer.flush, writer.close]:
+      try:
+        close()
+      except Exception:  # noqa: BLE001
+        if not failing:
+          raise
   return TrainResult({**eval_metrics, 'num_params': num_params, **chosen}, variables, start_step, run)
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
 
+from cnnjax import files
+
 
 class JsonlWriter(interface.MetricWriter):
   """Appends {'step': s, 'time': unix seconds, name: value, ...} as one JSON line per write_scalars call.
@@ -69,14 +71,18 @@ class JsonlWriter(interface.MetricWriter):
 
 def _truncate_after(path: str, step: int) -> list[dict[str, Any]]:
   """Keeps the rows of metrics.jsonl up to ``step`` (none when step is 0), rewriting the file atomically;
-  returns the kept rows that carry a step."""
-  with open(path) as f:
-    lines = [line for line in f if line.endswith('\n')]  # a line cut by a kill has no newline
-  keep = [line for line in lines if step and json.loads(line).get('step', 0) <= step]
+  returns the kept rows that carry a step. Damaged lines (blank, cut by a kill, not JSON) are dropped with one
+  warning and appended to metrics.jsonl.damaged, so that nothing written is lost."""
+  rows, damaged = files.read_jsonl(path)
+  if damaged:
+    files.warn_damaged_lines(path, damaged)
+    with open(path + '.damaged', 'a') as f:
+      f.writelines(line if line.endswith('\n') else line + '\n' for line in damaged)
+  keep = [row for row in rows if step and row.get('step', 0) <= step]
   with open(path + '.tmp', 'w') as f:
-    f.writelines(keep)
+    f.writelines(json.dumps(row) + '\n' for row in keep)
   os.replace(path + '.tmp', path)
-  return [row for row in map(json.loads, keep) if 'step' in row]
+  return [row for row in keep if 'step' in row]
 
 
 def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:

@@ -3,6 +3,7 @@ and shared fixtures."""
 
 import contextlib
 import os
+import subprocess
 
 from cnnjax import compiler
 
@@ -67,3 +68,25 @@ def mock_dataset(tmp_path):
       yield
 
   return mock
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+  """``mount_point(options)``: a filesystem mounted on a new directory (tmpfs of a size, or a read-only bind),
+  unmounted afterwards; skips where this process may not mount (not root, or no mount namespace)."""
+  mounted = []
+
+  def mount(*args):
+    target = tmp_path / f'mnt{len(mounted)}'
+    target.mkdir()
+    for i, step in enumerate(args):  # a mount, then changes to it (remount read-only)
+      proc = subprocess.run(['mount', *step, str(target)], capture_output=True, text=True)
+      if proc.returncode:
+        pytest.skip(f'cannot mount here ({proc.stderr.strip() or proc.returncode}); the injected-error tests cover it')
+      if i == 0:
+        mounted.append(target)
+    return target
+
+  yield mount
+  for target in reversed(mounted):
+    subprocess.run(['umount', str(target)], capture_output=True)

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from cnnjax import data, train
 from cnnjax.config import ConfigError, apply_overrides, load_experiment
 from cnnjax.datasets import idx
+from cnnjax.errors import DownloadTimeout
 
 FASHION_DIR = data.DATASETS['fashion_mnist'].source_dir
 needs_fashion = pytest.mark.skipif(
@@ -78,7 +79,7 @@ def test_no_files_and_no_internet_names_the_flag_and_the_package(config, tmp_pat
       **{**data.DATASETS['fashion_mnist'].__dict__, 'source_dir': str(tmp_path / 'not-installed')})})
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', lambda self, **kw: time.sleep(30))
   config.data.name, config.data.download_timeout_s = 'fashion_mnist', 1
-  with pytest.raises(ConfigError, match=r'did not finish in 1 s \(no internet\?\)\. Put its IDX files in '
+  with pytest.raises(DownloadTimeout, match=r'did not finish in 1 s \(no internet\?\)\. Put its IDX files in '
                                         r'--config.data.source_dir=.*not-installed \(apt-get install -y '
                                         r'dataset-fashion-mnist \(as root\)\)'):
     train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'data'))
@@ -86,7 +87,7 @@ def test_no_files_and_no_internet_names_the_flag_and_the_package(config, tmp_pat
 
 
 @pytest.mark.parametrize('overrides,message', [
-    ({'data.val_fraction': 1.0}, r'--config.data.val_fraction=1.0 must be in \[0, 1\)'),
+    ({'data.val_fraction': 1.0}, r'--config.data.val_fraction=1.0 must be a finite number in \[0, 1\)'),
     ({'data.source_dir': '/x'}, r'--config.data.source_dir is for datasets prepared from IDX files'),
 ])
 def test_bad_data_settings_are_refused(config, overrides, message):

@@ -49,12 +49,16 @@ def test_a_rerun_loads_its_programs_from_the_compilation_cache(data_dir, tmp_pat
     (['--config.model.kernel_size=abc'], "flag --config.model.kernel_size=abc: invalid literal for int()"),
     (['--config.model.strid=2'], "--config.model.strid is not a field of the shapes experiment's config"),
     (['--config.optimizer.learning_rate=nan'], '--config.optimizer.learning_rate=nan must be a finite number > 0'),
+    (['--config.model.features=abc'], "--config.model.features=('abc',) must be a tuple of integers >= 1"),
+    (['--config.data.shuffle_buffer=0'], '--config.data.shuffle_buffer=0 must be an integer >= 1'),
+    (['--nosuchflag=1'], "Unknown command line flag 'nosuchflag'"),
 ])
 def test_launch_refuses_bad_input_with_one_clear_line(tmp_path, flags, message):
   workdir = tmp_path / 'work'
   proc = _launch(f'--workdir={workdir}', *flags)
   assert proc.returncode != 0 and message in proc.stderr
   assert 'Traceback' not in proc.stderr and not workdir.exists()
+  assert ('type of the field' in proc.stderr) == ('kernel_size=abc' in flags[0])  # a hint only for a value's type
 
 
 def test_list_points_prints_one_sweep_point_per_line():

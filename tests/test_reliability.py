@@ -1,7 +1,10 @@
 """Reliability: real SIGKILL/SIGTERM, corrupt checkpoints, foreign workdirs, NaN guard, bad input, determinism."""
 
+import errno
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,14 +13,16 @@ import threading
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cnnjax import checkpointing, models, train
-from cnnjax.config import ConfigError
+from cnnjax import models, train, workdirs
+from cnnjax.config import load_experiment
+from cnnjax.errors import ConfigError, DownloadTimeout, StorageError, WorkdirInUse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FLAGS = ['--experiment=shapes', '--config.model.variant=tiny', '--config.num_train_steps=60',
@@ -25,10 +30,10 @@ RUN_FLAGS = ['--experiment=shapes', '--config.model.variant=tiny', '--config.num
              '--config.batch_size=32', '--config.data.augment_flip=True', '--config.data.shuffle_buffer=500']
 
 
-def _start(workdir, data_dir):
+def _start(workdir, data_dir, *extra_flags):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
   return subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={workdir}',
-                           f'--data_dir={data_dir}', *RUN_FLAGS], env=env, cwd=ROOT,
+                           f'--data_dir={data_dir}', *RUN_FLAGS, *extra_flags], env=env, cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -80,16 +85,6 @@ def _assert_each_step_once(path, log_steps):
   assert sum('hparams' in r for r in rows) == 1
 
 
-@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
-def test_preemption_signals_are_caught_and_handlers_restored(sig):
-  before = signal.getsignal(sig)
-  with checkpointing.PreemptionSignals() as preemption:
-    os.kill(os.getpid(), sig)
-    time.sleep(0.01)  # the handler runs between bytecodes of the main thread
-    assert preemption.requested == sig
-  assert signal.getsignal(sig) is before
-
-
 def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tmp_path):
   sig = signal.SIGTERM
   config.num_train_steps, config.checkpoint_every_steps = 60, 25
@@ -103,7 +98,7 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tm
     os.kill(os.getpid(), sig)  # a real signal, handled in the main thread
 
   threading.Thread(target=send_signal_after_training_starts, daemon=True).start()
-  with pytest.raises(checkpointing.Preempted, match=r'saved a checkpoint at step (\d+)') as err:
+  with pytest.raises(workdirs.Preempted, match=r'saved a checkpoint at step (\d+)') as err:
     train.train_and_evaluate(config, preempted, data_dir)
   assert 0 < err.value.step < 60 and err.value.step % 25  # saved at the step it stopped on, off the schedule
   assert str(err.value.step) in os.listdir(os.path.join(preempted, 'checkpoints'))
@@ -120,19 +115,33 @@ def test_a_finished_run_launched_again_writes_no_row_twice(config, data_dir, tmp
   _assert_each_step_once(str(tmp_path / 'metrics.jsonl'), [10, 20])
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous(config, data_dir, tmp_path, caplog):
+@pytest.mark.parametrize('damage', ['truncated', 'emptied', 'flipped_byte'])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_alone(config, data_dir, tmp_path, caplog, damage):
   workdir = str(tmp_path)
   train.train_and_evaluate(config, workdir, data_dir)  # checkpoints at 10 and 20
   want = _params(workdir, 20)
-  data = os.path.join(workdir, 'checkpoints', '20', 'default', 'd')
-  for name in os.listdir(data):  # truncate every data file of the latest checkpoint
-    with open(os.path.join(data, name), 'r+b') as f:
-      f.truncate(os.path.getsize(f.name) // 2)
+  rows_before = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  latest = tmp_path / 'checkpoints' / '20'
+  if damage == 'emptied':  # rm -rf checkpoints/20/*
+    for path in latest.iterdir():
+      shutil.rmtree(path) if path.is_dir() else path.unlink()
+  for name in os.listdir(latest / 'default' / 'd') if damage != 'emptied' else ():
+    path = latest / 'default' / 'd' / name
+    data = bytearray(path.read_bytes())
+    if damage == 'truncated':
+      data = data[:len(data) // 2]
+    else:
+      data[len(data) // 2] ^= 0x01
+    path.write_bytes(data)
   with caplog.at_level('WARNING'):
     assert train.train_and_evaluate(config, workdir, data_dir).start_step == 10  # trains 11..20 again
-  assert 'Checkpoint at step 20 is unreadable' in caplog.text
-  assert len(os.listdir(os.path.join(workdir, 'corrupt_checkpoints'))) == 1  # kept, not deleted
+  assert 'Checkpoint 20 is unreadable' in caplog.text and 'Checkpoint 10' not in caplog.text
+  assert len(os.listdir(os.path.join(workdir, 'corrupt_checkpoints'))) == 1  # set aside alone, not deleted
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '20']
   jax.tree.map(np.testing.assert_array_equal, _params(workdir, 20), want)
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r for r in rows if r.get('step', 0) <= 10] == [r for r in rows_before if r.get('step', 0) <= 10]
+  _assert_each_step_once(str(tmp_path / 'metrics.jsonl'), [10, 20])
 
 
 def test_workdir_of_another_config_is_refused_unless_overwrite(config, data_dir, tmp_path):
@@ -174,26 +183,13 @@ def test_nonfinite_loss_before_any_checkpoint_says_none_was_written(config, data
 
 def test_a_workdir_in_use_is_refused_naming_the_holder_and_writing_nothing(config, data_dir, tmp_path):
   workdir = tmp_path / 'run'
-  with checkpointing.WorkdirLock(str(workdir)):  # as a running launch holds it
+  with workdirs.WorkdirLock(str(workdir)):  # as a running launch holds it
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*')}
-    with pytest.raises(ConfigError, match=rf'--workdir={workdir} is in use by {socket.gethostname()} pid '
+    with pytest.raises(WorkdirInUse, match=rf'--workdir={workdir} is in use by {socket.gethostname()} pid '
                                           rf'{os.getpid()}; wait for that run to end'):
       train.train_and_evaluate(config, str(workdir), data_dir)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob('*')} == before  # nothing written
   train.train_and_evaluate(config, str(workdir), data_dir)  # free again
-
-
-def test_the_lock_of_a_sigkilled_process_does_not_block(tmp_path):
-  holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from cnnjax import checkpointing\n'
-                             f'with checkpointing.WorkdirLock({str(tmp_path)!r}):\n'
-                             '  print("held", flush=True); time.sleep(300)'], stdout=subprocess.PIPE, text=True)
-  assert holder.stdout.readline().strip() == 'held'
-  with pytest.raises(ConfigError, match=rf'is in use by \S+ pid {holder.pid}'):
-    checkpointing.WorkdirLock(str(tmp_path)).__enter__()
-  holder.kill()
-  holder.wait(timeout=60)
-  with checkpointing.WorkdirLock(str(tmp_path)):
-    assert open(tmp_path / checkpointing.LOCK_FILE).read() == f'{socket.gethostname()} pid {os.getpid()}\n'
 
 
 def test_skip_nonfinite_skips_bad_updates(config, data_dir, tmp_path):
@@ -211,7 +207,7 @@ def test_offline_download_times_out_with_advice(config, tmp_path, monkeypatch):
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', lambda self, **kw: time.sleep(30))
   config.data.name, config.data.download_timeout_s = 'mnist', 1
   start = time.time()
-  with pytest.raises(ConfigError, match=r'did not finish in 1 s \(no internet\?\).*offline dataset'):
+  with pytest.raises(DownloadTimeout, match=r'did not finish in 1 s \(no internet\?\).*offline dataset'):
     train.train_and_evaluate(config, str(tmp_path / 'work'), str(tmp_path / 'data'))
   assert time.time() - start < 20 and not (tmp_path / 'work').exists()
 
@@ -281,3 +277,244 @@ def test_random_configs_are_refused_exactly_when_the_closed_form_says_they_canno
                             variables, x)
   got = [state['intermediates'][f'block{i}']['__call__'][0].shape for i in range(blocks)]
   assert got == [(1, n, n, 3) for n in sides]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every config field is validated before anything is written.
+
+BAD_VALUES = (-1, 0, 0.5, 'abc', None, (-1,), True, float('nan'))
+# Of BAD_VALUES, those each field of the base config accepts; every other one must be refused in one line. A new
+# field must be listed here: a field added without validation accepts values this table does not, and fails.
+VALID = {
+    'analysis.invariance_shifts': {0}, 'baseline_point': set(), 'batch_size': set(), 'checkpoint_every_steps': set(),
+    'cpu_speedups': set(), 'data.augment_crop': {True}, 'data.augment_flip': {True}, 'data.cache': {True},
+    'data.crop_padding': {0}, 'data.download_timeout_s': {0.5}, 'data.image_size': {0}, 'data.name': set(),
+    'data.positive_class': {0}, 'data.prefetch': set(), 'data.random_erasing': {0, 0.5},
+    'data.regression_target': {'abc'},  # a feature name; the regression head refuses one its dataset lacks
+    'data.shuffle_buffer': set(), 'data.source_dir': set(), 'data.val_fraction': {0, 0.5}, 'eval_batch_size': set(),
+    'eval_every_steps': set(), 'eval_flip': {True}, 'head': set(), 'keep_checkpoints': set(),
+    'label_smoothing': {0, 0.5}, 'log_every_steps': set(), 'lr_grid': set(), 'microbatch_size': {0},
+    'model.activation': set(), 'model.conv_impl': set(), 'model.dense': set(), 'model.dilation': set(),
+    'model.dropout': {0, 0.5}, 'model.dtype': set(), 'model.features': set(), 'model.first_layer': set(),
+    'model.flip_kernel': {True}, 'model.kernel_size': set(), 'model.norm': set(), 'model.norm_groups': set(),
+    'model.padding': set(), 'model.pool': set(), 'model.pool_stride': set(), 'model.pool_window': set(),
+    'model.stride': set(), 'model.variant': set(), 'num_train_steps': set(), 'optimizer.grad_clip_norm': {0, 0.5},
+    'optimizer.learning_rate': {0.5}, 'optimizer.momentum': {0, 0.5}, 'optimizer.name': set(),
+    'optimizer.nesterov': {True}, 'optimizer.schedule': set(), 'optimizer.warmup_steps': {0},
+    'optimizer.weight_decay': {0, 0.5}, 'parallel': set(), 'rng_impl': set(), 'seed': {0}, 'seeds': set(),
+    'skip_nonfinite': {True}, 'test_checkpoint': set(),
+}
+
+
+def _leaf_paths(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaf_paths(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}'
+
+
+class _Accepted(Exception):
+  pass
+
+
+def _same(a, b):
+  return type(a) is type(b) and (a == b or a != a and b != b)  # NaN is itself here
+
+
+def test_every_field_refuses_bad_values_in_one_line_before_writing(data_dir, tmp_path, monkeypatch):
+  from cnnjax import data, sweep
+  from cnnjax.errors import CnnjaxError
+
+  def accepted(*args, **kwargs):
+    raise _Accepted  # validation passed: stop before data or training
+  monkeypatch.setattr(data, 'prepare', accepted)
+  base = load_experiment('shapes').get_config().to_dict()
+  assert sorted(_leaf_paths(base)) == sorted(VALID), 'list every config field in VALID'
+  wrong = []
+  for path in sorted(VALID):
+    for value in BAD_VALUES:
+      config = ml_collections.ConfigDict(base, type_safe=False)  # wrong types too, as a config file could hold
+      *parents, field = path.split('.')
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[field] = value
+      if not _same(node[field], value):  # ConfigDict converted it (True to 1.0 for a float field): not this value
+        continue
+      workdir = tmp_path / 'work'
+      try:
+        sweep.run_experiment(config, None, str(workdir), data_dir)
+        outcome = 'accepted without error'
+      except _Accepted:
+        outcome = 'accepted'
+      except CnnjaxError as e:
+        outcome = 'refused' if '\n' not in str(e) and not workdir.exists() else f'refused badly: {e!r}'
+      expected = 'accepted' if any(_same(value, v) for v in VALID[path]) else 'refused'
+      if outcome != expected:
+        wrong.append(f'{path}={value!r}: {outcome}, expected {expected}')
+  assert not wrong, '\n'.join(wrong)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Storage faults: one line naming what failed, where and what is intact; no traceback.
+
+def test_a_disk_that_fills_up_mid_run_stops_in_one_line_and_the_run_resumes(data_dir, mount_point):
+  disk = mount_point(['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs'])
+  workdir, steps = disk / 'run', '--config.num_train_steps=400'  # long enough to be running when the disk fills
+  proc = _start(str(workdir), data_dir, steps)
+  _wait_for_checkpoint(str(workdir), proc, 10)
+  with open(disk / 'filler', 'wb') as f:  # another program takes the rest of the disk
+    with pytest.raises(OSError):
+      while True:
+        f.write(b'\0' * 65536)
+        f.flush()
+  assert proc.wait(timeout=300) == 1
+  stderr = proc.stderr.read()
+  stops = [line for line in stderr.splitlines() if line.startswith('Stopped:')]
+  assert len(stops) == 1, stderr[-3000:]
+  last = stops[0]
+  assert re.fullmatch(r'Stopped: (saving checkpoint \d+|writing the run) failed: No space left on device.*'
+                      rf'Checkpoint \d+ in {workdir}/checkpoints is intact.* Free space there, then run the same '
+                      r'command again\.', last), last
+  assert 'Traceback' not in stderr
+  intact = int(re.search(r'Checkpoint (\d+)', last).group(1))
+  os.remove(disk / 'filler')
+  proc = _start(str(workdir), data_dir, steps)
+  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  assert f'Resumed from {workdir} at step {intact}' in proc.stderr.read()
+
+
+def test_a_read_only_workdir_is_refused_in_one_line(config, data_dir, mount_point, tmp_path):
+  source = tmp_path / 'source'
+  source.mkdir()
+  readonly = mount_point(['--bind', str(source)], ['-o', 'remount,bind,ro'])
+  with pytest.raises(StorageError, match=rf'^writing the run failed: Read-only file system \({readonly}/run\)\. No '
+                                         r'checkpoint was written yet\. The filesystem is read-only: remount it '
+                                         r'writable or use another --workdir\.$'):
+    train.train_and_evaluate(config, str(readonly / 'run'), data_dir)
+
+
+@pytest.mark.parametrize('where', ['run', 'run/sub'])
+def test_a_workdir_blocked_by_a_file_is_refused_in_one_line(config, data_dir, tmp_path, where):
+  (tmp_path / 'run').write_text('a file, not a directory')
+  with pytest.raises(StorageError, match=r'^writing the run failed: (File exists|Not a directory) \(.*\)\. No '
+                                         r'checkpoint was written yet\. A file stands where a directory should be'):
+    train.train_and_evaluate(config, str(tmp_path / where), data_dir)
+
+
+@pytest.mark.parametrize('code', [errno.ENOSPC, errno.EACCES])
+def test_a_failing_metrics_write_stops_in_one_line_naming_the_intact_checkpoint(config, data_dir, tmp_path, code,
+                                                                                monkeypatch):
+  from cnnjax import writers
+  write = writers.JsonlWriter.write_scalars
+
+  def failing(self, step, scalars):  # the disk fails after the first checkpoint (step 10)
+    if step > 10:
+      raise OSError(code, os.strerror(code), str(tmp_path / 'metrics.jsonl'))
+    return write(self, step, scalars)
+
+  monkeypatch.setattr(writers.JsonlWriter, 'write_scalars', failing)
+  with pytest.raises(StorageError, match=rf'^writing the run failed: {os.strerror(code)} \({tmp_path}/metrics.jsonl\)'
+                                         rf'\. Checkpoint 10 in {tmp_path}/checkpoints is intact\. '):
+    train.train_and_evaluate(config, str(tmp_path), data_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged files of a run.
+
+def test_damaged_metrics_lines_are_skipped_with_one_warning_and_the_rest_kept(config, data_dir, tmp_path, caplog):
+  train.train_and_evaluate(config, str(tmp_path), data_dir)
+  path = tmp_path / 'metrics.jsonl'
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text(''.join(lines[:2] + ['\n', '{"step": 7, "trai\n'] + lines[2:]))
+  with caplog.at_level('WARNING'):
+    again = train.train_and_evaluate(config, str(tmp_path), data_dir)  # resumes the finished run
+  assert again.start_step == 20
+  assert caplog.text.count('skipped 2 damaged lines') == 1
+  assert path.read_text().splitlines(keepends=True) == lines  # every good row kept, in order
+  assert (tmp_path / 'metrics.jsonl.damaged').read_text() == '\n{"step": 7, "trai\n'  # nothing lost
+
+
+def test_a_cut_result_json_is_named_with_its_fix(config, data_dir, tmp_path):
+  from cnnjax import sweep
+  from cnnjax.errors import DamagedFile
+  config.num_train_steps = 2
+  sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path), data_dir)
+  result = tmp_path / 'pool=max' / 'result.json'
+  result.write_text(result.read_text()[:40])
+  with pytest.raises(DamagedFile, match=rf'^{result} is unreadable \(JSONDecodeError: .*\); move it away and run the '
+                                        'sweep again: the point resumes from its checkpoints'):
+    sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path), data_dir, report_only=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: a shared data_dir prepared once, damaged files named before training, downloads that give up.
+
+PREPARE = ('import sys; from absl import logging; logging.set_verbosity("info")\n'
+           'from cnnjax import data; from cnnjax.config import load_experiment\n'
+           'config = load_experiment("shapes").get_config()\n'
+           'data.prepare(config.data, sys.argv[1]); print("prepared", flush=True)\n')
+
+
+def test_two_processes_preparing_one_fresh_data_dir_prepare_it_once(tmp_path):
+  data_dir = tmp_path / 'tfds'
+  first = subprocess.Popen([sys.executable, '-c', PREPARE, str(data_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not (data_dir / '.cnnjax-prepare-shapes.lock').exists() and time.time() < deadline:
+    time.sleep(0.05)  # the first is preparing (generation takes seconds)
+  second = subprocess.Popen([sys.executable, '-c', PREPARE, str(data_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  outs = [p.communicate(timeout=300) for p in (first, second)]
+  assert [p.returncode for p in (first, second)] == [0, 0], [err[-2000:] for _, err in outs]
+  assert all(out.endswith('prepared\n') for out, _ in outs), outs
+  assert 'Waiting for another process that is preparing shapes' in outs[1][1]
+  assert 'Generating splits' not in outs[1][1] and 'Traceback' not in outs[1][1]
+
+
+def _digits(tmp_path):
+  config = load_experiment('digits').get_config()
+  config.model.variant, config.num_train_steps, config.batch_size = 'tiny', 2, 32
+  return config, str(tmp_path / 'tfds')
+
+
+@pytest.mark.parametrize('sealed', [True, False])
+def test_a_damaged_dataset_file_is_named_before_anything_is_written(tmp_path, sealed):
+  from cnnjax import data
+  from cnnjax.errors import DataError
+  config, data_dir = _digits(tmp_path)
+  builder = data.prepare(config.data, data_dir)  # prepared and sealed
+  record = next(p for p in os.listdir(builder.data_dir) if '-train.tfrecord' in p)
+  path = os.path.join(builder.data_dir, record)
+  blob = bytearray(open(path, 'rb').read())
+  blob[len(blob) // 2] ^= 0x01
+  open(path, 'wb').write(blob)
+  if not sealed:  # as TFDS or an older cnnjax left it: found by reading every record once
+    os.remove(os.path.join(builder.data_dir, 'cnnjax_manifest.json'))
+  expected = (rf'{record} changed since it was written \(checksum mismatch\)' if sealed
+              else r'split train: DataLossError: .*')
+  with pytest.raises(DataError, match=rf'^the prepared digits data in {builder.data_dir} is damaged \({expected}\); '
+                                      r'move that directory away and run again to prepare it anew$'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'), data_dir)
+  assert not (tmp_path / 'work').exists()
+
+
+def test_a_download_that_times_out_ends_the_process_within_seconds(tmp_path):
+  silent = socket.socket()  # a proxy that accepts connections and never answers: a download that hangs
+  silent.bind(('127.0.0.1', 0))
+  silent.listen(16)
+  proxy = f'http://127.0.0.1:{silent.getsockname()[1]}'
+  env = {**os.environ, 'HTTP_PROXY': proxy, 'HTTPS_PROXY': proxy, 'http_proxy': proxy, 'https_proxy': proxy}
+  start = time.time()
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={tmp_path / "work"}',
+                         f'--data_dir={tmp_path / "data"}', '--config.data.name=mnist',
+                         '--config.data.download_timeout_s=3'], env=env, cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  elapsed = time.time() - start
+  silent.close()
+  assert proc.returncode == 1
+  assert re.fullmatch(r'Stopped: --config.data.name=mnist is not in --data_dir=.* did not finish in 3 s .*',
+                      proc.stderr.strip().splitlines()[-1]), proc.stderr[-2000:]  # on a line of its own
+  assert elapsed < 60, f'the process took {elapsed:.0f} s to exit after a 3 s time limit'
+  assert not (tmp_path / 'work').exists()

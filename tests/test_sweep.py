@@ -198,3 +198,25 @@ def test_a_learning_rate_grid_needs_a_validation_split(config, tmp_path):
                                         r'--config.data.val_fraction > 0'):
     sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path / 'work'))
   assert not (tmp_path / 'work').exists()
+
+
+def test_seeds_on_an_experiment_without_a_sweep_are_honoured_as_a_one_point_sweep(config, data_dir, tmp_path):
+  config.num_train_steps, config.seeds = 2, 2
+  points = sweep.run_experiment(config, None, str(tmp_path), data_dir)
+  assert [p.name for p in points] == ['base,seed=0', 'base,seed=1']
+  results = [json.loads((tmp_path / p.name / 'result.json').read_text()) for p in points]
+  assert [r['seed'] for r in results] == [0, 1] and (tmp_path / 'report.md').exists()
+  config.seeds = 1  # a single run, in the workdir itself
+  assert isinstance(sweep.run_experiment(config, None, str(tmp_path / 'single'), data_dir), train.TrainResult)
+  assert (tmp_path / 'single' / 'metrics.jsonl').exists()
+  with pytest.raises(ConfigError, match='has no get_sweep'):
+    sweep.run_experiment(config, None, str(tmp_path / 'x'), data_dir, sweep_index=0)
+
+
+def test_sweep_of_turns_sweep_fields_into_a_one_point_sweep(config):
+  assert sweep.sweep_of(config, None) is None
+  for field, value in (('seeds', 3), ('lr_grid', (1e-3, 1e-2)), ('baseline_point', 'base')):
+    changed = apply_overrides(config, {field: value})
+    assert sweep.sweep_of(changed, None)() == [{'name': 'base'}]
+  own = lambda: [{'model.pool': 'avg'}]  # noqa: E731
+  assert sweep.sweep_of(config, own) is own

@@ -1,0 +1,33 @@
+"""The failures cnnjax expects, each named for what it is. Their messages are one line that names the cause and
+the fix; ``launch.py`` prints them without a traceback. This module imports nothing, so every module can raise
+them."""
+
+
+class CnnjaxError(Exception):
+  """An expected failure: bad input, a busy or damaged file, a fault of the machine. The message is one line."""
+
+
+class ConfigError(CnnjaxError, ValueError):
+  """A config that cannot train; the message names the flag and the fix."""
+
+
+class WorkdirInUse(CnnjaxError):
+  """Another process holds a run's lock; the message names the holder."""
+
+
+class DataError(CnnjaxError):
+  """Data that cannot be had, or prepared data that is damaged; the message says how to get it anew."""
+
+
+class DownloadTimeout(DataError):
+  """A download did not finish in time. Its thread may still be retrying, so ``launch.py`` ends the process at
+  once rather than waiting for it."""
+
+
+class DamagedFile(CnnjaxError):
+  """A file cnnjax wrote (config.json, result.json, a manifest) cannot be read back."""
+
+
+class StorageError(CnnjaxError):
+  """A write failed (full disk, read-only filesystem, no permission, a file where a directory should be); the
+  message says what failed, where, what is intact and the fix."""
