@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
@@ -83,17 +84,44 @@ class Splits:
   test: str
 
 
-def splits(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> Splits:
-  """The run's splits, carved deterministically from the prepared builder's train split: the last
-  ``val_fraction`` of it (after the test part, for datasets without a test split) is the validation split."""
+def split_sizes(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> tuple[int, int, int]:
+  """(train, validation, test-from-train) example counts of the prepared builder's train split, carved in its
+  order: training first, then the last ``val_fraction`` (before the test part, for datasets without a test
+  split) is the validation split."""
   spec = get_spec(data_config.name)
   n = builder.info.splits[spec.train_split].num_examples
   n_test = 0 if spec.test_split else round(spec.test_fraction * n)
   n_val = round(data_config.val_fraction * (n - n_test))
-  end = n - n_test - n_val
-  name = spec.train_split
-  return Splits(train=f'{name}[:{end}]', val=f'{name}[{end}:{n - n_test}]' if n_val else None,
-                test=spec.test_split or f'{name}[{n - n_test}:]')
+  return n - n_test - n_val, n_val, n_test
+
+
+def splits(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> Splits:
+  """The run's TFDS split strings, carved deterministically from the prepared builder's train split (see
+  ``split_sizes``)."""
+  spec = get_spec(data_config.name)
+  n_train, n_val, n_test = split_sizes(data_config, builder)
+  end, name = n_train + n_val, spec.train_split
+  return Splits(train=f'{name}[:{n_train}]', val=f'{name}[{n_train}:{end}]' if n_val else None,
+                test=spec.test_split or f'{name}[{end}:]')
+
+
+PIPELINES = ('auto', 'host', 'device')
+DEVICE_MEMORY_SHARE = 0.25  # pipeline=auto: the device pipeline when the uint8 splits take at most this share
+
+
+def pipeline(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, device: jax.Device) -> str:
+  """'host' (tf.data) or 'device' (the splits on every device; ``device_pipeline``) for ``--config.data.pipeline``:
+  auto is the device pipeline for images of one size whose uint8 splits take at most DEVICE_MEMORY_SHARE of
+  ``device``'s memory (the machine's for a CPU)."""
+  if data_config.pipeline != 'auto':
+    return data_config.pipeline
+  if not get_spec(data_config.name).image_size:
+    return 'host'
+  examples = sum(split.num_examples for split in builder.info.splits.values())
+  size = examples * int(np.prod(image_shape(data_config)))
+  stats = device.memory_stats() or {}
+  memory = stats.get('bytes_limit') or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  return 'device' if size <= DEVICE_MEMORY_SHARE * memory else 'host'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +176,11 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   check_int('data.prefetch', data_config.prefetch, 1)
   check_number('data.download_timeout_s', data_config.download_timeout_s, 0, low_open=True)
   check_str('data.source_dir', data_config.source_dir)
+  check_choice('data.pipeline', data_config.pipeline, PIPELINES)
+  spec = get_spec(data_config.name)
+  if data_config.pipeline == 'device' and not (spec.image_size and spec.test_split):
+    raise ConfigError(f'--config.data.pipeline=device keeps a dataset of fixed-size images with its own test split '
+                      f'on the devices; {data_config.name} is not one: use --config.data.pipeline=host (or auto)')
   if data_config.source_dir and not get_spec(data_config.name).idx:
     idx_names = sorted(k for k, v in DATASETS.items() if v.idx)
     raise ConfigError(f'--config.data.source_dir is for datasets prepared from IDX files ({idx_names}); drop it '

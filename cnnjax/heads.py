@@ -26,6 +26,7 @@ from cnnjax.config import ConfigError, check_choice, check_int, check_number, ch
 Metrics = dict[str, jax.Array]
 Features = dict  # a TFDS FeaturesDict: name -> feature (``builder.info.features``)
 Target = Callable[[dict], tf.Tensor]  # a tf.data example -> its target
+TargetArray = Callable[[dict[str, np.ndarray]], np.ndarray]  # a split's feature arrays -> its targets [N, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,9 @@ class Head:
       targets smoothed towards uniform by ``label_smoothing`` (``--config.label_smoothing``).
     metrics: ``(outputs, targets) -> {name: [B]}``, the loss among them.
     num_outputs: ``(features, data_config) -> int``, the model's output width.
-    target: ``(features, data_config) -> (example -> target)``, applied in the input pipeline.
+    target: ``(features, data_config) -> (example -> target)``, applied in the host input pipeline.
+    target_array: ``(features, data_config) -> (feature arrays -> targets)``, the same on a whole split's numpy
+      arrays, for the device pipeline.
     check: ``(features, data_config) -> None``; raises ConfigError when the dataset cannot serve the task.
     select_by: (metric, sign): what every choice made on validation (learning rate, checkpoint) maximises
       (sign 1) or minimises (-1).
@@ -48,6 +51,7 @@ class Head:
   metrics: Callable[[jax.Array, jax.Array], Metrics]
   num_outputs: Callable[[Features, ml_collections.ConfigDict], int]
   target: Callable[[Features, ml_collections.ConfigDict], Target]
+  target_array: Callable[[Features, ml_collections.ConfigDict], TargetArray]
   check: Callable[[Features, ml_collections.ConfigDict], None]
   select_by: tuple[str, int] = ('accuracy', 1)
 
@@ -78,6 +82,7 @@ def _has_labels(features: Features, data_config: ml_collections.ConfigDict) -> N
 MULTICLASS = Head('multiclass', _multiclass_loss, _multiclass_metrics,
                   num_outputs=lambda features, _: features['label'].num_classes,
                   target=lambda features, _: lambda ex: tf.cast(ex['label'], tf.int32),
+                  target_array=lambda features, _: lambda ex: ex['label'].astype(np.int32),
                   check=_has_labels)
 
 
@@ -101,6 +106,13 @@ def _binary_target(features: Features, data_config: ml_collections.ConfigDict) -
   return lambda ex: tf.cast(tf.equal(ex['label'], data_config.positive_class), tf.float32)
 
 
+def _binary_target_array(features: Features, data_config: ml_collections.ConfigDict) -> TargetArray:
+  """``_binary_target`` on arrays."""
+  if features['label'].num_classes == 2:
+    return lambda ex: ex['label'].astype(np.float32)
+  return lambda ex: (ex['label'] == data_config.positive_class).astype(np.float32)
+
+
 def _binary_check(features: Features, data_config: ml_collections.ConfigDict) -> None:
   _has_labels(features, data_config)
   num_classes = features['label'].num_classes
@@ -109,7 +121,7 @@ def _binary_check(features: Features, data_config: ml_collections.ConfigDict) ->
 
 
 BINARY = Head('binary', _binary_loss, _binary_metrics, num_outputs=lambda features, _: 1, target=_binary_target,
-              check=_binary_check)
+              target_array=_binary_target_array, check=_binary_check)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,6 +148,8 @@ REGRESSION = Head(
     num_outputs=lambda features, data_config: int(np.prod(features[data_config.regression_target].shape, dtype=int)),
     target=lambda features, data_config: lambda ex: tf.reshape(
         tf.cast(ex[data_config.regression_target], tf.float32), [-1]),
+    target_array=lambda features, data_config: lambda ex: ex[data_config.regression_target].astype(
+        np.float32).reshape(len(ex[data_config.regression_target]), -1),
     check=_regression_check, select_by=('loss', -1))
 
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cnnjax import data
+from cnnjax.device_pipeline import ERASE_AREA, ERASE_ASPECT
 
 tf.config.set_visible_devices([], 'GPU')  # tf.data only: leave every accelerator to JAX
 
@@ -64,8 +65,6 @@ def _per_example(config: ml_collections.ConfigDict, spec: data.DatasetSpec, trai
   return (train and bool(d.augment_flip or d.augment_crop or d.random_erasing)) or spec.image_size == 0
 
 
-ERASE_AREA = (0.02, 0.4)  # random erasing: fraction of the image, and aspect ratio (log-uniform), of Zhong et al.
-ERASE_ASPECT = (0.3, 1 / 0.3)
 
 
 def random_erasing(image: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:

@@ -98,12 +98,18 @@ class Backend:
     """Places this process's [local devices, per-device batch, ...] host batch."""
     raise NotImplementedError
 
-  def map_train_step(self, step: Callable) -> Callable:
-    """``step(state, batch, rng)`` mapped over devices, the state donated."""
+  def put_replicated(self, tree: PyTree) -> PyTree:
+    """Places host arrays (the same in every process) whole on every device, as the device pipeline's data."""
     raise NotImplementedError
 
-  def map_eval_step(self, step: Callable) -> Callable:
-    """``step(state, batch)`` mapped over devices."""
+  def map_train_step(self, step: Callable, replicated_input: bool = False) -> Callable:
+    """``step(state, batch, rng)`` mapped over devices, the state donated; with ``replicated_input`` the
+    second argument is ``put_replicated``'s data instead of a batch."""
+    raise NotImplementedError
+
+  def map_eval_step(self, step: Callable, replicated_input: bool = False) -> Callable:
+    """``step(state, batch)`` mapped over devices; with ``replicated_input``, ``step(state, data, batch)`` with
+    ``put_replicated``'s data."""
     raise NotImplementedError
 
 
@@ -121,10 +127,13 @@ class PmapBackend(Backend):
   def put_batch(self, batch):
     return shard(batch, self.mesh)
 
-  def map_train_step(self, step):
+  def put_replicated(self, tree):
+    return replicate(tree, self.mesh)
+
+  def map_train_step(self, step, replicated_input=False):
     return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
 
-  def map_eval_step(self, step):
+  def map_eval_step(self, step, replicated_input=False):
     return jax.pmap(step, axis_name=AXIS)
 
 
@@ -144,12 +153,16 @@ class ShardMapBackend(Backend):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
         self.batch_sharding, x.reshape(-1, *x.shape[2:])), batch)
 
-  def map_train_step(self, step):
-    mapped = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()))
-    return jax.jit(mapped, donate_argnums=(0,))
+  def put_replicated(self, tree):
+    return jax.device_put(tree, self.checkpoint_sharding)
 
-  def map_eval_step(self, step):
-    return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
+  def map_train_step(self, step, replicated_input=False):
+    specs = (P(), P() if replicated_input else P(AXIS), P())
+    return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=specs, out_specs=(P(), P())), donate_argnums=(0,))
+
+  def map_eval_step(self, step, replicated_input=False):
+    specs = (P(), P(), P(AXIS)) if replicated_input else (P(), P(AXIS))
+    return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=specs, out_specs=P()))
 
 
 def validate(name: str) -> None:

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -27,11 +26,24 @@ import numpy as np
 import optax
 import tensorflow_datasets as tfds
 from absl import logging
-from clu import parameter_overview, periodic_actions
 from flax import traverse_util
 from flax.training import train_state
 
-from cnnjax import checkpointing, data, files, heads, input_pipeline, models, optim, parallel, workdirs, writers
+from cnnjax import (
+  analysis,
+  arrays,
+  checkpointing,
+  data,
+  device_pipeline,
+  files,
+  heads,
+  input_pipeline,
+  models,
+  optim,
+  parallel,
+  workdirs,
+  writers,
+)
 from cnnjax.config import largest_divisor, validate_run
 from cnnjax.errors import CnnjaxError, ConfigError
 
@@ -121,6 +133,10 @@ class Run:
     eval_step: ``(state, batch) -> metric sums`` mapped over devices.
     microbatch_size: the per-device micro-batch the train step uses (0: the whole batch).
     cpu_kernels: whether the model uses XLA:CPU's faster forms (see ``platform_choices``).
+    pipeline: 'host' (tf.data batches fed to each step) or 'device' (the splits on every device; each step
+      makes its own batch: ``device_pipeline``).
+    arrays: the device pipeline's data, host arrays {'train': {'image', 'target'}, 'test': ...} ('train' holds
+      the training examples, then the validation ones); None for the host pipeline.
   """
   config: ml_collections.ConfigDict
   builder: tfds.core.DatasetBuilder
@@ -134,6 +150,15 @@ class Run:
   eval_step: Callable[..., Metrics]
   microbatch_size: int
   cpu_kernels: bool
+  pipeline: str = 'host'
+  arrays: dict[str, dict[str, np.ndarray]] | None = None
+  _placed: dict[str, PyTree] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def placed(self, which: str) -> PyTree:
+    """``arrays[which]`` on every device, placed once."""
+    if which not in self._placed:
+      self._placed[which] = self.backend.put_replicated(self.arrays[which])
+    return self._placed[which]
 
   def keys(self) -> tuple[jax.Array, jax.Array]:
     """(init key, dropout key), split from the run's one root key ``config.seed``."""
@@ -168,6 +193,26 @@ class Run:
     return input_pipeline.eval_batches(self.config, self.builder, self.target,
                                        num_devices or jax.local_device_count(), getattr(self.splits, split))
 
+  def step_inputs(self, start_step: int) -> Callable[[], PyTree]:
+    """What feeds each train step from ``start_step`` on, placed for the devices: the next host batch, or the
+    device pipeline's arrays, placed once."""
+    if self.pipeline == 'device':
+      return lambda: self.placed('train')
+    batches = self.train_batches(start_step)
+    return lambda: self.backend.put_batch(next(batches))
+
+  def evaluation(self, split: str) -> tuple[Iterable[PyTree], Callable[[TrainState, PyTree], Metrics]]:
+    """(host batches, eval function of (state, placed batch)) of the 'val' or 'test' split, for ``evaluate``."""
+    if self.pipeline == 'host':
+      return self.eval_batches(split), self.eval_step
+    n_train, n_val, _ = data.split_sizes(self.config.data, self.builder)
+    which = 'test' if split == 'test' else 'train'
+    start, count = (0, len(self.arrays['test']['target'])) if split == 'test' else (n_train, n_val)
+    local = jax.local_device_count()
+    batches = device_pipeline.eval_indices(start, count, self.config.eval_batch_size, jax.device_count(),
+                                           jax.process_index() * local, local)
+    return batches, lambda state, batch: self.eval_step(state, self.placed(which), batch)
+
 
 def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepare: bool = True) -> Run:
   """Validates ``config`` and builds its run (nothing is compiled and nothing is written to a workdir).
@@ -195,8 +240,54 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
                            label_smoothing=config.label_smoothing)
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_kernels)
   evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip)
+  pipeline = data.pipeline(config.data, builder, jax.devices()[0]) if prepare else 'host'
+  host_arrays = None
+  if pipeline == 'device':
+    host_arrays, step, evaluation = _device_pipeline(config, builder, head, step, evaluation)
+  device = pipeline == 'device'
   return Run(config, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
-             backend.map_train_step(step), backend.map_eval_step(evaluation), microbatch_size, cpu_kernels)
+             backend.map_train_step(step, device), backend.map_eval_step(evaluation, device), microbatch_size,
+             cpu_kernels, pipeline, host_arrays)
+
+
+def _device_pipeline(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, head: heads.Head,
+                     step: Callable, evaluation: Callable) -> tuple[dict, Callable, Callable]:
+  """The device pipeline's host arrays and the train and eval steps that make their own batches from them."""
+  spec = data.get_spec(config.data.name)
+  directory = arrays.prepare(builder)
+  target = head.target_array(builder.info.features, config.data)
+  host = {}
+  for name, split in (('train', spec.train_split), ('test', spec.test_split)):
+    features = arrays.load(directory, split)
+    host[name] = {'image': features['image'], 'target': target(features)}
+  n_train, n_val, _ = data.split_sizes(config.data, builder)
+  host['train'] = jax.tree.map(lambda x: x[:n_train + n_val], host['train'])
+  d = config.data
+  preprocess = device_pipeline.Preprocess(spec.mean, spec.std)
+  augment = dataclasses.replace(preprocess, flip=d.augment_flip, crop_padding=d.crop_padding * d.augment_crop,
+                                random_erasing=d.random_erasing)
+  data_key = jax.random.fold_in(jax.random.key(config.seed, impl=config.rng_impl), DATA_KEY)
+  make_batch = functools.partial(
+      device_pipeline.train_batch, num_train=n_train, batch_size=config.batch_size,
+      per_device=config.batch_size // jax.device_count(), seed=config.seed, key=data_key, preprocess=augment)
+  return (host, functools.partial(device_train_step, step=step, make_batch=make_batch),
+          functools.partial(device_eval_step, evaluation=evaluation,
+                            make_batch=functools.partial(device_pipeline.eval_batch, preprocess=preprocess)))
+
+
+DATA_KEY = 0xDA7A  # folded into the root key for the device pipeline's augmentation
+
+
+def device_train_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: Callable, make_batch: Callable
+                      ) -> tuple[TrainState, Metrics]:
+  """``step`` on the batch that ``make_batch`` makes from the device's ``data`` for this step and device."""
+  return step(state, make_batch(data, state.step, jax.lax.axis_index(parallel.AXIS)), rng)
+
+
+def device_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluation: Callable, make_batch: Callable
+                     ) -> Metrics:
+  """``evaluation`` on the examples ``batch`` names (indices and mask) of the device's ``data``."""
+  return evaluation(state, make_batch(data, batch))
 
 
 def count_params(model: models.CNN, image_shape: tuple[int, ...]) -> int:
@@ -407,32 +498,31 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
                run.microbatch_size or 'the whole batch', 'on' if run.cpu_kernels else 'off')
   image_shape = run.info.image_shape
   num_params = count_params(run.model, image_shape)
-  logging.info('Model: %s parameters.\n%s\n%s', f'{num_params:,}', parameter_overview.get_parameter_overview(
-      state.params), run.model.tabulate(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
+  logging.info('Model: %s parameters.\n%s', f'{num_params:,}',
+               analysis.format_table(analysis.analyze(config.model, image_shape, run.info.num_outputs)))
 
   state = backend.from_checkpoint(state)
   periodic = 'val' if run.splits.val else 'test'  # what the periodic evaluations (and any selection) see
-  train_iter, eval_batches, test_batches = run.train_batches(start_step), run.eval_batches(periodic), None
+  next_input, (eval_batches, eval_fn), test = run.step_inputs(start_step), run.evaluation(periodic), None
   if periodic != 'test':
-    test_batches = run.eval_batches('test')  # built before training, evaluated once after it
-  report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
-                                                    every_steps=config.log_every_steps)
+    test = run.evaluation('test')  # built before training, evaluated once after it
+  report_progress = writers.Progress(config.num_train_steps, config.log_every_steps, writer, start_step)
   pending: list[tuple[int, Metrics]] = []
   eval_metrics: dict[str, float] = {}
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      state, metrics = run.train_step(state, backend.put_batch(next(train_iter)), dropout_rng)
+      state, metrics = run.train_step(state, next_input(), dropout_rng)
       pending.append((step, metrics))
       if len(pending) > MAX_STEPS_IN_FLIGHT:  # bound the async queue without stalling the devices
         jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
-      report_progress(step, time.time())
+      report_progress(step)
       last, stop = step == config.num_train_steps, preemption.requested is not None
       save = step % config.checkpoint_every_steps == 0 or last or stop
       if step % config.log_every_steps == 0 or save:  # train metrics are checked before any save
         _write_train_metrics(writer, pending, config, checkpoints.latest_step())
         pending = []
       if step % config.eval_every_steps == 0 or last:
-        eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
+        eval_metrics = evaluate(eval_fn, state, eval_batches, backend, periodic)
         writer.write_scalars(step, eval_metrics)
         if best is not None and step not in best.all_steps():  # orbax keeps the best of these only
           best.save(step, backend.to_checkpoint(state), metrics={k: float(v) for k, v in eval_metrics.items()})
@@ -447,9 +537,9 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
         state = backend.from_checkpoint(best.restore(chosen['selected_step'], template))
         eval_metrics = {}
     if not eval_metrics:  # resumed a finished run, or chose an earlier checkpoint: evaluate what it left
-      eval_metrics = evaluate(run.eval_step, state, eval_batches, backend, periodic)
-    if test_batches is not None:  # the test split, once, at the end
-      test_metrics = evaluate(run.eval_step, state, test_batches, backend, 'test')
+      eval_metrics = evaluate(eval_fn, state, eval_batches, backend, periodic)
+    if test is not None:  # the test split, once, at the end
+      test_metrics = evaluate(test[1], state, test[0], backend, 'test')
       writer.write_scalars(config.num_train_steps, test_metrics)
       eval_metrics.update(test_metrics)
     writer.write_scalars(config.num_train_steps, {'num_params': num_params, **chosen})

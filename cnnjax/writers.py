@@ -1,4 +1,8 @@
-"""Metric writers: clu's TensorBoard/logging writer plus a metrics.jsonl line per write."""
+"""Metric writers: a metrics.jsonl line per write, TensorBoard event files and the log, and the progress line.
+
+None of them needs TensorFlow: TensorBoard's events are written by the tensorboard package's own event-file
+writer (the one PyTorch uses), so a run whose data does not come through tf.data imports no TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,23 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
-from clu import metric_writers
-from clu.metric_writers import interface
+from absl import logging
 
 from cnnjax import files
 
 
-class JsonlWriter(interface.MetricWriter):
+class Writer(Protocol):
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None: ...
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None: ...
+  def flush(self) -> None: ...
+  def close(self) -> None: ...
+
+
+class JsonlWriter:
   """Appends {'step': s, 'time': unix seconds, name: value, ...} as one JSON line per write_scalars call.
 
   A run resumed at step k replays the steps after its checkpoint, so the rows a killed run wrote after step
@@ -32,7 +42,7 @@ class JsonlWriter(interface.MetricWriter):
         self._written.update((row['step'], k) for k in row if k not in ('step', 'time'))
     self._file = open(path, 'a')  # noqa: SIM115 - closed in close()
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Writes the scalars not yet in the file at ``step`` (a finished run launched again re-evaluates)."""
     new = {k: float(np.asarray(v)) for k, v in scalars.items() if (int(step), k) not in self._written}
     if new:
@@ -40,33 +50,14 @@ class JsonlWriter(interface.MetricWriter):
       self._file.flush()  # on disk before the checkpoint of its step: a killed run loses no row it reported
       self._written.update((int(step), k) for k in new)
 
-  def write_hparams(self, hparams: Mapping[str, Any]):
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     self._file.write(json.dumps({'hparams': {k: str(v) for k, v in hparams.items()}}) + '\n')
 
-  def flush(self):
+  def flush(self) -> None:
     self._file.flush()
 
-  def close(self):
+  def close(self) -> None:
     self._file.close()
-
-  # Non-scalar summaries have no JSON form; TensorBoard gets them.
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
 
 
 def _truncate_after(path: str, step: int) -> list[dict[str, Any]]:
@@ -85,10 +76,103 @@ def _truncate_after(path: str, step: int) -> list[dict[str, Any]]:
   return [row for row in keep if 'step' in row]
 
 
-def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:
-  """TensorBoard events + logging + metrics.jsonl in workdir (from ``start_step`` on: see JsonlWriter);
-  logging only on processes other than 0."""
+class TensorBoardWriter:
+  """Scalars as TensorBoard events in ``logdir`` (tensorboard's event-file writer; no TensorFlow)."""
+
+  def __init__(self, logdir: str):
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    self._writer = EventFileWriter(logdir)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(np.asarray(v))) for k, v in scalars.items()]
+    self._writer.add_event(event_pb2.Event(step=int(step), wall_time=time.time(),
+                                           summary=summary_pb2.Summary(value=values)))
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    del hparams  # the config is in config.json and in metrics.jsonl's first row
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+class LogWriter:
+  """Scalars as one log line per write: ``[step] name=value, ...``."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    logging.info('[%d] %s', step, ', '.join(f'{k}={float(np.asarray(v)):.6g}' for k, v in sorted(scalars.items())))
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    del hparams  # the launcher logs the config once
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+class MultiWriter:
+  """Writes to each of ``writers`` in turn."""
+
+  def __init__(self, writers: list[Writer]):
+    self.writers = writers
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any], log: bool = True) -> None:
+    """Writes ``scalars`` to every writer (but the log, unless ``log``)."""
+    for w in self.writers:
+      if log or not isinstance(w, LogWriter):
+        w.write_scalars(step, scalars)
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    for w in self.writers:
+      w.write_hparams(hparams)
+
+  def flush(self) -> None:
+    for w in self.writers:
+      w.flush()
+
+  def close(self) -> None:
+    for w in self.writers:
+      w.close()
+
+
+def create_writer(workdir: str, start_step: int = 0) -> MultiWriter:
+  """The log + TensorBoard events + metrics.jsonl in workdir (from ``start_step`` on: see JsonlWriter); the log
+  only on processes other than 0."""
   if jax.process_index() > 0:
-    return metric_writers.create_default_writer(just_logging=True)
-  return metric_writers.MultiWriter([metric_writers.create_default_writer(workdir, asynchronous=False),
-                                     JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step)])
+    return MultiWriter([LogWriter()])
+  return MultiWriter([LogWriter(), TensorBoardWriter(workdir),
+                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step)])
+
+
+def duration(seconds: float) -> str:
+  """'45s', '3m 20s', '2h 05m'."""
+  seconds = round(seconds)
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m {seconds % 60:02d}s'
+  return f'{seconds // 3600}h {seconds % 3600 // 60:02d}m'
+
+
+class Progress:
+  """Every ``every`` steps, logs the step, steps/s over the last interval and the time left at that speed, and
+  writes 'steps_per_sec'. The first interval includes compilation, so its speed (and time left) is low."""
+
+  def __init__(self, num_steps: int, every: int, writer: MultiWriter, start_step: int = 0):
+    self.num_steps, self.every, self.writer = num_steps, every, writer
+    self._step, self._time = start_step, time.monotonic()
+
+  def __call__(self, step: int) -> None:
+    if step % self.every and step != self.num_steps:
+      return
+    now = time.monotonic()
+    rate = (step - self._step) / max(now - self._time, 1e-9)
+    self._step, self._time = step, now
+    logging.info('Step %d/%d (%.0f%%), %.1f steps/s, %s left', step, self.num_steps, 100 * step / self.num_steps,
+                 rate, duration((self.num_steps - step) / rate) if rate > 0 else '?')
+    self.writer.write_scalars(step, {'steps_per_sec': rate}, log=False)  # the line above says it

@@ -48,7 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Random erasing (Zhong et al. 2020): with this probability, one rectangle of 2-40 % of the image, aspect 0.3-3.3,
   # is set to the dataset's mean (0 after normalisation).
   config.data.random_erasing = 0.0
-  config.data.shuffle_buffer = 10_000
+  # Where batches are made: host (tf.data: read, shuffle, augment on the CPU) | device (every split on every
+  # device as arrays, each batch chosen and augmented inside the jitted step; images of one size) | auto (device
+  # when the splits take at most a quarter of the device's memory).
+  config.data.pipeline = 'host'
+  config.data.shuffle_buffer = 10_000  # host pipeline
   config.data.cache = True
   config.data.prefetch = 2
   config.data.download_timeout_s = 300  # datasets that need a download: give up (with advice) after this

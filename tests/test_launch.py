@@ -25,7 +25,7 @@ def test_launch_runs_an_experiment_with_overrides(data_dir, tmp_path):
   hparams = next(r['hparams'] for r in rows if 'hparams' in r)
   assert hparams['model.pool'] == 'avg' and hparams['data.name'] == 'digits'
   assert [r['step'] for r in rows if 'train_loss' in r] == [2, 4]
-  assert 'block1' in proc.stderr and 'Total Parameters' in proc.stderr  # the per-layer summary table
+  assert '| block1.conv | 4x4x8 |' in proc.stderr and '| **total** |' in proc.stderr  # the per-layer table
   assert 'Platform cpu x8: micro-batches of the whole batch per device, CPU kernels' in proc.stderr  # 32 / 8 = 4
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
 

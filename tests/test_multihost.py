@@ -26,10 +26,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_two_processes(workdir, data_dir, backend):
+def _run_two_processes(workdir, data_dir, backend, *extra_flags):
   port = _free_port()
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
-  flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()] + [f'--config.parallel={backend}']
+  flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()] + [f'--config.parallel={backend}', *extra_flags]
   procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch.py'), '--multihost',
                              f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}',
                              f'--workdir={workdir}', f'--data_dir={data_dir}', *flags],
@@ -66,3 +66,18 @@ def test_two_processes_agree_with_each_other_and_with_one_process(config, data_d
     written = manager.restore(6, args=ocp.args.StandardRestore(target)).params  # written collectively
   assert train.params_fingerprint(written) == fp0
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), written, want)
+
+
+def test_two_processes_on_the_device_pipeline_agree_with_one_process_on_eight_devices(config, data_dir, tmp_path):
+  """The device pipeline's batches depend on (seed, step) alone, so 2 processes x 2 devices train what one
+  process on 8 devices does."""
+  (p0, fp0), (p1, fp1) = _run_two_processes(str(tmp_path / 'two'), data_dir, 'shard_map',
+                                            '--config.data.pipeline=device')
+  assert (p0, p1) == ('0', '1') and fp0 == fp1
+  one = train.train_and_evaluate(apply_overrides(config, {**OVERRIDES, 'data.pipeline': 'device'}),
+                                 str(tmp_path / 'one'), data_dir)
+  target = one.run.init_state(one.run.keys()[0])
+  with ocp.CheckpointManager(str(tmp_path / 'two' / 'checkpoints')) as manager:
+    written = manager.restore(6, args=ocp.args.StandardRestore(target)).params
+  assert train.params_fingerprint(written) == fp0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), written, one.variables['params'])

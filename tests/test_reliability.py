@@ -291,7 +291,8 @@ VALID = {
     'data.crop_padding': {0}, 'data.download_timeout_s': {0.5}, 'data.image_size': {0}, 'data.name': set(),
     'data.positive_class': {0}, 'data.prefetch': set(), 'data.random_erasing': {0, 0.5},
     'data.regression_target': {'abc'},  # a feature name; the regression head refuses one its dataset lacks
-    'data.shuffle_buffer': set(), 'data.source_dir': set(), 'data.val_fraction': {0, 0.5}, 'eval_batch_size': set(),
+    'data.pipeline': set(), 'data.shuffle_buffer': set(), 'data.source_dir': set(), 'data.val_fraction': {0, 0.5},
+    'eval_batch_size': set(),
     'eval_every_steps': set(), 'eval_flip': {True}, 'head': set(), 'keep_checkpoints': set(),
     'label_smoothing': {0, 0.5}, 'log_every_steps': set(), 'lr_grid': set(), 'microbatch_size': {0},
     'model.activation': set(), 'model.conv_impl': set(), 'model.dense': set(), 'model.dilation': set(),

@@ -1,0 +1,168 @@
+"""device_pipeline: the per-epoch permutation, the augmentations against their closed forms, batches that do not
+depend on the number of devices, evaluation indices; the device pipeline end to end (resume, back-ends)."""
+
+import functools
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import data, train
+from cnnjax import device_pipeline as dp
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 7, 10, 100, 1000, 9167])
+def test_each_epoch_is_a_permutation_and_epochs_and_seeds_differ(n):
+  i = jnp.arange(n, dtype=jnp.uint32)
+  orders = {(seed, epoch): np.asarray(dp.permute(i, n, seed, jnp.full(n, epoch, jnp.uint32)))
+            for seed in (0, 1) for epoch in (0, 1)}
+  for order in orders.values():
+    np.testing.assert_array_equal(np.sort(order), np.arange(n))  # every example once
+  if n >= 10:
+    assert len({o.tobytes() for o in orders.values()}) == 4
+    assert abs(np.corrcoef(orders[0, 0], np.arange(n))[0, 1]) < 0.5  # shuffled, not near the identity
+
+
+def _make_batch(num_train=50, batch_size=8, per_device=8, preprocess=None, seed=3):
+  preprocess = preprocess or dp.Preprocess((0.5,), (0.25,))
+  return functools.partial(dp.train_batch, num_train=num_train, batch_size=batch_size, per_device=per_device,
+                           seed=seed, key=jax.random.key(seed), preprocess=preprocess)
+
+
+def _data(n=60, size=6, channels=1):
+  image = (np.arange(n * size * size * channels) % 251).astype(np.uint8).reshape(n, size, size, channels)
+  return {'image': jnp.asarray(image), 'target': jnp.arange(n, dtype=jnp.int32)}
+
+
+def test_training_batches_visit_every_training_example_once_per_epoch_and_never_a_validation_one():
+  data, make = _data(), _make_batch(num_train=50, batch_size=10, per_device=10)
+  seen = np.concatenate([np.asarray(make(data, jnp.int32(s), jnp.int32(0))['target']) for s in range(10)])
+  np.testing.assert_array_equal(np.sort(seen[:50]), np.arange(50))  # epoch 0: steps 0-4
+  np.testing.assert_array_equal(np.sort(seen[50:]), np.arange(50))  # epoch 1, in another order
+  assert not np.array_equal(seen[:50], seen[50:])
+
+
+def test_a_steps_batch_is_the_same_on_one_device_or_eight():
+  augment = dp.Preprocess((0.5,), (0.25,), flip=True, crop_padding=2, random_erasing=0.5)
+  data = _data()
+  one = _make_batch(batch_size=16, per_device=16, preprocess=augment)(data, jnp.int32(7), jnp.int32(0))
+  eight = _make_batch(batch_size=16, per_device=2, preprocess=augment)
+  parts = [eight(data, jnp.int32(7), jnp.int32(d)) for d in range(8)]
+  for key in ('image', 'target'):
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), one[key])
+
+
+def test_normalisation_and_flips():
+  image = jnp.asarray(np.random.default_rng(0).integers(0, 256, (5, 4, 3), np.uint8))
+  plain = dp.Preprocess((0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
+  want = (np.asarray(image, np.float32) / 255 - [0.1, 0.2, 0.3]) / [0.5, 0.25, 2.0]
+  np.testing.assert_allclose(plain.normalize(image), want, rtol=1e-6)
+  flip = dp.Preprocess((0.1, 0.2, 0.3), (0.5, 0.25, 2.0), flip=True)
+  outs = [np.asarray(flip.augment(image, jax.random.key(k))) for k in range(200)]
+  flipped = [np.allclose(o, want[:, ::-1], rtol=1e-6) for o in outs]
+  assert all(f or np.allclose(o, want, rtol=1e-6) for f, o in zip(flipped, outs, strict=True))
+  assert 70 <= sum(flipped) <= 130  # Binomial(200, 0.5): mean 100, sd 7
+
+
+def test_pad_and_crop_is_a_window_of_the_reflect_padded_image():
+  image = np.arange(5 * 6 * 2, dtype=np.float32).reshape(5, 6, 2)
+  padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode='reflect')  # numpy's reflect: the edge not repeated
+  offsets = set()
+  for k in range(300):
+    key = jax.random.key(k)
+    out = np.asarray(dp.pad_and_crop(jnp.asarray(image), 2, key))
+    dy, dx = (int(v) for v in jax.random.randint(key, (2,), 0, 5))
+    np.testing.assert_array_equal(out, padded[dy:dy + 5, dx:dx + 6])
+    offsets.add((dy, dx))
+  assert offsets == {(y, x) for y in range(5) for x in range(5)}  # every offset in [0, 2 * pad] occurs
+
+
+def test_random_erasing_zeroes_one_rectangle_of_the_stated_size():
+  """p=1: one axis-aligned rectangle (all channels) of 2-40 % of the area (up to rounding of the sides); p=0.5
+  about half of 400 images; p=0 none."""
+  ones = jnp.ones((28, 28, 2))
+  for i in range(50):
+    erased = np.asarray(dp.random_erasing(ones, 1.0, jax.random.key(i)))
+    zero = erased[:, :, 0] == 0
+    np.testing.assert_array_equal(zero, erased[:, :, 1] == 0)
+    rows, cols = np.flatnonzero(zero.any(1)), np.flatnonzero(zero.any(0))
+    assert zero.sum() == len(rows) * len(cols) == (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)  # a box
+    assert 0.02 * 784 * 0.7 <= zero.sum() <= 0.4 * 784 * 1.3, zero.sum()
+  count = sum(bool((np.asarray(dp.random_erasing(ones, 0.5, jax.random.key(1000 + i))) == 0).any()) for i in range(400))
+  assert 160 <= count <= 240  # Binomial(400, 0.5): mean 200, sd 10
+  np.testing.assert_array_equal(dp.random_erasing(ones, 0.0, jax.random.key(0)), ones)
+
+
+def test_eval_indices_cover_the_range_once_split_over_devices_and_processes():
+  start, count, batch = 100, 21, 8
+  rows = [dp.eval_indices(start, count, batch, num_devices=4, first_device=2 * p, local_devices=2) for p in (0, 1)]
+  assert len(rows[0]) == len(rows[1]) == 3
+  seen = []
+  for b in range(3):
+    index = np.concatenate([rows[p][b]['index'] for p in (0, 1)]).reshape(-1)
+    mask = np.concatenate([rows[p][b]['mask'] for p in (0, 1)]).reshape(-1)
+    assert rows[0][b]['index'].shape == (2, 2)
+    seen += list(index[mask])
+  assert seen == list(range(100, 121))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end.
+
+@pytest.fixture
+def device_config(config):
+  config.data.pipeline = 'device'
+  config.data.augment_flip = config.data.augment_crop = True
+  config.data.random_erasing = 0.5
+  return config
+
+
+def _checkpoint(workdir, step):
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
+    return manager.restore(step, args=ocp.args.StandardRestore())
+
+
+def test_the_device_pipeline_learns_and_resumes_bitwise(device_config, data_dir, tmp_path):
+  device_config.model.variant, device_config.data.random_erasing = 'small', 0.0
+  device_config.num_train_steps, device_config.eval_every_steps = 150, 150
+  device_config.checkpoint_every_steps = 75
+  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  result = train.train_and_evaluate(device_config, full, data_dir)
+  assert result.run.pipeline == 'device' and result.metrics['test_accuracy'] > 0.5  # chance is 1/6
+  shutil.copytree(full, resumed)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '150'))  # as if killed after step 75's checkpoint
+  again = train.train_and_evaluate(device_config, resumed, data_dir)
+  assert again.start_step == 75
+  jax.tree.map(np.testing.assert_array_equal, _checkpoint(resumed, 150), _checkpoint(full, 150))
+  assert again.metrics == result.metrics
+
+
+def test_the_device_pipeline_evaluates_every_example_once_as_the_host_pipeline_does(config, data_dir):
+  host = train.setup(config, data_dir)
+  config.data.pipeline = 'device'
+  device = train.setup(config, data_dir)
+  assert data.split_sizes(config.data, device.builder) == (9167, 833, 0)
+  assert len(device.arrays['train']['target']) == 10_000 and len(device.arrays['test']['target']) == 2000
+  state = host.backend.from_checkpoint(host.init_state(host.keys()[0]))
+  for split, count in (('val', 833), ('test', 2000)):
+    batches, eval_fn = device.evaluation(split)
+    assert sum(int(b['mask'].sum()) for b in batches) == count
+    got = train.evaluate(eval_fn, state, batches, device.backend, split)
+    want = train.evaluate(*reversed(host.evaluation(split)), state, device.backend, split)
+    assert got.keys() == want.keys()
+    for k in got:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5)
+
+
+def test_pmap_and_shard_map_train_the_same_on_the_device_pipeline(device_config, data_dir, tmp_path):
+  device_config.num_train_steps = 10
+  results = {}
+  for backend in ('pmap', 'shard_map'):
+    device_config.parallel = backend
+    results[backend] = train.train_and_evaluate(device_config, str(tmp_path / backend), data_dir).variables
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), results['pmap'],
+               results['shard_map'])
