@@ -1,52 +1,85 @@
 """A prepared dataset's splits as arrays that numpy alone loads, for the device pipeline.
 
 Each split of a prepared TFDS dataset of fixed-size images is written once to
-DATA_DIR/cnnjax_arrays/<dataset>/<config>/<version>/ as one ``<split>.<feature>.npy`` file per feature (images
-as uint8 [N, H, W, C], in the TFDS split's own order, the order the validation split is carved by) and sealed
-by a manifest of checksums; every later run checks the seal and loads the files with numpy alone. Processes
-that share a data_dir write it once, under a lock.
+DATA_DIR/cnnjax_arrays/<dataset>[-<image size>]/ as one ``<split>.<feature>.npy`` file per feature (images as
+uint8 [N, H, W, C], in the TFDS split's own order, the order the validation split is carved by) with
+``info.json`` (each feature's shape and classes, each split's size), sealed by a manifest of checksums. Later
+runs check the seal and read the files with numpy alone: neither TensorFlow nor TensorFlow Datasets is
+imported. Processes that share a data_dir write them once, under a lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+from typing import TYPE_CHECKING
 
+import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import files
+from cnnjax import data, files
 from cnnjax.errors import DataError
 
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
+
 ARRAYS_DIR = 'cnnjax_arrays'
+INFO_FILE = 'info.json'
+DEFAULT_DATA_DIR = os.path.join('~', 'tensorflow_datasets')  # TFDS's own default, when --data_dir is not given
 
 
-def location(builder) -> str:
-  """Where the arrays of a TFDS builder's prepared data live: beside its TFDS files, under ARRAYS_DIR."""
-  return os.path.join(builder.data_dir_root, ARRAYS_DIR, os.path.relpath(builder.data_dir, builder.data_dir_root))
+@dataclasses.dataclass(frozen=True)
+class Feature:
+  """What the task heads read of a feature, as TFDS's features say it: its shape and, for labels, its classes."""
+  shape: tuple[int, ...]
+  num_classes: int | None = None
 
 
-def prepare(builder) -> str:
-  """The directory of ``builder``'s splits as arrays, written (once, under a lock) if need be, and checked.
+@dataclasses.dataclass(frozen=True)
+class Info:
+  """A dataset's features (name -> Feature) and its splits' sizes (TFDS split name -> examples)."""
+  features: dict[str, Feature]
+  num_examples: dict[str, int]
+
+
+def location(data_config: ml_collections.ConfigDict, data_dir: str | None) -> str:
+  """Where the arrays of ``config.data`` live in ``data_dir``."""
+  spec = data.get_spec(data_config.name)
+  name = f'{data_config.name}-{data.image_size(data_config)}' if spec.sizes else data_config.name
+  root = data_dir or os.environ.get('TFDS_DATA_DIR', DEFAULT_DATA_DIR)
+  return os.path.join(os.path.expanduser(root), ARRAYS_DIR, name)
+
+
+def find(directory: str) -> Info | None:
+  """The Info of the arrays in ``directory``, after checking their seal; None when none were written.
 
   Raises:
     DataError naming the damaged file and how to write the arrays anew.
   """
-  directory = location(builder)
   if not files.is_sealed(directory):
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    with files.locked(directory + '.lock'):
-      if not files.is_sealed(directory):  # another process may have written them meanwhile
-        _write(builder, directory)
+    return None
   problem = files.damage(directory)
   if problem:
-    raise DataError(f'the arrays of {builder.name} in {directory} are damaged ({problem}); move that directory '
-                    'away and run again to write them anew')
-  return directory
+    raise DataError(f'the dataset arrays in {directory} are damaged ({problem}); move that directory away and run '
+                    'again to write them anew')
+  raw = files.read_json(os.path.join(directory, INFO_FILE), f'move {directory} away and run again')
+  return Info({k: Feature(tuple(v['shape']), v['num_classes']) for k, v in raw['features'].items()},
+              raw['num_examples'])
 
 
-def _write(builder, directory: str) -> None:
-  """Reads every split of ``builder`` once (TFDS, in its split order) and writes one .npy file per feature."""
+def write(builder: tfds.core.DatasetBuilder, directory: str) -> Info:
+  """Writes the prepared ``builder``'s splits to ``directory`` (once, under a lock) and returns their Info."""
+  os.makedirs(os.path.dirname(directory), exist_ok=True)
+  with files.locked(directory + '.lock'):
+    if not files.is_sealed(directory):  # another process may have written them meanwhile
+      _write(builder, directory)
+  return find(directory)
+
+
+def _write(builder: tfds.core.DatasetBuilder, directory: str) -> None:
+  """Reads every split of ``builder`` once (in its split order) and writes one .npy file per feature."""
   import tensorflow_datasets as tfds
 
   logging.info('Writing %s as arrays to %s (once).', builder.name, directory)
@@ -58,6 +91,10 @@ def _write(builder, directory: str) -> None:
                             read_config=tfds.ReadConfig(add_tfds_id=False))
     for name, value in tfds.as_numpy(ds).items():
       np.save(os.path.join(tmp, f'{split}.{name}.npy'), value)
+  features = {name: {'shape': list(feature.shape), 'num_classes': getattr(feature, 'num_classes', None)}
+              for name, feature in builder.info.features.items()}
+  files.write_json(os.path.join(tmp, INFO_FILE), {'features': features, 'num_examples': data.num_examples(builder),
+                                                  'tfds': f'{builder.name}/{builder.info.full_name}'})
   files.seal(tmp)
   shutil.rmtree(directory, ignore_errors=True)  # an unsealed leftover of a killed writer
   os.rename(tmp, directory)

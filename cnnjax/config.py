@@ -185,6 +185,12 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
       raise ConfigError(f'--config.{flag}={config[flag]} must be a positive multiple of the {num_devices} devices; '
                         f'use e.g. --config.{flag}={max(1, round(config[flag] / num_devices)) * num_devices}')
   _validate_microbatch_size(config.microbatch_size, config.batch_size, num_devices)
+  steps = config.steps_per_dispatch
+  if steps != 'auto' and not (is_int(steps) and steps >= 1):
+    raise ConfigError(f'--config.steps_per_dispatch={steps!r} must be auto or an integer >= 1')
+  if steps != 'auto' and steps > 1 and config.data.pipeline == 'host':
+    raise ConfigError(f'--config.steps_per_dispatch={steps} runs several steps in one program, which needs the data '
+                      'on the devices: set --config.data.pipeline=device (or auto), or --config.steps_per_dispatch=1')
   check_choice('cpu_speedups', config.cpu_speedups, SPEEDUPS)
   for flag in ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints', 'seeds'):

@@ -10,20 +10,21 @@ import dataclasses
 import functools
 import os
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cnnjax import datasets, files
+from cnnjax import files
 from cnnjax.config import check_bool, check_choice, check_int, check_number, check_str
-from cnnjax.datasets import idx
 from cnnjax.errors import ConfigError, DataError, DownloadTimeout
+
+if TYPE_CHECKING:  # TensorFlow Datasets is imported only where TFDS data is prepared or read
+  import tensorflow_datasets as tfds
 
 RESIZE_DEFAULT = 224  # side that datasets of varying image sizes are resized to when image_size is 0
 
@@ -62,10 +63,14 @@ class DatasetSpec:
   install_hint: str = ''
 
 
+def _shapes_config(image_size: int) -> Any:
+  from cnnjax.datasets import shapes
+  return shapes.builder_config(image_size)
+
+
 DATASETS: dict[str, DatasetSpec] = {
-    'shapes': DatasetSpec(32, 3, (0.5,) * 3, (0.29,) * 3, offline=True,
-                          sizes=(datasets.shapes.MIN_SIZE, datasets.shapes.MAX_SIZE),
-                          builder_config=datasets.shapes.builder_config),
+    'shapes': DatasetSpec(32, 3, (0.5,) * 3, (0.29,) * 3, offline=True, sizes=(8, 224),  # shapes.MIN/MAX_SIZE
+                          builder_config=_shapes_config),
     'digits': DatasetSpec(8, 1, (0.305,), (0.375,), offline=True),
     'mnist': DatasetSpec(28, 1, (0.1307,), (0.3081,), idx=True),
     'fashion_mnist': DatasetSpec(28, 1, (0.2860,), (0.3530,), idx=True, source_dir='/usr/share/datasets/fashion-mnist',
@@ -84,22 +89,27 @@ class Splits:
   test: str
 
 
-def split_sizes(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> tuple[int, int, int]:
-  """(train, validation, test-from-train) example counts of the prepared builder's train split, carved in its
-  order: training first, then the last ``val_fraction`` (before the test part, for datasets without a test
-  split) is the validation split."""
+def split_sizes(data_config: ml_collections.ConfigDict, num_examples: Mapping[str, int]) -> tuple[int, int, int]:
+  """(train, validation, test-from-train) example counts of the dataset's train split (``num_examples``: TFDS
+  split name -> examples), carved in its order: training first, then the last ``val_fraction`` (before the test
+  part, for datasets without a test split) is the validation split."""
   spec = get_spec(data_config.name)
-  n = builder.info.splits[spec.train_split].num_examples
+  n = num_examples[spec.train_split]
   n_test = 0 if spec.test_split else round(spec.test_fraction * n)
   n_val = round(data_config.val_fraction * (n - n_test))
   return n - n_test - n_val, n_val, n_test
+
+
+def num_examples(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
+  """TFDS split name -> examples, of a builder."""
+  return {name: split.num_examples for name, split in builder.info.splits.items()}
 
 
 def splits(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> Splits:
   """The run's TFDS split strings, carved deterministically from the prepared builder's train split (see
   ``split_sizes``)."""
   spec = get_spec(data_config.name)
-  n_train, n_val, n_test = split_sizes(data_config, builder)
+  n_train, n_val, n_test = split_sizes(data_config, num_examples(builder))
   end, name = n_train + n_val, spec.train_split
   return Splits(train=f'{name}[:{n_train}]', val=f'{name}[{n_train}:{end}]' if n_val else None,
                 test=spec.test_split or f'{name}[{end}:]')
@@ -109,16 +119,16 @@ PIPELINES = ('auto', 'host', 'device')
 DEVICE_MEMORY_SHARE = 0.25  # pipeline=auto: the device pipeline when the uint8 splits take at most this share
 
 
-def pipeline(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, device: jax.Device) -> str:
+def pipeline(data_config: ml_collections.ConfigDict, examples: Mapping[str, int], device: jax.Device) -> str:
   """'host' (tf.data) or 'device' (the splits on every device; ``device_pipeline``) for ``--config.data.pipeline``:
-  auto is the device pipeline for images of one size whose uint8 splits take at most DEVICE_MEMORY_SHARE of
-  ``device``'s memory (the machine's for a CPU)."""
+  auto is the device pipeline for images of one size whose uint8 splits (``examples``: split -> examples) take
+  at most DEVICE_MEMORY_SHARE of ``device``'s memory (the machine's for a CPU)."""
   if data_config.pipeline != 'auto':
     return data_config.pipeline
-  if not get_spec(data_config.name).image_size:
+  spec = get_spec(data_config.name)
+  if not (spec.image_size and spec.test_split):
     return 'host'
-  examples = sum(split.num_examples for split in builder.info.splits.values())
-  size = examples * int(np.prod(image_shape(data_config)))
+  size = sum(examples.values()) * int(np.prod(image_shape(data_config)))
   stats = device.memory_stats() or {}
   memory = stats.get('bytes_limit') or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   return 'device' if size <= DEVICE_MEMORY_SHARE * memory else 'host'
@@ -189,6 +199,15 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
 
 def get_builder(data_config: ml_collections.ConfigDict, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """The TFDS builder of ``config.data`` (its features and splits are known before it is prepared)."""
+  try:
+    import tensorflow_datasets as tfds
+
+    import cnnjax.datasets  # noqa: F401 - registers the offline builders with tfds
+  except ImportError as e:
+    raise DataError(f'--config.data.name={data_config.name} is not prepared as arrays in this --data_dir, and '
+                    f'preparing it needs TensorFlow Datasets ({e}); pip install tensorflow-datasets tensorflow-cpu, '
+                    'or prepare it once where they are installed (any run of it with --config.data.pipeline=device) '
+                    'and bring that --data_dir') from None
   spec = get_spec(data_config.name)
   config = spec.builder_config(image_size(data_config)) if spec.builder_config else None
   return tfds.builder(data_config.name, config=config, data_dir=data_dir)
@@ -255,6 +274,7 @@ def _check(builder: tfds.core.DatasetBuilder, name: str) -> None:
 def _read_through(builder: tfds.core.DatasetBuilder) -> str | None:
   """Reads every record of every split once, images left encoded; what failed, or None."""
   import tensorflow as tf
+  import tensorflow_datasets as tfds
 
   skip = {k: tfds.decode.SkipDecoding() for k, v in builder.info.features.items()
           if isinstance(v, tfds.features.Image)}
@@ -269,6 +289,8 @@ def _read_through(builder: tfds.core.DatasetBuilder) -> str | None:
 def _prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict, data_dir: str | None
              ) -> tfds.core.DatasetBuilder:
   """Generates, reads from local IDX files, or downloads the data into ``data_dir``."""
+  from cnnjax.datasets import idx
+
   spec = get_spec(data_config.name)
   source_dir = data_config.source_dir or spec.source_dir
   if spec.idx and source_dir and idx.find(source_dir):

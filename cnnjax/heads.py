@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
 
 from cnnjax.config import ConfigError, check_choice, check_int, check_number, check_str
 
 Metrics = dict[str, jax.Array]
 Features = dict  # a TFDS FeaturesDict: name -> feature (``builder.info.features``)
-Target = Callable[[dict], tf.Tensor]  # a tf.data example -> its target
+Target = Callable[[dict], Any]  # a tf.data example -> its target (a tf.Tensor)
 TargetArray = Callable[[dict[str, np.ndarray]], np.ndarray]  # a split's feature arrays -> its targets [N, ...]
 
 
@@ -60,6 +60,12 @@ class Head:
     return f'{prefix}_{self.select_by[0]}', self.select_by[1]
 
 
+def _tf_target(fn: Callable[[Any, dict], Any]) -> Target:
+  """``example -> fn(tf, example)``: TensorFlow is imported only by the host pipeline, which calls this."""
+  import tensorflow as tf
+  return lambda ex: fn(tf, ex)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # multiclass
 
@@ -81,7 +87,7 @@ def _has_labels(features: Features, data_config: ml_collections.ConfigDict) -> N
 
 MULTICLASS = Head('multiclass', _multiclass_loss, _multiclass_metrics,
                   num_outputs=lambda features, _: features['label'].num_classes,
-                  target=lambda features, _: lambda ex: tf.cast(ex['label'], tf.int32),
+                  target=lambda features, _: _tf_target(lambda tf, ex: tf.cast(ex['label'], tf.int32)),
                   target_array=lambda features, _: lambda ex: ex['label'].astype(np.int32),
                   check=_has_labels)
 
@@ -102,8 +108,8 @@ def _binary_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
 def _binary_target(features: Features, data_config: ml_collections.ConfigDict) -> Target:
   """Two classes: the label itself; more: label == positive_class."""
   if features['label'].num_classes == 2:
-    return lambda ex: tf.cast(ex['label'], tf.float32)
-  return lambda ex: tf.cast(tf.equal(ex['label'], data_config.positive_class), tf.float32)
+    return _tf_target(lambda tf, ex: tf.cast(ex['label'], tf.float32))
+  return _tf_target(lambda tf, ex: tf.cast(tf.equal(ex['label'], data_config.positive_class), tf.float32))
 
 
 def _binary_target_array(features: Features, data_config: ml_collections.ConfigDict) -> TargetArray:
@@ -146,8 +152,8 @@ def _regression_check(features: Features, data_config: ml_collections.ConfigDict
 REGRESSION = Head(
     'regression', _regression_loss, _regression_metrics,
     num_outputs=lambda features, data_config: int(np.prod(features[data_config.regression_target].shape, dtype=int)),
-    target=lambda features, data_config: lambda ex: tf.reshape(
-        tf.cast(ex[data_config.regression_target], tf.float32), [-1]),
+    target=lambda features, data_config: _tf_target(lambda tf, ex: tf.reshape(
+        tf.cast(ex[data_config.regression_target], tf.float32), [-1])),
     target_array=lambda features, data_config: lambda ex: ex[data_config.regression_target].astype(
         np.float32).reshape(len(ex[data_config.regression_target]), -1),
     check=_regression_check, select_by=('loss', -1))

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import analysis, files, report, train, workdirs
+from cnnjax import analysis, data, device_pipeline, files, report, train, workdirs
 from cnnjax.config import apply_overrides, check_int
 from cnnjax.errors import ConfigError
 
@@ -125,7 +125,11 @@ def _run_dir(point_dir: str, result: dict[str, Any]) -> str:
 
 
 def _eval_sample(run: train.Run, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-  """Up to ``num`` real test examples as host arrays (images [N, H, W, C], targets [N])."""
+  """Up to ``num`` real test examples as host arrays (images [N, H, W, C], normalised; targets [N])."""
+  if run.pipeline == 'device':
+    test, spec = run.arrays['test'], data.get_spec(run.config.data.name)
+    images = device_pipeline.Preprocess(spec.mean, spec.std).normalize(test['image'][:num])
+    return np.asarray(images), test['target'][:num]
   images, targets = [], []
   for batch in run.eval_batches('test', num_devices=1):
     mask = batch['mask'].reshape(-1)

@@ -17,14 +17,13 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow_datasets as tfds
 from absl import logging
 from flax import traverse_util
 from flax.training import train_state
@@ -37,7 +36,6 @@ from cnnjax import (
   device_pipeline,
   files,
   heads,
-  input_pipeline,
   models,
   optim,
   parallel,
@@ -46,6 +44,11 @@ from cnnjax import (
 )
 from cnnjax.config import largest_divisor, validate_run
 from cnnjax.errors import CnnjaxError, ConfigError
+
+if TYPE_CHECKING:  # the host pipeline's modules (TensorFlow) are imported only when a run uses it
+  import tensorflow_datasets as tfds
+
+  from cnnjax import input_pipeline
 
 Metrics = dict[str, jax.Array]
 PyTree = Any
@@ -113,6 +116,23 @@ def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platfo
   return size, {'on': True, 'off': False}.get(config.cpu_speedups, platform == 'cpu')
 
 
+AUTO_STEPS_PER_DISPATCH = 10  # steps_per_dispatch=auto with the device pipeline (measured: docs/data.md)
+
+
+def steps_per_dispatch(config: ml_collections.ConfigDict, pipeline: str) -> int:
+  """``config.steps_per_dispatch``, with auto = AUTO_STEPS_PER_DISPATCH on the device pipeline, else 1."""
+  steps = config.steps_per_dispatch
+  return (AUTO_STEPS_PER_DISPATCH if pipeline == 'device' else 1) if steps == 'auto' else steps
+
+
+def _chunk(step: int, most: int, config: ml_collections.ConfigDict) -> int:
+  """How many steps the call after ``step`` runs: at most ``most``, ending at the next log, eval or checkpoint
+  step or the last one, so that those happen exactly where they would one step at a time."""
+  every = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
+  boundary = min([config.num_train_steps] + [(step // n + 1) * n for n in every])
+  return min(most, boundary - step)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A run's set-up.
 
@@ -122,7 +142,8 @@ class Run:
 
   Attributes:
     config: the experiment config.
-    builder: the TFDS builder (prepared unless ``setup(prepare=False)``).
+    builder: the TFDS builder (prepared unless ``setup(prepare=False)``); None when the device pipeline reads
+      arrays written earlier (no TensorFlow).
     info: the model's input shape and output width.
     head: the task head.
     model: the Flax CNN.
@@ -137,9 +158,12 @@ class Run:
       makes its own batch: ``device_pipeline``).
     arrays: the device pipeline's data, host arrays {'train': {'image', 'target'}, 'test': ...} ('train' holds
       the training examples, then the validation ones); None for the host pipeline.
+    num_examples: TFDS split name -> examples.
+    steps_per_dispatch: the most training steps one call runs (``steps_per_dispatch``).
+    step_fn: the unmapped train step, which ``train_steps`` runs several times per call.
   """
   config: ml_collections.ConfigDict
-  builder: tfds.core.DatasetBuilder
+  builder: tfds.core.DatasetBuilder | None
   info: data.DataInfo
   head: heads.Head
   model: models.CNN
@@ -152,6 +176,10 @@ class Run:
   cpu_kernels: bool
   pipeline: str = 'host'
   arrays: dict[str, dict[str, np.ndarray]] | None = None
+  num_examples: dict[str, int] = dataclasses.field(default_factory=dict)
+  steps_per_dispatch: int = 1
+  step_fn: Callable | None = None
+  _multi: dict[int, Callable] = dataclasses.field(default_factory=dict, compare=False, repr=False)
   _placed: dict[str, PyTree] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   def placed(self, which: str) -> PyTree:
@@ -177,10 +205,16 @@ class Run:
     """example -> target, as the head maps this dataset."""
     return self.head.target(self.builder.info.features, self.config.data)
 
+  @property
+  def host_pipeline(self):
+    """The tf.data pipelines' module, imported when first used (it imports TensorFlow)."""
+    from cnnjax import input_pipeline
+    return input_pipeline
+
   def train_batches(self, start_step: int = 0, shard: input_pipeline.Shard | None = None,
                     num_devices: int | None = None) -> Iterator[input_pipeline.Batch]:
     """Training batches from ``start_step`` on, [local devices, per-device batch, ...] (see input_pipeline)."""
-    return input_pipeline.train_iterator(self.config, self.builder, self.target,
+    return self.host_pipeline.train_iterator(self.config, self.builder, self.target,
                                          num_devices or jax.local_device_count(), start_step, shard)
 
   @property
@@ -190,8 +224,18 @@ class Run:
 
   def eval_batches(self, split: str = 'test', num_devices: int | None = None) -> Iterable[input_pipeline.Batch]:
     """The 'val' or 'test' split, padded and masked (see input_pipeline)."""
-    return input_pipeline.eval_batches(self.config, self.builder, self.target,
+    return self.host_pipeline.eval_batches(self.config, self.builder, self.target,
                                        num_devices or jax.local_device_count(), getattr(self.splits, split))
+
+  def train_steps(self, num_steps: int) -> Callable[..., tuple[TrainState, Metrics]]:
+    """``(state, data, rng) -> (state, metrics stacked over steps)``: ``num_steps`` train steps in one program
+    (a ``lax.scan``), mapped over devices like ``train_step``; compiled once per ``num_steps``."""
+    if num_steps == 1:
+      return self.train_step
+    if num_steps not in self._multi:
+      multi = functools.partial(multi_step, step=self.step_fn, num_steps=num_steps)
+      self._multi[num_steps] = self.backend.map_train_step(multi, self.pipeline == 'device')
+    return self._multi[num_steps]
 
   def step_inputs(self, start_step: int) -> Callable[[], PyTree]:
     """What feeds each train step from ``start_step`` on, placed for the devices: the next host batch, or the
@@ -205,7 +249,7 @@ class Run:
     """(host batches, eval function of (state, placed batch)) of the 'val' or 'test' split, for ``evaluate``."""
     if self.pipeline == 'host':
       return self.eval_batches(split), self.eval_step
-    n_train, n_val, _ = data.split_sizes(self.config.data, self.builder)
+    n_train, n_val, _ = data.split_sizes(self.config.data, self.num_examples)
     which = 'test' if split == 'test' else 'train'
     start, count = (0, len(self.arrays['test']['target'])) if split == 'test' else (n_train, n_val)
     local = jax.local_device_count()
@@ -228,9 +272,13 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
     damaged.
   """
   validate(config, jax.device_count())
-  builder = data.prepare(config.data, data_dir) if prepare else data.get_builder(config.data, data_dir)
   head = heads.get_head(config.head)
-  features = builder.info.features
+  directory = arrays.location(config.data, data_dir)
+  found = arrays.find(directory) if prepare and config.data.pipeline != 'host' else None
+  builder = None if found else data.prepare(config.data, data_dir) if prepare else data.get_builder(config.data,
+                                                                                                   data_dir)
+  features = found.features if found else builder.info.features
+  num_examples = found.num_examples if found else data.num_examples(builder)
   head.check(features, config.data)
   info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
   backend = parallel.get_backend(config.parallel)
@@ -240,27 +288,29 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
                            label_smoothing=config.label_smoothing)
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_kernels)
   evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip)
-  pipeline = data.pipeline(config.data, builder, jax.devices()[0]) if prepare else 'host'
+  pipeline = data.pipeline(config.data, num_examples, jax.devices()[0]) if prepare else 'host'
+  if pipeline == 'host' and builder is None:  # auto chose the host pipeline for arrays too large for the device
+    builder = data.prepare(config.data, data_dir)
   host_arrays = None
   if pipeline == 'device':
-    host_arrays, step, evaluation = _device_pipeline(config, builder, head, step, evaluation)
+    found = found or arrays.write(builder, directory)
+    host_arrays, step, evaluation = _device_pipeline(config, directory, found, head, step, evaluation)
   device = pipeline == 'device'
   return Run(config, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
              backend.map_train_step(step, device), backend.map_eval_step(evaluation, device), microbatch_size,
-             cpu_kernels, pipeline, host_arrays)
+             cpu_kernels, pipeline, host_arrays, num_examples, steps_per_dispatch(config, pipeline), step)
 
 
-def _device_pipeline(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, head: heads.Head,
+def _device_pipeline(config: ml_collections.ConfigDict, directory: str, found: arrays.Info, head: heads.Head,
                      step: Callable, evaluation: Callable) -> tuple[dict, Callable, Callable]:
   """The device pipeline's host arrays and the train and eval steps that make their own batches from them."""
   spec = data.get_spec(config.data.name)
-  directory = arrays.prepare(builder)
-  target = head.target_array(builder.info.features, config.data)
+  target = head.target_array(found.features, config.data)
   host = {}
   for name, split in (('train', spec.train_split), ('test', spec.test_split)):
     features = arrays.load(directory, split)
     host[name] = {'image': features['image'], 'target': target(features)}
-  n_train, n_val, _ = data.split_sizes(config.data, builder)
+  n_train, n_val, _ = data.split_sizes(config.data, found.num_examples)
   host['train'] = jax.tree.map(lambda x: x[:n_train + n_val], host['train'])
   d = config.data
   preprocess = device_pipeline.Preprocess(spec.mean, spec.std)
@@ -282,6 +332,13 @@ def device_train_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: 
                       ) -> tuple[TrainState, Metrics]:
   """``step`` on the batch that ``make_batch`` makes from the device's ``data`` for this step and device."""
   return step(state, make_batch(data, state.step, jax.lax.axis_index(parallel.AXIS)), rng)
+
+
+def multi_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: Callable, num_steps: int
+               ) -> tuple[TrainState, Metrics]:
+  """``num_steps`` calls of ``step(state, data, rng)`` in one program (a ``lax.scan``); the metrics are stacked on
+  a leading axis. The device pipeline makes each step's batch from the step count, so ``data`` is the same."""
+  return jax.lax.scan(lambda s, _: step(s, data, rng), state, None, length=num_steps)
 
 
 def device_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluation: Callable, make_batch: Callable
@@ -502,7 +559,8 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
                analysis.format_table(analysis.analyze(config.model, image_shape, run.info.num_outputs)))
 
   state = backend.from_checkpoint(state)
-  periodic = 'val' if run.splits.val else 'test'  # what the periodic evaluations (and any selection) see
+  has_val = data.split_sizes(config.data, run.num_examples)[1] > 0
+  periodic = 'val' if has_val else 'test'  # what the periodic evaluations (and any selection) see
   next_input, (eval_batches, eval_fn), test = run.step_inputs(start_step), run.evaluation(periodic), None
   if periodic != 'test':
     test = run.evaluation('test')  # built before training, evaluated once after it
@@ -510,8 +568,11 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   pending: list[tuple[int, Metrics]] = []
   eval_metrics: dict[str, float] = {}
   try:
-    for step in range(start_step + 1, config.num_train_steps + 1):
-      state, metrics = run.train_step(state, next_input(), dropout_rng)
+    step = start_step
+    while step < config.num_train_steps:
+      chunk = _chunk(step, run.steps_per_dispatch, config)
+      state, metrics = run.train_steps(chunk)(state, next_input(), dropout_rng)
+      step += chunk
       pending.append((step, metrics))
       if len(pending) > MAX_STEPS_IN_FLIGHT:  # bound the async queue without stalling the devices
         jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
@@ -560,13 +621,19 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
 
 def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_collections.ConfigDict,
                          last_checkpoint: int | None) -> None:
-  """Writes the mean of the pending steps' metrics (one host sync); stops on a non-finite loss."""
+  """Writes the mean of the pending calls' metrics (one host sync); stops on a non-finite loss. ``pending`` holds
+  (last step, metrics) of each call, its metrics stacked over the call's steps when it ran several."""
   local = jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), [m for _, m in pending]))  # one sync
-  rows = [{k: parallel.first(v) for k, v in m.items()} for m in local]
+  rows, steps = [], []
+  for (last, _), m in zip(pending, local, strict=True):
+    values = {k: np.asarray(v).reshape(-1) for k, v in m.items()}  # this device's: one value per step
+    count = len(values['loss'])
+    rows += [{k: float(v[i]) for k, v in values.items()} for i in range(count)]
+    steps += range(last - count + 1, last + 1)
   losses = np.array([r['loss'] for r in rows])
   bad = ~np.isfinite(losses)
   if bad.any() and not config.skip_nonfinite:
-    step = pending[int(bad.argmax())][0]
+    step = steps[int(bad.argmax())]
     kept = (f'the last good checkpoint is step {last_checkpoint} (kept)' if last_checkpoint is not None
             else 'no checkpoint was written yet')
     raise NonFiniteLoss(f'the training loss is {losses[bad][0]} at step {step}; {kept}. Lower '

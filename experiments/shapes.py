@@ -99,6 +99,10 @@ def get_config() -> ml_collections.ConfigDict:
   # two-step BatchNorm reductions.
   # auto = on for CPU only | on | off.
   config.cpu_speedups = 'auto'
+  # Training steps per call to the devices, run by a lax.scan inside one program (the device pipeline only; a
+  # call ends at every log, eval and checkpoint step). auto = several on the device pipeline (train.platform_choices),
+  # else 1. 'auto' or an int >= 1.
+  config.steps_per_dispatch = ml_collections.FieldReference('auto', field_type=object)
   config.num_train_steps = 1000
   config.log_every_steps = 50
   config.eval_every_steps = 250

@@ -145,14 +145,15 @@ def test_the_device_pipeline_evaluates_every_example_once_as_the_host_pipeline_d
   host = train.setup(config, data_dir)
   config.data.pipeline = 'device'
   device = train.setup(config, data_dir)
-  assert data.split_sizes(config.data, device.builder) == (9167, 833, 0)
+  assert data.split_sizes(config.data, device.num_examples) == (9167, 833, 0)
   assert len(device.arrays['train']['target']) == 10_000 and len(device.arrays['test']['target']) == 2000
   state = host.backend.from_checkpoint(host.init_state(host.keys()[0]))
   for split, count in (('val', 833), ('test', 2000)):
     batches, eval_fn = device.evaluation(split)
     assert sum(int(b['mask'].sum()) for b in batches) == count
     got = train.evaluate(eval_fn, state, batches, device.backend, split)
-    want = train.evaluate(*reversed(host.evaluation(split)), state, device.backend, split)
+    host_batches, host_fn = host.evaluation(split)
+    want = train.evaluate(host_fn, state, host_batches, host.backend, split)
     assert got.keys() == want.keys()
     for k in got:
       np.testing.assert_allclose(got[k], want[k], rtol=1e-5)
@@ -166,3 +167,56 @@ def test_pmap_and_shard_map_train_the_same_on_the_device_pipeline(device_config,
     results[backend] = train.train_and_evaluate(device_config, str(tmp_path / backend), data_dir).variables
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), results['pmap'],
                results['shard_map'])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several steps per dispatch.
+
+@pytest.mark.parametrize('step,expected', [(0, 10), (40, 5), (45, 5), (50, 10), (95, 5), (140, 10), (148, 2)])
+def test_a_call_ends_at_every_log_eval_and_checkpoint_step(config, step, expected):
+  config.num_train_steps, config.log_every_steps, config.eval_every_steps = 150, 50, 100
+  config.checkpoint_every_steps = 45
+  assert train._chunk(step, 10, config) == expected
+
+
+def _rows(workdir):
+  import json
+  return [{k: v for k, v in json.loads(line).items() if k not in ('time', 'steps_per_sec')}
+          for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+
+
+def test_ten_steps_per_call_train_as_one_step_per_call_and_resume_bitwise(device_config, data_dir, tmp_path):
+  device_config.num_train_steps, device_config.log_every_steps, device_config.eval_every_steps = 30, 15, 30
+  device_config.checkpoint_every_steps = 20
+  runs = {}
+  for k in (1, 10):
+    device_config.steps_per_dispatch = k
+    runs[k] = train.train_and_evaluate(device_config, str(tmp_path / f'k{k}'), data_dir)
+  assert runs[10].run.steps_per_dispatch == 10 and runs[1].run.steps_per_dispatch == 1
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), runs[10].variables,
+               runs[1].variables)
+  one, ten = _rows(tmp_path / 'k1'), _rows(tmp_path / 'k10')
+  assert [r.get('step') for r in ten] == [r.get('step') for r in one]  # the same rows at the same steps
+  assert sorted(os.listdir(tmp_path / 'k10' / 'checkpoints')) == ['20', '30']
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(tmp_path / 'k10', resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '30')
+  assert train.train_and_evaluate(device_config, str(resumed), data_dir).start_step == 20
+  jax.tree.map(np.testing.assert_array_equal, _checkpoint(str(resumed), 30), _checkpoint(str(tmp_path / 'k10'), 30))
+
+
+def test_a_non_finite_loss_inside_a_call_names_its_own_step(device_config, data_dir, tmp_path):
+  device_config.optimizer.name, device_config.optimizer.schedule = 'sgd', 'constant'
+  device_config.optimizer.learning_rate, device_config.optimizer.grad_clip_norm = 1e30, 0.0
+  device_config.steps_per_dispatch, device_config.log_every_steps = 10, 10
+  with pytest.raises(train.NonFiniteLoss, match=r'the training loss is (nan|inf) at step [2-9];'):
+    train.train_and_evaluate(device_config, str(tmp_path), data_dir)
+
+
+def test_several_steps_per_call_need_the_device_pipeline(config):
+  from cnnjax.errors import ConfigError
+  config.steps_per_dispatch = 4
+  with pytest.raises(ConfigError, match='needs the data on the devices: set --config.data.pipeline=device'):
+    train.validate(config, 8)
+  config.data.pipeline = 'auto'
+  train.validate(config, 8)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -66,3 +67,36 @@ def test_list_points_prints_one_sweep_point_per_line():
   assert proc.returncode == 0, proc.stderr[-2000:]
   points = ['pool=max', 'pool=avg', 'pool=none', 'conv_stride2']  # 3 seeds each, the ablations' default
   assert proc.stdout.split() == [f'{p},seed={s}' for p in points for s in range(3)]
+
+
+NO_TENSORFLOW = ('import runpy, sys\n'
+                 'for name in ("tensorflow", "tensorflow_datasets"):\n'
+                 '  sys.modules[name] = None  # importing either now fails\n'
+                 'sys.argv = ["launch.py", *sys.argv[1:]]\n'
+                 'try:\n'
+                 '  runpy.run_path("launch.py", run_name="__main__")\n'
+                 'finally:\n'
+                 '  print("imported:", sorted(m for m, v in sys.modules.items()\n'
+                 '                             if v and m.startswith("tensorflow")))\n')
+
+
+def test_a_run_on_prepared_arrays_imports_no_tensorflow(data_dir, tmp_path):
+  flags = ['--experiment=shapes', f'--data_dir={data_dir}', '--config.data.pipeline=device',
+           '--config.model.variant=tiny', '--config.num_train_steps=4', '--config.batch_size=32']
+  first = _launch(f'--workdir={tmp_path / "prepare"}', *flags)  # writes the arrays once (with TensorFlow)
+  assert first.returncode == 0, first.stderr[-3000:]
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  proc = subprocess.run([sys.executable, '-c', NO_TENSORFLOW, f'--workdir={tmp_path / "run"}', *flags],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'imported: []' in proc.stdout and 'test_accuracy=' in proc.stderr
+
+
+def test_without_tensorflow_and_without_arrays_the_run_says_what_to_install(tmp_path):
+  proc = subprocess.run([sys.executable, '-c', NO_TENSORFLOW, f'--workdir={tmp_path / "run"}',
+                         f'--data_dir={tmp_path / "empty"}', '--config.data.pipeline=device'],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert re.search(r'Stopped: --config.data.name=shapes is not prepared as arrays in this --data_dir, and preparing '
+                   r'it needs TensorFlow Datasets .*; pip install tensorflow-datasets', proc.stderr)
+  assert not (tmp_path / 'run').exists()

@@ -303,7 +303,7 @@ VALID = {
     'optimizer.learning_rate': {0.5}, 'optimizer.momentum': {0, 0.5}, 'optimizer.name': set(),
     'optimizer.nesterov': {True}, 'optimizer.schedule': set(), 'optimizer.warmup_steps': {0},
     'optimizer.weight_decay': {0, 0.5}, 'parallel': set(), 'rng_impl': set(), 'seed': {0}, 'seeds': set(),
-    'skip_nonfinite': {True}, 'test_checkpoint': set(),
+    'skip_nonfinite': {True}, 'steps_per_dispatch': set(), 'test_checkpoint': set(),
 }
 
 

@@ -1,0 +1,85 @@
+r"""Where batches are made, measured: the same train step fed by the host pipeline (tf.data), by the device
+pipeline one step per call and several steps per call, and by one synthetic batch kept on the device (the step
+alone, the ceiling), in one process, arms alternating window by window; medians and ratios to the host pipeline.
+
+  python benchmarks/pipelines.py --out=results/pipelines/cpu.json               # fashion_mnist, batch 128
+  python benchmarks/pipelines.py --experiment=shapes --out=/tmp/shapes.json
+
+Writes a JSON stamped with the command, commit, machine and versions (benchmarks/stamp.py).
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+from absl import app, flags
+
+from cnnjax.config import apply_overrides, parse_flags_with_experiment
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+flags.DEFINE_string('experiment', 'fashion_mnist', 'Experiment whose model, optimizer and data are measured.')
+flags.DEFINE_integer('windows', 7, 'Timed windows per arm (the median is reported).')
+flags.DEFINE_integer('steps', 40, 'Train steps per window.')
+flags.DEFINE_list('steps_per_dispatch', ['1', '10'], 'Device-pipeline arms: steps per call.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
+flags.DEFINE_string('out', None, 'Write the results here as JSON.')
+FLAGS = flags.FLAGS
+
+
+def _arm(config, data_dir, pipeline: str, steps_per_call: int, synthetic: bool = False):
+  """A function running n steps (n a multiple of steps_per_call) of ``config``'s train step, blocking."""
+  from cnnjax import train
+  run = train.setup(apply_overrides(config, {'data.pipeline': pipeline, 'steps_per_dispatch': steps_per_call}),
+                    data_dir)
+  init, rng = run.keys()
+  state = [run.backend.from_checkpoint(run.init_state(init))]
+  next_input = run.step_inputs(0)
+  if synthetic:
+    batch = next_input()
+    next_input = lambda: batch  # noqa: E731 - one batch, already on the device
+  fn = run.train_steps(steps_per_call)
+
+  def steps(n):
+    for _ in range(n // steps_per_call):
+      state[0], metrics = fn(state[0], next_input(), rng)
+    jax.block_until_ready(metrics)
+  steps(2 * steps_per_call)  # compile and warm up
+  return steps
+
+
+def main(argv):
+  del argv
+  from stamp import stamp
+  config = FLAGS.config
+  arms = {'host (tf.data)': _arm(config, FLAGS.data_dir, 'host', 1),
+          'synthetic batch on the device': _arm(config, FLAGS.data_dir, 'host', 1, synthetic=True)}
+  for k in map(int, FLAGS.steps_per_dispatch):
+    arms[f'device, {k} step{"s" * (k > 1)} per call'] = _arm(config, FLAGS.data_dir, 'device', k)
+  seconds = {name: [] for name in arms}
+  for _ in range(FLAGS.windows):  # alternating: every arm sees the same moments of the machine
+    for name, steps in arms.items():
+      start = time.perf_counter()
+      steps(FLAGS.steps)
+      seconds[name].append(time.perf_counter() - start)
+  images = {name: FLAGS.steps * config.batch_size / statistics.median(s) for name, s in seconds.items()}
+  host = images['host (tf.data)']
+  result = {**stamp(), 'experiment': FLAGS.experiment, 'batch_size': config.batch_size,
+            'windows': FLAGS.windows, 'steps_per_window': FLAGS.steps,
+            'images_per_second_median': {k: round(v) for k, v in images.items()},
+            'ratio_to_host': {k: round(v / host, 3) for k, v in images.items()},
+            'window_seconds': {k: [round(x, 3) for x in v] for k, v in seconds.items()}}
+  print(json.dumps(result, indent=1))
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, 'w') as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+  from cnnjax import compiler
+  compiler.set_default_xla_flags()
+  app.run(main, flags_parser=parse_flags_with_experiment)

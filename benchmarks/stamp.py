@@ -1,0 +1,46 @@
+"""The stamp every results/ file carries: the command that wrote it, the commit, the date, the machine and the
+library versions, so that a stale number shows and one command regenerates it."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+
+import jax
+
+
+def _cpu() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or 'unknown'
+
+
+def _commit() -> str:
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                           capture_output=True, text=True).stdout.strip()
+    return commit + ('+uncommitted changes' if dirty else '')
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def stamp() -> dict[str, str]:
+  """{command, commit, date, machine, devices, versions} of this process."""
+  import flax
+  devices = jax.devices()
+  return {
+      'command': ' '.join(['python', *sys.argv]),
+      'commit': _commit(),
+      'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+      'machine': f'{_cpu()}, {os.cpu_count()} cores',
+      'devices': f'{len(devices)} x {devices[0].device_kind} ({jax.default_backend()})',
+      'versions': f'Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}',
+  }
