@@ -8,8 +8,9 @@ torch.compile) on the same model, data, optimizer, schedule and batch, in one pr
 Every arm trains on all 60,000 training images (val_fraction=0) and evaluates the 10,000 test images after
 each epoch; an arm's seconds to target are the wall seconds from its start to the end of the first evaluation
 whose test accuracy reaches --target (training, evaluation and compilation included; data already prepared).
-cnnjax: train.train_and_evaluate with its tf.data pipeline, checkpoints and logging, in a fresh workdir, the
-evaluation times read from metrics.jsonl. PyTorch: benchmarks/torch_reference.py's mirror, data as in-memory
+cnnjax: train.train_and_evaluate with its tf.data pipeline (arm cnnjax) or its device pipeline (cnnjax_device:
+the data on the device, 10 steps per call), checkpoints and logging, in a fresh workdir, the evaluation times
+read from metrics.jsonl. PyTorch: benchmarks/torch_reference.py's mirror, data as in-memory
 arrays normalised as cnnjax's pipeline does, shuffled per epoch. Medians over --rounds rounds (each round runs
 every arm once); the JSON has every run. Needs torch (pip install torch).
 """
@@ -32,7 +33,8 @@ flags.DEFINE_string('experiment', 'fashion_mnist', 'Experiment whose model, opti
 flags.DEFINE_float('target', 0.92, 'Test accuracy to reach.')
 flags.DEFINE_integer('epochs', 4, 'Epochs per run (the schedule spans them).')
 flags.DEFINE_integer('rounds', 3, 'Rounds; each runs every arm once, in turn.')
-flags.DEFINE_list('arms', ['cnnjax', *torch_reference.ARMS], 'Arms to run.')
+CNNJAX_ARMS = {'cnnjax': {}, 'cnnjax_device': {'data.pipeline': 'device'}}  # arm -> overrides of the config
+flags.DEFINE_list('arms', ['cnnjax', 'cnnjax_device', *torch_reference.ARMS], 'Arms to run.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 flags.DEFINE_string('json', None, 'Also write the results as JSON here.')
 FLAGS = flags.FLAGS
@@ -109,21 +111,24 @@ def main(argv):
   from cnnjax import train
   config = race_config(FLAGS.config)
   for arm in FLAGS.arms:
-    if arm != 'cnnjax' and arm not in torch_reference.ARMS:
-      raise app.UsageError(f'--arms: {arm!r} is not one of cnnjax, {", ".join(torch_reference.ARMS)}')
+    if arm not in CNNJAX_ARMS and arm not in torch_reference.ARMS:
+      raise app.UsageError(f'--arms: {arm!r} is not one of {", ".join([*CNNJAX_ARMS, *torch_reference.ARMS])}')
   torch_reference.check_supported(config)
-  run = train.setup(config, FLAGS.data_dir)  # prepares the data once, before any timing
+  for arm in CNNJAX_ARMS.values():  # prepares the data (and the device pipeline's arrays) once, before any timing
+    train.setup(apply_overrides(config, arm), FLAGS.data_dir)
+  run = train.setup(apply_overrides(config, {'data.pipeline': 'host'}), FLAGS.data_dir)  # the PyTorch arms' data
   train_data, test_data = in_memory(run, 'train'), in_memory(run, 'test')
   evals = {arm: [] for arm in FLAGS.arms}
   for r in range(FLAGS.rounds):
     for arm in FLAGS.arms:
-      evals[arm].append(run_cnnjax(config) if arm == 'cnnjax' else
+      evals[arm].append(run_cnnjax(apply_overrides(config, CNNJAX_ARMS[arm])) if arm in CNNJAX_ARMS else
                         run_torch(config, arm, train_data, test_data, run.info.image_shape, run.info.num_outputs))
       print(f'round {r} {arm}: ' + ', '.join(f'{s:.0f}s {a:.4f}' for _, s, a in evals[arm][-1]), flush=True)
-  result = {'target': FLAGS.target, 'experiment': FLAGS.experiment, 'epochs': FLAGS.epochs,
+  from stamp import stamp
+  result = {**stamp(), 'target': FLAGS.target, 'experiment': FLAGS.experiment, 'epochs': FLAGS.epochs,
             'steps': config.num_train_steps, 'batch_size': config.batch_size,
             'arms': {arm: summarize(e, FLAGS.target) for arm, e in evals.items()}}
-  best_torch = min((v['seconds_to_target'] for k, v in result['arms'].items() if k != 'cnnjax'
+  best_torch = min((v['seconds_to_target'] for k, v in result['arms'].items() if k not in CNNJAX_ARMS
                     and v['seconds_to_target'] is not None), default=None)
   print(f'\n{FLAGS.experiment}: {FLAGS.epochs} epochs of batch {config.batch_size}, target test accuracy '
         f'{FLAGS.target}, medians over {FLAGS.rounds} rounds on {os.cpu_count()} CPU cores')
@@ -135,6 +140,7 @@ def main(argv):
     print(f'| {arm} | {"not reached" if s is None else f"{s:.0f}"} | {v["reached"]} | '
           f'{v["final_test_accuracy"]:.4f} | {ratio} |')
   if FLAGS.json:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
     with open(FLAGS.json, 'w') as f:
       json.dump(result, f, indent=1)
 
