@@ -120,9 +120,19 @@ AUTO_STEPS_PER_DISPATCH = 10  # steps_per_dispatch=auto with the device pipeline
 
 
 def steps_per_dispatch(config: ml_collections.ConfigDict, pipeline: str) -> int:
-  """``config.steps_per_dispatch``, with auto = AUTO_STEPS_PER_DISPATCH on the device pipeline, else 1."""
+  """``config.steps_per_dispatch``, with auto = AUTO_STEPS_PER_DISPATCH on the device pipeline, else 1.
+
+  Raises:
+    ConfigError for several steps per call on the host pipeline (which pipeline=auto may have chosen).
+  """
   steps = config.steps_per_dispatch
-  return (AUTO_STEPS_PER_DISPATCH if pipeline == 'device' else 1) if steps == 'auto' else steps
+  if steps == 'auto':
+    return AUTO_STEPS_PER_DISPATCH if pipeline == 'device' else 1
+  if steps > 1 and pipeline == 'host':
+    raise ConfigError(f'--config.steps_per_dispatch={steps} needs the device pipeline, and '
+                      f'--config.data.pipeline={config.data.pipeline} chose the host one for '
+                      f'{config.data.name}; set --config.steps_per_dispatch=auto (or 1)')
+  return steps
 
 
 def _chunk(step: int, most: int, config: ml_collections.ConfigDict) -> int:
@@ -275,8 +285,12 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   head = heads.get_head(config.head)
   directory = arrays.location(config.data, data_dir)
   found = arrays.find(directory) if prepare and config.data.pipeline != 'host' else None
-  builder = None if found else data.prepare(config.data, data_dir) if prepare else data.get_builder(config.data,
-                                                                                                   data_dir)
+  if found:  # the device pipeline's arrays, written earlier: no TFDS builder, no TensorFlow
+    builder = None
+  elif prepare:
+    builder = data.prepare(config.data, data_dir)
+  else:
+    builder = data.get_builder(config.data, data_dir)
   features = found.features if found else builder.info.features
   num_examples = found.num_examples if found else data.num_examples(builder)
   head.check(features, config.data)
@@ -289,6 +303,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_kernels)
   evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip)
   pipeline = data.pipeline(config.data, num_examples, jax.devices()[0]) if prepare else 'host'
+  num_steps = steps_per_dispatch(config, pipeline)
   if pipeline == 'host' and builder is None:  # auto chose the host pipeline for arrays too large for the device
     builder = data.prepare(config.data, data_dir)
   host_arrays = None
@@ -298,7 +313,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   device = pipeline == 'device'
   return Run(config, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
              backend.map_train_step(step, device), backend.map_eval_step(evaluation, device), microbatch_size,
-             cpu_kernels, pipeline, host_arrays, num_examples, steps_per_dispatch(config, pipeline), step)
+             cpu_kernels, pipeline, host_arrays, num_examples, num_steps, step)
 
 
 def _device_pipeline(config: ml_collections.ConfigDict, directory: str, found: arrays.Info, head: heads.Head,

@@ -220,3 +220,15 @@ def test_several_steps_per_call_need_the_device_pipeline(config):
     train.validate(config, 8)
   config.data.pipeline = 'auto'
   train.validate(config, 8)
+
+
+def test_several_steps_per_call_are_refused_where_auto_chose_the_host_pipeline(config, data_dir, monkeypatch):
+  from cnnjax.errors import ConfigError
+  config.data.pipeline, config.steps_per_dispatch = 'auto', 4
+  monkeypatch.setattr(data, 'DEVICE_MEMORY_SHARE', 0.0)  # nothing fits: auto chooses the host pipeline
+  with pytest.raises(ConfigError, match=r'steps_per_dispatch=4 needs the device pipeline, and '
+                                        r'--config.data.pipeline=auto chose the host one for shapes'):
+    train.setup(config, data_dir)
+  config.steps_per_dispatch = 'auto'
+  run = train.setup(config, data_dir)
+  assert (run.pipeline, run.steps_per_dispatch) == ('host', 1)
