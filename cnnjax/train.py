@@ -87,6 +87,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   optim.validate(config.optimizer)
   parallel.validate(config.parallel)
   models.validate(config.model, data.image_shape(config.data))
+  if config.data.pipeline != 'host' and config.num_train_steps * config.batch_size >= device_pipeline.MAX_POSITIONS:
+    raise ConfigError(f'--config.num_train_steps={config.num_train_steps} at --config.batch_size={config.batch_size} '
+                      f'is more than the device pipeline counts ({device_pipeline.MAX_POSITIONS:,} examples); use '
+                      '--config.data.pipeline=host')
   per_device, size = config.batch_size // num_devices, config.microbatch_size
   if config.model.norm == 'batch' and size != 'auto' and 0 < size < per_device:
     raise ConfigError(f'--config.model.norm=batch takes its statistics over the whole per-device batch of '

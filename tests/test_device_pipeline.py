@@ -220,6 +220,9 @@ def test_several_steps_per_call_need_the_device_pipeline(config):
     train.validate(config, 8)
   config.data.pipeline = 'auto'
   train.validate(config, 8)
+  config.num_train_steps, config.batch_size = 2**25, 128  # 2**32 examples: more than the positions count
+  with pytest.raises(ConfigError, match='more than the device pipeline counts'):
+    train.validate(config, 8)
 
 
 def test_several_steps_per_call_are_refused_where_auto_chose_the_host_pipeline(config, data_dir, monkeypatch):
