@@ -119,14 +119,18 @@ PIPELINES = ('auto', 'host', 'device')
 DEVICE_MEMORY_SHARE = 0.25  # pipeline=auto: the device pipeline when the uint8 splits take at most this share
 
 
+def fits_device_pipeline(spec: DatasetSpec) -> bool:
+  """Whether the device pipeline can hold the dataset: images of one size and a test split of its own."""
+  return bool(spec.image_size and spec.test_split)
+
+
 def pipeline(data_config: ml_collections.ConfigDict, examples: Mapping[str, int], device: jax.Device) -> str:
   """'host' (tf.data) or 'device' (the splits on every device; ``device_pipeline``) for ``--config.data.pipeline``:
   auto is the device pipeline for images of one size whose uint8 splits (``examples``: split -> examples) take
   at most DEVICE_MEMORY_SHARE of ``device``'s memory (the machine's for a CPU)."""
   if data_config.pipeline != 'auto':
     return data_config.pipeline
-  spec = get_spec(data_config.name)
-  if not (spec.image_size and spec.test_split):
+  if not fits_device_pipeline(get_spec(data_config.name)):
     return 'host'
   size = sum(examples.values()) * int(np.prod(image_shape(data_config)))
   stats = device.memory_stats() or {}
@@ -188,10 +192,10 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   check_str('data.source_dir', data_config.source_dir)
   check_choice('data.pipeline', data_config.pipeline, PIPELINES)
   spec = get_spec(data_config.name)
-  if data_config.pipeline == 'device' and not (spec.image_size and spec.test_split):
+  if data_config.pipeline == 'device' and not fits_device_pipeline(spec):
     raise ConfigError(f'--config.data.pipeline=device keeps a dataset of fixed-size images with its own test split '
                       f'on the devices; {data_config.name} is not one: use --config.data.pipeline=host (or auto)')
-  if data_config.source_dir and not get_spec(data_config.name).idx:
+  if data_config.source_dir and not spec.idx:
     idx_names = sorted(k for k, v in DATASETS.items() if v.idx)
     raise ConfigError(f'--config.data.source_dir is for datasets prepared from IDX files ({idx_names}); drop it '
                       f'for --config.data.name={data_config.name}')
