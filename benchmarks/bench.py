@@ -18,14 +18,14 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 from absl import app, flags
 
 from cnnjax.config import parse_flags_with_experiment
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/torch_reference.py
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/torch_reference.py, timing.py
+from timing import MatmulPeak, compile_seconds, steps_for, timed_windows  # noqa: E402
 
 flags.DEFINE_string('experiment', 'mnist', 'Experiment whose model and optimizer are benchmarked.')
 flags.DEFINE_list('batch_sizes', ['128', '512'], 'Global batch sizes to measure.')
@@ -38,46 +38,6 @@ flags.DEFINE_string('data_dir', None, 'TFDS data directory (the pipeline measure
 flags.DEFINE_string('json', None, 'Also write the results as JSON here.')
 flags.DEFINE_bool('default_xla_flags', True, 'As in launch.py: add cnnjax.compiler.DEFAULT_XLA_FLAGS to $XLA_FLAGS.')
 FLAGS = flags.FLAGS
-
-
-def timed_windows(run_steps, steps_per_window: int, windows: int) -> list[float]:
-  """Seconds per step of each window; run_steps(n) must block until its n steps are done."""
-  times = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    run_steps(steps_per_window)
-    times.append((time.perf_counter() - start) / steps_per_window)
-  return times
-
-
-def compile_seconds(train) -> float:
-  """The first ``train(1)`` (trace + compile + one step; torch.compile's compile, eager's warm-up) minus the
-  fastest of three steady steps."""
-  start = time.perf_counter()
-  train(1)
-  first = time.perf_counter() - start
-  return first - min(timed_windows(train, 1, 3))
-
-
-class MatmulPeak:
-  """fp32 matmul GFLOP/s of XLA on this backend (n x n products), measured between the timed windows so that
-  the model's share of it is taken at the same machine state (this machine's speed drifts)."""
-
-  def __init__(self, n: int = 2048):
-    import jax
-    import jax.numpy as jnp
-    self.n, self.a = n, jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    self.f = jax.jit(lambda a: a @ a)
-    self.f(self.a).block_until_ready()
-
-  def measure(self, repeats: int = 3) -> float:
-    """The median GFLOP/s of ``repeats`` products."""
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      self.f(self.a).block_until_ready()
-      times.append(time.perf_counter() - start)
-    return 2 * self.n**3 / statistics.median(times) / 1e9
 
 
 def synthetic_batch(run, batch_size: int) -> dict:
@@ -199,14 +159,6 @@ class PlainFlaxRunner:
     self.jax.block_until_ready(loss)
 
 
-def steps_for(run, seconds: float) -> int:
-  """How many steps fill about ``seconds`` (after one warm-up step)."""
-  run(1)
-  start = time.perf_counter()
-  run(2)
-  return max(2, int(seconds / ((time.perf_counter() - start) / 2)))
-
-
 def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
   config = base_config.copy_and_resolve_references()
   jx = JaxRunner(config, batch_size)
@@ -231,7 +183,7 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
     peaks.append(peak.measure())
   row['train_img_s'] = batch_size / statistics.median(times['jax'])
   row['gflops'] = 3 * jx.fwd_flops * row['train_img_s'] / 1e9
-  row['peak_gflops'] = statistics.median(peaks)
+  row['peak_gflops'] = 1000 * statistics.median(peaks)  # TFLOP/s -> GFLOP/s
   row['pct_peak'] = 100 * row['gflops'] / row['peak_gflops']
   n_eval = steps_for(jx.eval, FLAGS.window_seconds / 2)
   row['eval_img_s'] = batch_size / statistics.median(timed_windows(jx.eval, n_eval, FLAGS.windows))

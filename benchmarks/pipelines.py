@@ -14,7 +14,6 @@ import statistics
 import sys
 import time
 
-import jax
 from absl import app, flags
 
 from cnnjax.config import apply_overrides, parse_flags_with_experiment
@@ -31,23 +30,11 @@ FLAGS = flags.FLAGS
 
 
 def _arm(config, data_dir, pipeline: str, steps_per_call: int, synthetic: bool = False):
-  """A function running n steps (n a multiple of steps_per_call) of ``config``'s train step, blocking."""
-  from cnnjax import train
-  run = train.setup(apply_overrides(config, {'data.pipeline': pipeline, 'steps_per_dispatch': steps_per_call}),
-                    data_dir)
-  init, rng = run.keys()
-  state = [run.backend.from_checkpoint(run.init_state(init))]
-  next_input = run.step_inputs(0)
-  if synthetic:
-    batch = next_input()
-    next_input = lambda: batch  # noqa: E731 - one batch, already on the device
-  fn = run.train_steps(steps_per_call)
-
-  def steps(n):
-    for _ in range(n // steps_per_call):
-      state[0], metrics = fn(state[0], next_input(), rng)
-    jax.block_until_ready(metrics)
-  steps(2 * steps_per_call)  # compile and warm up
+  """A function running n steps of the arm, blocking, compiled and warmed up."""
+  from timing import cnnjax_steps
+  overrides = {'data.pipeline': pipeline, 'steps_per_dispatch': steps_per_call}
+  steps, _ = cnnjax_steps(apply_overrides(config, overrides), data_dir, synthetic)
+  steps(2 * steps_per_call)
   return steps
 
 

@@ -1,14 +1,17 @@
-r"""What seeds x learning rates cost a sweep: wall time and XLA compilations, against one seed at one rate.
+r"""What a sweep costs: wall time and XLA compilations of whole sweeps, arm against arm.
 
-  python benchmarks/sweep_cost.py                                   # pooling on shapes, 100 steps per run
+  python benchmarks/sweep_cost.py                                   # pooling on shapes: 1x1 vs 3x3
   python benchmarks/sweep_cost.py --experiment=stride --num_train_steps=300 --json=/tmp/sweep_cost.json
+  python benchmarks/sweep_cost.py --arms=host,auto --dataset=fashion_mnist --num_train_steps=0 \
+      --out=results/sweep_cost/pooling_fashion_mnist.json           # the pipelines, on the sweep as it ships
 
 Arms, each a whole sweep in a fresh process with an empty persistent compilation cache (as a new machine
-has), run one after the other: `1x1` (seeds=1, no lr_grid: the sweep as it ran before seeds and grids) and
-`SxL` (--seeds seeds x --lr_grid rates per point). Per arm: runs trained, wall seconds, backend compilations
-(XLA compiles) and persistent-cache hits, and seconds spent compiling. The learning rate is a value in the
-optimizer state (optax.inject_hyperparams), so every run of a point after its first loads the program its
-first compiled.
+has), run one after the other in the order given: `1x1` (seeds=1, no lr_grid: the sweep as it ran before seeds
+and grids), `SxL` (--seeds seeds x --lr_grid rates per point), `host` (SxL on the host pipeline, one step per
+call: how sweeps ran before the device pipeline) and `auto` (SxL with the default pipeline and steps per call).
+Per arm: runs trained, wall seconds, backend compilations (XLA compiles) and persistent-cache hits, and
+seconds spent compiling. The learning rate is a value in the optimizer state (optax.inject_hyperparams), so
+every run of a point after its first loads the program its first compiled.
 """
 
 import json
@@ -23,11 +26,15 @@ from absl import app, flags
 from cnnjax.config import ROOT, apply_overrides, load_experiment
 
 flags.DEFINE_string('experiment', 'pooling', 'A sweep experiment (one with get_sweep()).')
-flags.DEFINE_integer('num_train_steps', 100, 'Steps per run (also the eval and checkpoint interval).')
+flags.DEFINE_list('arms', ['1x1', 'SxL'], 'Arms, run in this order: 1x1, SxL, host, auto.')
+flags.DEFINE_string('dataset', None, 'Override the experiment\'s data.name.')
+flags.DEFINE_integer('num_train_steps', 100, 'Steps per run (also the eval and checkpoint interval); 0 = the '
+                     'experiment\'s own schedule.')
 flags.DEFINE_integer('seeds', 3, 'Seeds per point in the SxL arm.')
 flags.DEFINE_list('lr_grid', ['1e-3', '3e-3', '1e-2'], 'Learning rates per seed in the SxL arm.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory (the offline datasets are generated on first use).')
-flags.DEFINE_string('json', None, 'Also write the results as JSON here.')
+flags.DEFINE_string('json', None, 'Also write the rows as JSON here.')
+flags.DEFINE_string('out', None, 'Write the rows, stamped (command, commit, machine, versions), as JSON here.')
 flags.DEFINE_string('worker', None, 'Internal: run this arm in this process.')
 flags.DEFINE_string('worker_cache_dir', None, 'Internal: the arm\'s compilation cache.')
 FLAGS = flags.FLAGS
@@ -36,12 +43,15 @@ COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 
 
+ARMS = {'1x1': {'seeds': 1, 'lr_grid': ()}, 'SxL': {}, 'host': {'data.pipeline': 'host', 'steps_per_dispatch': 1},
+        'auto': {'data.pipeline': 'auto', 'steps_per_dispatch': 'auto'}}
+
+
 def arm_overrides(arm: str) -> dict:
   steps = FLAGS.num_train_steps
-  common = {'num_train_steps': steps, 'eval_every_steps': steps, 'checkpoint_every_steps': steps}
-  if arm == '1x1':
-    return {**common, 'seeds': 1, 'lr_grid': ()}
-  return {**common, 'seeds': FLAGS.seeds, 'lr_grid': tuple(float(x) for x in FLAGS.lr_grid)}
+  common = {'num_train_steps': steps, 'eval_every_steps': steps, 'checkpoint_every_steps': steps} if steps else {}
+  common |= {'data.name': FLAGS.dataset} if FLAGS.dataset else {}
+  return {**common, 'seeds': FLAGS.seeds, 'lr_grid': tuple(float(x) for x in FLAGS.lr_grid), **ARMS[arm]}
 
 
 def worker(arm: str, cache_dir: str) -> dict:
@@ -79,8 +89,8 @@ def run_arm(arm: str) -> dict:
     args = [sys.executable, os.path.abspath(__file__), f'--worker={arm}', f'--worker_cache_dir={cache_dir}',
             f'--experiment={FLAGS.experiment}', f'--num_train_steps={FLAGS.num_train_steps}',
             f'--seeds={FLAGS.seeds}', f'--lr_grid={",".join(FLAGS.lr_grid)}']
-    if FLAGS.data_dir:
-      args.append(f'--data_dir={FLAGS.data_dir}')
+    args += [f'--data_dir={FLAGS.data_dir}'] * bool(FLAGS.data_dir)
+    args += [f'--dataset={FLAGS.dataset}'] * bool(FLAGS.dataset)
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
   if proc.returncode:
     sys.exit(proc.stderr[-3000:])
@@ -92,17 +102,27 @@ def main(argv):
   if FLAGS.worker:
     print(json.dumps(worker(FLAGS.worker, FLAGS.worker_cache_dir)))
     return
-  rows = [run_arm('1x1'), run_arm(f'{FLAGS.seeds}x{len(FLAGS.lr_grid)}')]
+  unknown = [arm for arm in FLAGS.arms if arm not in ARMS]
+  if unknown:
+    raise app.UsageError(f'--arms: {unknown} unknown; choose from {", ".join(ARMS)}')
+  rows = [run_arm(arm) for arm in FLAGS.arms]
   base = rows[0]
-  print(f'{FLAGS.experiment}, {FLAGS.num_train_steps} steps per run, fresh compilation cache per arm')
-  print('| arm (seeds x lrs) | runs | wall s | wall / 1x1 | runs / 1x1 | XLA compiles | cache hits | compile s |')
-  print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  steps = FLAGS.num_train_steps or 'the experiment\'s'
+  print(f'{FLAGS.experiment} on {FLAGS.dataset or "its dataset"}, {steps} steps per run, fresh compilation cache '
+        f'per arm; ratios to {base["arm"]}')
+  print('| arm | runs | wall s | wall / first | XLA compiles | cache hits | compile s |')
+  print('| --- | ---: | ---: | ---: | ---: | ---: | ---: |')
   for r in rows:
     print(f'| {r["arm"]} | {r["runs"]} | {r["wall_s"]:.0f} | {r["wall_s"] / base["wall_s"]:.2f} | '
-          f'{r["runs"] / base["runs"]:.0f} | {r["compiles"]} | {r["cache_hits"]} | {r["compile_s"]:.1f} |')
+          f'{r["compiles"]} | {r["cache_hits"]} | {r["compile_s"]:.1f} |')
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump(rows, f, indent=1)
+  if FLAGS.out:
+    from stamp import stamp
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, 'w') as f:
+      json.dump({**stamp(), 'experiment': FLAGS.experiment, 'dataset': FLAGS.dataset, 'rows': rows}, f, indent=1)
 
 
 if __name__ == '__main__':

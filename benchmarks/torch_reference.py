@@ -1,5 +1,6 @@
-"""PyTorch CPU mirrors of a cnnjax config, for the benchmarks only: the model, the optimizer with cnnjax's own
-schedule, and the three ways PyTorch users run it on CPU (eager NCHW, channels_last, torch.compile).
+"""PyTorch mirrors of a cnnjax config, for the benchmarks only: the model, the optimizer with cnnjax's own
+schedule, and the three ways PyTorch users run it (eager NCHW, channels_last, torch.compile), on the CPU or a
+GPU, in float32 or with bfloat16 autocast.
 
 A mirror has cnnjax's architecture (conv -> [BatchNorm] -> ReLU -> pool blocks, dense layers with dropout, a
 linear output), optimizer (Adam/SGD/momentum/AdamW with the same clipping and hyper-parameters) and schedule
@@ -68,16 +69,23 @@ def schedule_values(config) -> np.ndarray:
 
 
 class Trainer:
-  """One PyTorch arm: the mirror, its optimizer and schedule, and steps on NHWC numpy batches."""
+  """One PyTorch arm: the mirror, its optimizer and schedule, and steps on NHWC batches (numpy arrays, or
+  tensors already on ``device``).
 
-  def __init__(self, config, image_shape, num_outputs: int, arm: str):
+  Args:
+    device: 'cpu' or a GPU such as 'cuda'.
+    bf16: compute under ``torch.autocast`` in bfloat16 (parameters and optimizer stay float32).
+  """
+
+  def __init__(self, config, image_shape, num_outputs: int, arm: str, device: str = 'cpu', bf16: bool = False):
     import torch
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(config.seed)
-    self.torch, self.arm = torch, arm
+    self.torch, self.arm, self.device = torch, arm, torch.device(device)
+    self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=bf16)
     self.model = build_model(config, image_shape, num_outputs)
     self.layout = torch.channels_last if arm in ('torch_channels_last', 'torch_compile') else torch.contiguous_format
-    self.model = self.model.to(memory_format=self.layout)
+    self.model = self.model.to(self.device, memory_format=self.layout)
     opt = config.optimizer
     params = self.model.parameters()
     self.opt = {'sgd': lambda: torch.optim.SGD(params, lr=1.0),
@@ -88,29 +96,39 @@ class Trainer:
     self.forward = torch.compile(self.model) if arm == 'torch_compile' else self.model
     self.loss = torch.nn.CrossEntropyLoss()
 
-  def _images(self, images: np.ndarray):
-    return self.torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=self.layout)
+  def _tensor(self, x):
+    return (self.torch.from_numpy(x) if isinstance(x, np.ndarray) else x).to(self.device)
 
-  def train_step(self, images: np.ndarray, labels: np.ndarray) -> float:
-    """One step on a [B, H, W, C] batch at cnnjax's learning rate for this step; returns the loss."""
+  def _images(self, images):
+    return self._tensor(images).permute(0, 3, 1, 2).contiguous(memory_format=self.layout)
+
+  def train_step(self, images, labels):
+    """One step on a [B, H, W, C] batch at cnnjax's learning rate for this step; returns the loss as a tensor
+    on the device (``float()`` of it waits for the step)."""
     self.model.train()
     for group in self.opt.param_groups:
       group['lr'] = float(self.rates[min(self.step_count, len(self.rates) - 1)])
     self.opt.zero_grad(set_to_none=True)
-    loss = self.loss(self.forward(self._images(images)), self.torch.from_numpy(labels).long())
+    with self.autocast:
+      loss = self.loss(self.forward(self._images(images)).float(), self._tensor(labels).long())
     loss.backward()
     if self.clip > 0:
       self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
     self.opt.step()
     self.step_count += 1
-    return float(loss.detach())
+    return loss.detach()
+
+  def synchronize(self) -> None:
+    """Waits for the steps queued on a GPU."""
+    if self.device.type == 'cuda':
+      self.torch.cuda.synchronize(self.device)
 
   def accuracy(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
     """Accuracy over all of ``images`` in eval mode (running BatchNorm statistics, no dropout)."""
     self.model.eval()
     correct = 0
-    with self.torch.no_grad():
+    with self.torch.no_grad(), self.autocast:
       for i in range(0, len(images), batch_size):
         logits = self.forward(self._images(images[i:i + batch_size]))
-        correct += int((logits.argmax(-1).numpy() == labels[i:i + batch_size]).sum())
+        correct += int((logits.argmax(-1) == self._tensor(labels[i:i + batch_size])).sum())
     return correct / len(images)

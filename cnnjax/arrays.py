@@ -80,16 +80,12 @@ def write(builder: tfds.core.DatasetBuilder, directory: str) -> Info:
 
 def _write(builder: tfds.core.DatasetBuilder, directory: str) -> None:
   """Reads every split of ``builder`` once (in its split order) and writes one .npy file per feature."""
-  import tensorflow_datasets as tfds
-
   logging.info('Writing %s as arrays to %s (once).', builder.name, directory)
   tmp = f'{directory}.tmp-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   for split in builder.info.splits:
-    ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False,
-                            read_config=tfds.ReadConfig(add_tfds_id=False))
-    for name, value in tfds.as_numpy(ds).items():
+    for name, value in _read_split(builder, split).items():
       np.save(os.path.join(tmp, f'{split}.{name}.npy'), value)
   features = {name: {'shape': list(feature.shape), 'num_classes': getattr(feature, 'num_classes', None)}
               for name, feature in builder.info.features.items()}
@@ -98,6 +94,20 @@ def _write(builder: tfds.core.DatasetBuilder, directory: str) -> None:
   files.seal(tmp)
   shutil.rmtree(directory, ignore_errors=True)  # an unsealed leftover of a killed writer
   os.rename(tmp, directory)
+
+
+def _read_split(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray]:
+  """Every feature of ``split`` as one array, in the split's order: through tf.data where TensorFlow is installed
+  (tfrecord files), else through TFDS's random-access data source (array_record files, no TensorFlow)."""
+  import tensorflow_datasets as tfds
+
+  if builder.info.file_format.value == 'array_record':
+    source = builder.as_data_source(split)
+    examples = source.__getitems__(range(len(source)))
+    return {name: np.stack([e[name] for e in examples]) for name in builder.info.features}
+  ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False,
+                          read_config=tfds.ReadConfig(add_tfds_id=False))
+  return tfds.as_numpy(ds)
 
 
 def load(directory: str, split: str) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -124,18 +125,46 @@ def fits_device_pipeline(spec: DatasetSpec) -> bool:
   return bool(spec.image_size and spec.test_split)
 
 
-def pipeline(data_config: ml_collections.ConfigDict, examples: Mapping[str, int], device: jax.Device) -> str:
+def tensorflow_available() -> bool:
+  """Whether TensorFlow can be imported (without importing it): the host pipeline (tf.data) and TFDS's tfrecord
+  files need it; without it TFDS prepares and reads datasets as array_record files."""
+  try:
+    return importlib.util.find_spec('tensorflow') is not None
+  except (ImportError, ValueError):  # an import hook that refuses it; a module object without a spec
+    return False
+
+
+def file_format() -> str:
+  """The file format datasets are prepared in: TFDS's default, tfrecord, where TensorFlow is installed, else
+  array_record (which TFDS writes and reads without TensorFlow; the examples and their order are the same)."""
+  return 'tfrecord' if tensorflow_available() else 'array_record'
+
+
+def check_host_pipeline(data_config: ml_collections.ConfigDict) -> None:
+  """Raises DataError, saying what to install or choose, where the host pipeline is chosen without TensorFlow."""
+  if tensorflow_available():
+    return
+  other = ('; or --config.data.pipeline=device' if fits_device_pipeline(get_spec(data_config.name)) else '')
+  raise DataError(f'--config.data.pipeline={data_config.pipeline} chose the host pipeline (tf.data) for '
+                  f'{data_config.name}, and tf.data needs TensorFlow: pip install tensorflow-cpu{other}')
+
+
+def pipeline(data_config: ml_collections.ConfigDict, examples: Mapping[str, int]) -> str:
   """'host' (tf.data) or 'device' (the splits on every device; ``device_pipeline``) for ``--config.data.pipeline``:
   auto is the device pipeline for images of one size whose uint8 splits (``examples``: split -> examples) take
-  at most DEVICE_MEMORY_SHARE of ``device``'s memory (the machine's for a CPU)."""
+  at most DEVICE_MEMORY_SHARE of a local device's memory (the machine's for a CPU). In a multi-host run every
+  process takes process 0's choice (hosts may differ in memory; the processes must agree)."""
   if data_config.pipeline != 'auto':
     return data_config.pipeline
-  if not fits_device_pipeline(get_spec(data_config.name)):
-    return 'host'
-  size = sum(examples.values()) * int(np.prod(image_shape(data_config)))
-  stats = device.memory_stats() or {}
-  memory = stats.get('bytes_limit') or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  return 'device' if size <= DEVICE_MEMORY_SHARE * memory else 'host'
+  choice = 'host'
+  if fits_device_pipeline(get_spec(data_config.name)):
+    size = sum(examples.values()) * int(np.prod(image_shape(data_config)))
+    stats = jax.local_devices()[0].memory_stats() or {}
+    memory = stats.get('bytes_limit') or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    choice = 'device' if size <= DEVICE_MEMORY_SHARE * memory else 'host'
+  if jax.process_count() > 1:
+    choice = PIPELINES[int(multihost_utils.broadcast_one_to_all(np.int32(PIPELINES.index(choice))))]
+  return choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +238,7 @@ def get_builder(data_config: ml_collections.ConfigDict, data_dir: str | None = N
     import cnnjax.datasets  # noqa: F401 - registers the offline builders with tfds
   except ImportError as e:
     raise DataError(f'--config.data.name={data_config.name} is not prepared as arrays in this --data_dir, and '
-                    f'preparing it needs TensorFlow Datasets ({e}); pip install tensorflow-datasets tensorflow-cpu, '
+                    f'preparing it needs TensorFlow Datasets ({e}); pip install tensorflow-datasets, '
                     'or prepare it once where they are installed (any run of it with --config.data.pipeline=device) '
                     'and bring that --data_dir') from None
   spec = get_spec(data_config.name)
@@ -262,8 +291,13 @@ def _prepare_once(data_config: ml_collections.ConfigDict, data_dir: str | None) 
 
 
 def _check(builder: tfds.core.DatasetBuilder, name: str) -> None:
-  """Raises DataError naming the damaged file of a prepared dataset and how to prepare it anew."""
+  """Raises DataError naming the damaged file of a prepared dataset and how to prepare it anew, or saying what
+  to install for files that only TensorFlow reads."""
   directory = builder.data_dir
+  if not tensorflow_available() and builder.info.file_format.value != 'array_record':
+    raise DataError(f'the prepared {name} data in {directory} is in {builder.info.file_format.value} files, which '
+                    'only TensorFlow reads: pip install tensorflow-cpu, or move that directory away to prepare it '
+                    'anew without TensorFlow')
   if files.is_sealed(directory):
     problem = files.damage(directory)
   else:  # prepared by an older cnnjax or by TFDS itself: read every record once (their CRCs), then seal
@@ -276,7 +310,17 @@ def _check(builder: tfds.core.DatasetBuilder, name: str) -> None:
 
 
 def _read_through(builder: tfds.core.DatasetBuilder) -> str | None:
-  """Reads every record of every split once, images left encoded; what failed, or None."""
+  """Reads every record of every split once (images left encoded where TensorFlow reads them); what failed, or
+  None."""
+  if not tensorflow_available():
+    for split in builder.info.splits:
+      try:
+        source = builder.as_data_source(split)
+        for i in range(len(source)):
+          source[i]
+      except Exception as e:  # noqa: BLE001 - any failure to read a record is damage
+        return f'split {split}: {type(e).__name__}: {str(e).strip()[:200]}'
+    return None
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
@@ -299,7 +343,7 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Conf
   source_dir = data_config.source_dir or spec.source_dir
   if spec.idx and source_dir and idx.find(source_dir):
     logging.info('Preparing %s from the IDX files in %s.', data_config.name, source_dir)
-    return idx.prepare(data_config.name, source_dir, data_dir)
+    return idx.prepare(data_config.name, source_dir, data_dir, file_format())
   if data_config.source_dir:
     raise ConfigError(f'--config.data.source_dir={data_config.source_dir} does not hold the IDX files of '
                       f'{data_config.name} ({", ".join(idx.FILES)}, gzipped or not); point it at a '
@@ -315,13 +359,13 @@ def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_config: ml_col
   thread so that a timeout can end the run with advice instead.
   """
   if get_spec(data_config.name).offline:
-    builder.download_and_prepare()  # generated locally: no network, no timeout
+    builder.download_and_prepare(file_format=file_format())  # generated locally: no network, no timeout
     return
   errors: list[BaseException] = []
 
   def target():
     try:
-      builder.download_and_prepare()
+      builder.download_and_prepare(file_format=file_format())
     except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
       errors.append(e)
 

@@ -140,11 +140,12 @@ def steps_per_dispatch(config: ml_collections.ConfigDict, pipeline: str) -> int:
 
 
 def _chunk(step: int, most: int, config: ml_collections.ConfigDict) -> int:
-  """How many steps the call after ``step`` runs: at most ``most``, ending at the next log, eval or checkpoint
-  step or the last one, so that those happen exactly where they would one step at a time."""
+  """How many steps the call after ``step`` runs: ``most`` where the next log, eval or checkpoint step (or the
+  last one) is that far or farther, else 1, so that those happen exactly where they would one step at a time
+  and a run compiles two programs (``most`` steps and one step), not one per remainder."""
   every = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
   boundary = min([config.num_train_steps] + [(step // n + 1) * n for n in every])
-  return min(most, boundary - step)
+  return most if boundary - step >= most else 1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,8 +169,8 @@ class Run:
     eval_step: ``(state, batch) -> metric sums`` mapped over devices.
     microbatch_size: the per-device micro-batch the train step uses (0: the whole batch).
     cpu_kernels: whether the model uses XLA:CPU's faster forms (see ``platform_choices``).
-    pipeline: 'host' (tf.data batches fed to each step) or 'device' (the splits on every device; each step
-      makes its own batch: ``device_pipeline``).
+    pipeline: 'host' (tf.data batches fed to each step; needs TensorFlow) or 'device' (the splits on every
+      device; each step makes its own batch: ``device_pipeline``).
     arrays: the device pipeline's data, host arrays {'train': {'image', 'target'}, 'test': ...} ('train' holds
       the training examples, then the validation ones); None for the host pipeline.
     num_examples: TFDS split name -> examples.
@@ -286,6 +287,8 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
     damaged.
   """
   validate(config, jax.device_count())
+  if prepare and config.data.pipeline == 'host':
+    data.check_host_pipeline(config.data)  # before anything is prepared
   head = heads.get_head(config.head)
   directory = arrays.location(config.data, data_dir)
   found = arrays.find(directory) if prepare and config.data.pipeline != 'host' else None
@@ -306,8 +309,10 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
                            label_smoothing=config.label_smoothing)
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_kernels)
   evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip)
-  pipeline = data.pipeline(config.data, num_examples, jax.devices()[0]) if prepare else 'host'
+  pipeline = data.pipeline(config.data, num_examples) if prepare else 'host'
   num_steps = steps_per_dispatch(config, pipeline)
+  if prepare and pipeline == 'host':
+    data.check_host_pipeline(config.data)
   if pipeline == 'host' and builder is None:  # auto chose the host pipeline for arrays too large for the device
     builder = data.prepare(config.data, data_dir)
   host_arrays = None

@@ -50,8 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.random_erasing = 0.0
   # Where batches are made: host (tf.data: read, shuffle, augment on the CPU) | device (every split on every
   # device as arrays, each batch chosen and augmented inside the jitted step; images of one size) | auto (device
-  # when the splits take at most a quarter of the device's memory).
-  config.data.pipeline = 'host'
+  # when the splits take at most a quarter of the device's memory, else host).
+  config.data.pipeline = 'auto'
   config.data.shuffle_buffer = 10_000  # host pipeline
   config.data.cache = True
   config.data.prefetch = 2

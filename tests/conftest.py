@@ -26,14 +26,19 @@ def compilation_cache(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
-  """One TFDS data dir per test session; the offline datasets are generated into it on first use."""
+  """One TFDS data dir per test session; the offline datasets are generated into it on first use (skips where
+  TensorFlow Datasets is not installed, as on an accelerator image: benchmarks/accelerator_check.py)."""
+  pytest.importorskip('tensorflow_datasets', reason='preparing a dataset needs tensorflow-datasets')
   return str(tmp_path_factory.mktemp('tensorflow_datasets'))
 
 
 @pytest.fixture
 def config():
-  """The baseline config with the tiny test model and a short, fast schedule."""
+  """The baseline config with the tiny test model and a short, fast schedule, on the host pipeline (tf.data),
+  which the unit tests exercise; the default (auto: the device pipeline here) is tested by test_device_pipeline
+  and the launcher's end-to-end tests."""
   config = load_experiment('shapes').get_config()
+  config.data.pipeline = 'host'
   config.model.variant = 'tiny'
   config.batch_size = 64
   config.eval_batch_size = 512
@@ -50,7 +55,7 @@ def mock_dataset(tmp_path):
   """``mock_dataset(name, num_examples)``: a context in which TFDS's ``name`` is random data
   (``tfds.testing.mock_data``) whose metadata gives every split ``num_examples`` examples, as cnnjax's
   validation split is carved by size."""
-  import tensorflow_datasets as tfds
+  tfds = pytest.importorskip('tensorflow_datasets', reason='mock data needs tensorflow-datasets')
 
   from cnnjax import data
 

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,15 +70,29 @@ def test_list_points_prints_one_sweep_point_per_line():
   assert proc.stdout.split() == [f'{p},seed={s}' for p in points for s in range(3)]
 
 
+# launch.py as if the BLOCKED packages were not installed: every import finder is told not to see them, so
+# importing one fails and importlib.util.find_spec finds nothing, as for a missing package.
 NO_TENSORFLOW = ('import runpy, sys\n'
-                 'for name in ("tensorflow", "tensorflow_datasets"):\n'
-                 '  sys.modules[name] = None  # importing either now fails\n'
+                 'class Hidden:\n'
+                 '  def __init__(self, finder):\n'
+                 '    self.finder = finder\n'
+                 '  def find_spec(self, name, path=None, target=None):\n'
+                 '    if name.split(".")[0] in BLOCKED or not hasattr(self.finder, "find_spec"):\n'
+                 '      return None\n'
+                 '    return self.finder.find_spec(name, path, target)\n'
+                 '  def find_distributions(self, *args, **kwargs):\n'
+                 '    return getattr(self.finder, "find_distributions", lambda *a, **k: [])(*args, **kwargs)\n'
+                 '  def invalidate_caches(self):\n'
+                 '    getattr(self.finder, "invalidate_caches", lambda: None)()\n'
+                 'sys.meta_path[:] = [Hidden(f) for f in sys.meta_path]\n'
                  'sys.argv = ["launch.py", *sys.argv[1:]]\n'
                  'try:\n'
                  '  runpy.run_path("launch.py", run_name="__main__")\n'
                  'finally:\n'
                  '  print("imported:", sorted(m for m, v in sys.modules.items()\n'
-                 '                             if v and m.startswith("tensorflow")))\n')
+                 '                             if v and m.split(".")[0] in BLOCKED))\n')
+NO_TF_NOR_TFDS = 'BLOCKED = ("tensorflow", "tensorflow_datasets")\n' + NO_TENSORFLOW
+NO_TF = 'BLOCKED = ("tensorflow",)\n' + NO_TENSORFLOW
 
 
 def test_a_run_on_prepared_arrays_imports_no_tensorflow(data_dir, tmp_path):
@@ -86,17 +101,49 @@ def test_a_run_on_prepared_arrays_imports_no_tensorflow(data_dir, tmp_path):
   first = _launch(f'--workdir={tmp_path / "prepare"}', *flags)  # writes the arrays once (with TensorFlow)
   assert first.returncode == 0, first.stderr[-3000:]
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
-  proc = subprocess.run([sys.executable, '-c', NO_TENSORFLOW, f'--workdir={tmp_path / "run"}', *flags],
+  proc = subprocess.run([sys.executable, '-c', NO_TF_NOR_TFDS, f'--workdir={tmp_path / "run"}', *flags],
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'imported: []' in proc.stdout and 'test_accuracy=' in proc.stderr
 
 
 def test_without_tensorflow_and_without_arrays_the_run_says_what_to_install(tmp_path):
-  proc = subprocess.run([sys.executable, '-c', NO_TENSORFLOW, f'--workdir={tmp_path / "run"}',
+  proc = subprocess.run([sys.executable, '-c', NO_TF_NOR_TFDS, f'--workdir={tmp_path / "run"}',
                          f'--data_dir={tmp_path / "empty"}', '--config.data.pipeline=device'],
                         capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr
   assert re.search(r'Stopped: --config.data.name=shapes is not prepared as arrays in this --data_dir, and preparing '
                    r'it needs TensorFlow Datasets .*; pip install tensorflow-datasets', proc.stderr)
   assert not (tmp_path / 'run').exists()
+
+
+def test_without_tensorflow_a_fresh_data_dir_is_prepared_as_array_record_with_the_same_examples(data_dir, tmp_path):
+  from cnnjax import arrays, data
+  from cnnjax.config import apply_overrides, load_experiment
+  fresh = tmp_path / 'data'
+  flags = ['--experiment=digits', '--config.num_train_steps=4', '--config.model.variant=tiny', f'--data_dir={fresh}']
+  proc = subprocess.run([sys.executable, '-c', NO_TF, f'--workdir={tmp_path / "run"}', *flags],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'imported: []' in proc.stdout and 'test_accuracy=' in proc.stderr
+  (info,) = (fresh / 'digits').rglob('dataset_info.json')
+  assert json.loads(info.read_text())['fileFormat'] == 'array_record'
+  config = apply_overrides(load_experiment('digits').get_config(), {'data.pipeline': 'device'}).data
+  with_tf = arrays.write(data.prepare(config, data_dir), str(tmp_path / 'tfrecord_arrays'))
+  assert with_tf == arrays.find(arrays.location(config, str(fresh)))
+  for split in ('train', 'test'):  # TFDS wrote the same examples in the same order in both formats
+    a = arrays.load(str(tmp_path / 'tfrecord_arrays'), split)
+    b = arrays.load(arrays.location(config, str(fresh)), split)
+    assert a.keys() == b.keys() == {'image', 'label'}
+    for name in a:
+      np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_without_tensorflow_the_host_pipeline_stops_in_one_line_before_preparing(tmp_path):
+  proc = subprocess.run([sys.executable, '-c', NO_TF, f'--workdir={tmp_path / "run"}', '--experiment=digits',
+                         f'--data_dir={tmp_path / "data"}', '--config.data.pipeline=host'],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert ('Stopped: --config.data.pipeline=host chose the host pipeline (tf.data) for digits, and tf.data needs '
+          'TensorFlow: pip install tensorflow-cpu; or --config.data.pipeline=device') in proc.stderr
+  assert not (tmp_path / 'run').exists() and not (tmp_path / 'data').exists()

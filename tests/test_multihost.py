@@ -58,7 +58,7 @@ def _one_process_reference(config, data_dir):
 
 @pytest.mark.parametrize('backend', parallel.BACKENDS)
 def test_two_processes_agree_with_each_other_and_with_one_process(config, data_dir, tmp_path, backend):
-  (p0, fp0), (p1, fp1) = _run_two_processes(str(tmp_path), data_dir, backend)
+  (p0, fp0), (p1, fp1) = _run_two_processes(str(tmp_path), data_dir, backend, '--config.data.pipeline=host')
   assert (p0, p1) == ('0', '1') and fp0 == fp1  # bitwise-identical params on both processes
   want, run = _one_process_reference(apply_overrides(config, OVERRIDES), data_dir)
   target = run.init_state(run.keys()[0])  # this process's topology (8 devices, not the writers' 4)
@@ -70,9 +70,8 @@ def test_two_processes_agree_with_each_other_and_with_one_process(config, data_d
 
 def test_two_processes_on_the_device_pipeline_agree_with_one_process_on_eight_devices(config, data_dir, tmp_path):
   """The device pipeline's batches depend on (seed, step) alone, so 2 processes x 2 devices train what one
-  process on 8 devices does."""
-  (p0, fp0), (p1, fp1) = _run_two_processes(str(tmp_path / 'two'), data_dir, 'shard_map',
-                                            '--config.data.pipeline=device')
+  process on 8 devices does; the processes agree on the pipeline auto chooses (process 0's choice)."""
+  (p0, fp0), (p1, fp1) = _run_two_processes(str(tmp_path / 'two'), data_dir, 'shard_map')  # auto: device
   assert (p0, p1) == ('0', '1') and fp0 == fp1
   one = train.train_and_evaluate(apply_overrides(config, {**OVERRIDES, 'data.pipeline': 'device'}),
                                  str(tmp_path / 'one'), data_dir)

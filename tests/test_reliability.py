@@ -324,12 +324,13 @@ def _same(a, b):
 
 
 def test_every_field_refuses_bad_values_in_one_line_before_writing(data_dir, tmp_path, monkeypatch):
-  from cnnjax import data, sweep
+  from cnnjax import arrays, data, sweep
   from cnnjax.errors import CnnjaxError
 
   def accepted(*args, **kwargs):
     raise _Accepted  # validation passed: stop before data or training
   monkeypatch.setattr(data, 'prepare', accepted)
+  monkeypatch.setattr(arrays, 'find', accepted)  # the device pipeline's arrays, which other tests wrote
   base = load_experiment('shapes').get_config().to_dict()
   assert sorted(_leaf_paths(base)) == sorted(VALID), 'list every config field in VALID'
   wrong = []

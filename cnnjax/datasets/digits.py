@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cnnjax.datasets import png
+
 NUM_TEST = 360
 
 
@@ -37,4 +39,4 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
     for i in indices:
-      yield int(i), {'image': images[i], 'label': int(digits.target[i])}
+      yield int(i), {'image': png.encode(images[i]), 'label': int(digits.target[i])}

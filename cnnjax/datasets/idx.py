@@ -18,6 +18,8 @@ import urllib.parse
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import registered
 
+from cnnjax.datasets import png
+
 FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 
 
@@ -51,8 +53,10 @@ class _LocalFiles:
     return result
 
 
-def prepare(name: str, source_dir: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """Prepares TFDS's dataset ``name`` in ``data_dir`` from the IDX files in ``source_dir``.
+def prepare(name: str, source_dir: str, data_dir: str | None, file_format: str = 'tfrecord'
+            ) -> tfds.core.DatasetBuilder:
+  """Prepares TFDS's dataset ``name`` in ``data_dir`` from the IDX files in ``source_dir``, as ``file_format``
+  files.
 
   Raises:
     FileNotFoundError if a file is missing.
@@ -70,6 +74,10 @@ def prepare(name: str, source_dir: str, data_dir: str | None) -> tfds.core.Datas
           del dl_manager  # nothing is downloaded
           return super()._split_generators(_LocalFiles(files, extract_dir))
 
+        def _generate_examples(self, **kwargs):
+          for key, example in super()._generate_examples(**kwargs):  # PNG by pillow: no TensorFlow needed
+            yield key, {**example, 'image': png.encode(example['image'])}
+
     builder = FromLocalFiles(data_dir=data_dir)
-    builder.download_and_prepare()
+    builder.download_and_prepare(file_format=file_format)
   return tfds.builder(name, data_dir=data_dir)

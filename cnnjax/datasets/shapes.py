@@ -13,6 +13,8 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cnnjax.datasets import png
+
 CLASSES = ('square', 'circle', 'triangle', 'cross', 'diamond', 'ring')
 SPLITS = ('train', 'test')
 MIN_SIZE, MAX_SIZE = 8, 224
@@ -101,4 +103,5 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num_examples: int):
     cfg = self.builder_config
     for i in range(num_examples):
-      yield i, draw_example(np.random.default_rng([cfg.seed, SPLITS.index(split), i]), cfg.image_size)
+      example = draw_example(np.random.default_rng([cfg.seed, SPLITS.index(split), i]), cfg.image_size)
+      yield i, {**example, 'image': png.encode(example['image'])}

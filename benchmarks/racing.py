@@ -1,0 +1,84 @@
+"""Races to a test accuracy: a cnnjax run as a user runs it and the PyTorch mirror of its recipe (same model,
+optimizer, schedule, batch and examples), each timed from its start to its first evaluation at the target. No
+flags: benchmarks/time_to_accuracy.py (CPU, several rounds) and benchmarks/accelerator_check.py (a GPU) use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from cnnjax.config import apply_overrides
+
+Evals = list[tuple[int, float, float]]  # (step, seconds since the start, test accuracy) of each evaluation
+
+
+def race_config(config, data_dir: str | None, epochs: int):
+  """(config, run): ``config`` on the whole training split for ``epochs`` epochs, evaluated on test after every
+  epoch, and its device-pipeline run, whose host arrays feed the PyTorch arms (the data is prepared here, and
+  the arrays written, before anything is timed)."""
+  from cnnjax import data, train
+  whole = apply_overrides(config, {'data.val_fraction': 0.0})
+  run = train.setup(apply_overrides(whole, {'data.pipeline': 'device'}), data_dir)
+  epoch = data.split_sizes(whole.data, run.num_examples)[0] // config.batch_size
+  raced = apply_overrides(whole, {'num_train_steps': epochs * epoch, 'eval_every_steps': epoch,
+                                  'checkpoint_every_steps': epoch, 'test_checkpoint': 'last', 'lr_grid': ()})
+  return raced, run
+
+
+def normalised(run, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images [N, H, W, C] float32 normalised as cnnjax's pipelines do, labels [N]) of the run's 'train' or
+  'test' arrays."""
+  from cnnjax import data
+  spec = data.get_spec(run.config.data.name)
+  images = run.arrays[split]['image'].astype(np.float32) / 255
+  images = (images - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+  return images, run.arrays[split]['target'].astype(np.int64)
+
+
+def run_cnnjax(config, data_dir: str | None) -> Evals:
+  """The evaluations of one cnnjax run (``train.train_and_evaluate`` in a fresh workdir, checkpoints and logs
+  included), read from its metrics.jsonl."""
+  from cnnjax import train
+  with tempfile.TemporaryDirectory(prefix='cnnjax-race-') as workdir:
+    start = time.time()
+    train.train_and_evaluate(config, workdir, data_dir)
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      rows = [json.loads(line) for line in f]
+  return [(r['step'], r['time'] - start, r['test_accuracy']) for r in rows if 'test_accuracy' in r]
+
+
+def run_torch(config, arm: str, train_data, test_data, image_shape, num_outputs: int, device: str = 'cpu',
+              bf16: bool = False) -> Evals:
+  """The evaluations of one PyTorch run of the same recipe, its data on ``device`` first (not timed), shuffled
+  per epoch."""
+  import torch
+  import torch_reference
+  (images, labels), (test_images, test_labels) = [[torch.from_numpy(a).to(device) for a in pair]
+                                                  for pair in (train_data, test_data)]
+  start = time.time()
+  trainer = torch_reference.Trainer(config, image_shape, num_outputs, arm, device, bf16)
+  order, evals, rng, batch = None, [], np.random.default_rng(config.seed), config.batch_size
+  for step in range(1, config.num_train_steps + 1):
+    i = (step - 1) % config.eval_every_steps
+    if i == 0:
+      order = torch.from_numpy(rng.permutation(len(images))).to(device)
+    idx = order[i * batch:(i + 1) * batch]
+    trainer.train_step(images[idx], labels[idx])
+    if step % config.eval_every_steps == 0:
+      evals.append((step, time.time() - start, trainer.accuracy(test_images, test_labels, config.eval_batch_size)))
+  return evals
+
+
+def summarize(evals: list[Evals], target: float) -> dict:
+  """Median seconds to target over the runs (None unless every run reached it) and median final accuracy."""
+  reached = [next((s for _, s, acc in e if acc >= target), None) for e in evals]
+  return {'seconds_to_target': statistics.median(reached) if None not in reached else None,
+          'final_test_accuracy': statistics.median(e[-1][2] for e in evals),
+          'reached': f'{sum(r is not None for r in reached)}/{len(reached)}',
+          'runs': [[{'step': st, 'seconds': s, 'test_accuracy': a} for st, s, a in e] for e in evals]}

@@ -1,0 +1,82 @@
+"""What the benchmarks time with: windows of steps, compile seconds, a matmul peak measured beside the arms, and
+cnnjax's own train steps (``train.setup``'s) as a function of a step count. No flags: every benchmark imports it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def timed_windows(run_steps: Callable[[int], None], steps_per_window: int, windows: int) -> list[float]:
+  """Seconds per step of each window; run_steps(n) must block until its n steps are done."""
+  times = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    run_steps(steps_per_window)
+    times.append((time.perf_counter() - start) / steps_per_window)
+  return times
+
+
+def compile_seconds(train: Callable[[int], None], steps: int = 1) -> float:
+  """The first ``train(steps)`` (trace + compile + the steps; torch.compile's compile, eager's warm-up) minus
+  the fastest of three steady calls."""
+  start = time.perf_counter()
+  train(steps)
+  first = time.perf_counter() - start
+  return first - steps * min(timed_windows(train, steps, 3))
+
+
+def steps_for(run: Callable[[int], None], seconds: float, multiple: int = 1) -> int:
+  """How many steps (a multiple of ``multiple``) fill about ``seconds``, after one warm-up call."""
+  run(multiple)
+  start = time.perf_counter()
+  run(2 * multiple)
+  per_step = (time.perf_counter() - start) / (2 * multiple)
+  return multiple * max(2, int(seconds / per_step / multiple))
+
+
+class MatmulPeak:
+  """Matmul TFLOP/s of XLA on this backend (n x n products of ``dtype``), measured between the timed windows so
+  that a model's share of it is taken at the same machine state (machine speeds drift)."""
+
+  def __init__(self, n: int = 2048, dtype: str = 'float32'):
+    import jax
+    import jax.numpy as jnp
+    self.n, self.a = n, jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+    self.f = jax.jit(lambda a: a @ a)
+    self.f(self.a).block_until_ready()
+
+  def measure(self, repeats: int = 3) -> float:
+    """The median TFLOP/s of ``repeats`` products."""
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      self.f(self.a).block_until_ready()
+      times.append(time.perf_counter() - start)
+    return 2 * self.n**3 / statistics.median(times) / 1e12
+
+
+def cnnjax_steps(config, data_dir: str | None, synthetic: bool = False) -> tuple[Callable[[int], None], object]:
+  """(steps, run): ``steps(n)`` runs n steps (a multiple of ``run.steps_per_dispatch``) of ``config``'s train step
+  as a run does (``train.setup``'s run: its pipeline and steps per call), blocking; ``synthetic``: one batch kept
+  on the device instead (the step alone)."""
+  import jax
+
+  from cnnjax import train
+  run = train.setup(config, data_dir)
+  steps_per_call = run.steps_per_dispatch
+  init, rng = run.keys()
+  state = [run.backend.from_checkpoint(run.init_state(init))]
+  next_input = run.step_inputs(0)
+  if synthetic:
+    batch = next_input()
+    next_input = lambda: batch  # noqa: E731 - one batch, already on the device
+  fn = run.train_steps(steps_per_call)
+
+  def steps(n: int) -> None:
+    for _ in range(n // steps_per_call):
+      state[0], metrics = fn(state[0], next_input(), rng)
+    jax.block_until_ready(metrics)
+  return steps, run
