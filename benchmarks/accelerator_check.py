@@ -254,9 +254,9 @@ def main(argv):
   unknown = set(FLAGS.sections) - {'tests', 'agreement', 'throughput', 'race'}
   if unknown:
     raise app.UsageError(f'--sections: {sorted(unknown)} unknown; choose from tests, agreement, throughput, race')
-  from stamp import stamp
+  import stamp
   name, peak = card()
-  result = {**stamp(), 'card': name, 'peak_tflops': peak, 'torch': torch_version(), 'smoke': FLAGS.smoke,
+  result = {**stamp.stamp(), 'card': name, 'peak_tflops': peak, 'torch': torch_version(), 'smoke': FLAGS.smoke,
             'sections': {}}
   start = time.perf_counter()
   sections = {'tests': run_tests, 'agreement': agreement, 'throughput': lambda: throughput(peak), 'race': race}
@@ -272,10 +272,7 @@ def main(argv):
   result['seconds'] = round(time.perf_counter() - start, 1)
   print(json.dumps(result, indent=1))
   out = FLAGS.out or (None if FLAGS.smoke else os.path.join(ROOT, 'results', 'accelerator', f'{name}.json'))
-  if out:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, 'w') as f:
-      json.dump(result, f, indent=1)
+  stamp.write(out, result)
 
 
 def torch_version() -> str | None:

@@ -58,7 +58,7 @@ def grain_batches(config, data_dir: str):
 
 def main(argv):
   del argv
-  from stamp import stamp
+  import stamp
   config = apply_overrides(load_experiment('fashion_mnist').get_config(), {'batch_size': FLAGS.batch_size})
   with tempfile.TemporaryDirectory(prefix='cnnjax-grain-') as grain_dir:
     arms = {'tf.data (host pipeline)': tf_data_batches(config),
@@ -81,15 +81,13 @@ def main(argv):
   if os.path.exists(machine_file):
     with open(machine_file) as f:
       step = json.load(f)['images_per_second_median']
-  result = {**stamp(), 'batch_size': FLAGS.batch_size, 'windows': FLAGS.windows, 'batches_per_window': FLAGS.batches,
+  result = {**stamp.stamp(), 'batch_size': FLAGS.batch_size, 'windows': FLAGS.windows,
+            'batches_per_window': FLAGS.batches,
             'grain_threads': FLAGS.threads, 'images_per_second_median': {k: round(v) for k, v in images.items()},
             'train_step_images_per_second (results/pipelines/cpu.json)': step,
             'window_seconds': {k: [round(x, 3) for x in v] for k, v in seconds.items()}}
   print(json.dumps(result, indent=1))
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      json.dump(result, f, indent=1)
+  stamp.write(FLAGS.out, result)
 
 
 if __name__ == '__main__':

@@ -64,7 +64,7 @@ def measure(ref: str, work: str) -> dict:
 def main(argv):
   del argv
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from stamp import stamp
+  import stamp
   rows = {}
   for name, ref in (('before', FLAGS.before), ('after', FLAGS.after)):
     work = tempfile.mkdtemp(prefix=f'cnnjax-install-{name}-')
@@ -73,12 +73,9 @@ def main(argv):
     finally:
       shutil.rmtree(work, ignore_errors=True)
     print(name, rows[name], flush=True)
-  result = {**stamp(), 'arms': rows}
+  result = {**stamp.stamp(), 'arms': rows}
   print(json.dumps(result, indent=1))
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      json.dump(result, f, indent=1)
+  stamp.write(FLAGS.out, result)
 
 
 if __name__ == '__main__':

@@ -40,7 +40,7 @@ def _arm(config, data_dir, pipeline: str, steps_per_call: int, synthetic: bool =
 
 def main(argv):
   del argv
-  from stamp import stamp
+  import stamp
   config = FLAGS.config
   arms = {'host (tf.data)': _arm(config, FLAGS.data_dir, 'host', 1),
           'synthetic batch on the device': _arm(config, FLAGS.data_dir, 'host', 1, synthetic=True)}
@@ -54,16 +54,13 @@ def main(argv):
       seconds[name].append(time.perf_counter() - start)
   images = {name: FLAGS.steps * config.batch_size / statistics.median(s) for name, s in seconds.items()}
   host = images['host (tf.data)']
-  result = {**stamp(), 'experiment': FLAGS.experiment, 'batch_size': config.batch_size,
+  result = {**stamp.stamp(), 'experiment': FLAGS.experiment, 'batch_size': config.batch_size,
             'windows': FLAGS.windows, 'steps_per_window': FLAGS.steps,
             'images_per_second_median': {k: round(v) for k, v in images.items()},
             'ratio_to_host': {k: round(v / host, 3) for k, v in images.items()},
             'window_seconds': {k: [round(x, 3) for x in v] for k, v in seconds.items()}}
   print(json.dumps(result, indent=1))
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      json.dump(result, f, indent=1)
+  stamp.write(FLAGS.out, result)
 
 
 if __name__ == '__main__':

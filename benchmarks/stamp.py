@@ -4,6 +4,7 @@ library versions, so that a stale number shows and one command regenerates it.""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -44,3 +45,11 @@ def stamp() -> dict[str, str]:
       'devices': f'{len(devices)} x {devices[0].device_kind} ({jax.default_backend()})',
       'versions': f'Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}',
   }
+
+
+def write(path: str | None, result: dict) -> None:
+  """Writes ``result`` (a stamped measurement) as JSON to ``path``, making its directory; nothing for None."""
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(result, f, indent=1)

@@ -119,10 +119,8 @@ def main(argv):
     with open(FLAGS.json, 'w') as f:
       json.dump(rows, f, indent=1)
   if FLAGS.out:
-    from stamp import stamp
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      json.dump({**stamp(), 'experiment': FLAGS.experiment, 'dataset': FLAGS.dataset, 'rows': rows}, f, indent=1)
+    import stamp
+    stamp.write(FLAGS.out, {**stamp.stamp(), 'experiment': FLAGS.experiment, 'dataset': FLAGS.dataset, 'rows': rows})
 
 
 if __name__ == '__main__':

@@ -15,7 +15,6 @@ arrays normalised as cnnjax's pipeline does, shuffled per epoch. Medians over --
 every arm once); the JSON has every run. Needs torch (pip install torch).
 """
 
-import json
 import os
 import sys
 
@@ -59,8 +58,8 @@ def main(argv):
       evals[arm].append(run_cnnjax(apply_overrides(config, CNNJAX_ARMS[arm]), FLAGS.data_dir) if arm in CNNJAX_ARMS else
                         run_torch(config, arm, train_data, test_data, run.info.image_shape, run.info.num_outputs))
       print(f'round {r} {arm}: ' + ', '.join(f'{s:.0f}s {a:.4f}' for _, s, a in evals[arm][-1]), flush=True)
-  from stamp import stamp
-  result = {**stamp(), 'target': FLAGS.target, 'experiment': FLAGS.experiment, 'epochs': FLAGS.epochs,
+  import stamp
+  result = {**stamp.stamp(), 'target': FLAGS.target, 'experiment': FLAGS.experiment, 'epochs': FLAGS.epochs,
             'steps': config.num_train_steps, 'batch_size': config.batch_size,
             'arms': {arm: summarize(e, FLAGS.target) for arm, e in evals.items()}}
   best_torch = min((v['seconds_to_target'] for k, v in result['arms'].items() if k not in CNNJAX_ARMS
@@ -74,10 +73,7 @@ def main(argv):
     ratio = f'{s / best_torch:.2f}x' if s is not None and best_torch else '–'
     print(f'| {arm} | {"not reached" if s is None else f"{s:.0f}"} | {v["reached"]} | '
           f'{v["final_test_accuracy"]:.4f} | {ratio} |')
-  if FLAGS.json:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-    with open(FLAGS.json, 'w') as f:
-      json.dump(result, f, indent=1)
+  stamp.write(FLAGS.json, result)
 
 
 if __name__ == '__main__':

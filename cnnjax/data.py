@@ -348,6 +348,10 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Conf
     raise ConfigError(f'--config.data.source_dir={data_config.source_dir} does not hold the IDX files of '
                       f'{data_config.name} ({", ".join(idx.FILES)}, gzipped or not); point it at a '
                       'directory that does')
+  if not spec.offline and not tensorflow_available():
+    raise DataError(f'preparing {data_config.name} from its download needs TensorFlow (TFDS encodes its images '
+                    'with it): pip install tensorflow-cpu, or prepare it once where TensorFlow is installed and '
+                    'bring that --data_dir')
   _download_and_prepare(builder, data_config)
   return builder
 

@@ -147,3 +147,11 @@ def test_without_tensorflow_the_host_pipeline_stops_in_one_line_before_preparing
   assert ('Stopped: --config.data.pipeline=host chose the host pipeline (tf.data) for digits, and tf.data needs '
           'TensorFlow: pip install tensorflow-cpu; or --config.data.pipeline=device') in proc.stderr
   assert not (tmp_path / 'run').exists() and not (tmp_path / 'data').exists()
+
+
+def test_without_tensorflow_a_dataset_to_download_stops_in_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, '-c', NO_TF, f'--workdir={tmp_path / "run"}', '--config.data.name=cifar10',
+                         f'--data_dir={tmp_path / "data"}'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert 'Stopped: preparing cifar10 from its download needs TensorFlow (TFDS encodes its images' in proc.stderr
+  assert not (tmp_path / 'run').exists()
