@@ -55,8 +55,7 @@ def measure(ref: str, work: str) -> dict:
   return {'commit': subprocess.run(['git', 'rev-parse', '--short', ref], cwd=ROOT, capture_output=True, text=True,
                                    check=True).stdout.strip(),
           'venv_mb': round(_size_mb(venv)), 'packages': len(packages),
-          'tensorflow': next((p for p in packages if p.lower().startswith('tensorflow-cpu==')
-                              or p.lower().startswith('tensorflow==')), None),
+          'tensorflow': next((p for p in packages if re.match(r'tensorflow([-_]cpu)?==', p.lower())), None),
           'install_s': round(install_s, 1), 'main_job_s': round(job_s, 1), 'main_job_returncode': job.returncode,
           'test_accuracy': float(accuracy[-1]) if accuracy else None}
 

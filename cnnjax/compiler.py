@@ -6,7 +6,7 @@ import importlib.metadata
 import os
 
 # XLA:CPU runs dots, and the convolutions it lowers to dots, through YNNPACK: 2-3x faster training of the
-# benchmark CNN on 2 cores (README, Performance). jaxlib 0.9 added the flag; XLA aborts on flags it does not know.
+# benchmark CNN on 2 cores (docs/performance.md). jaxlib 0.9 added the flag; XLA aborts on flags it does not know.
 DEFAULT_XLA_FLAGS = {'xla_cpu_experimental_ynn_fusion_type': 'dot,individual_dot'}
 MIN_JAXLIB = (0, 9)
 DEFAULT_CACHE_DIR = '~/.cache/cnnjax/jax_compilation_cache'

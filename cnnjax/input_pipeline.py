@@ -60,7 +60,7 @@ def _preprocess(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train
 def _per_example(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train: bool) -> bool:
   """Whether preprocessing must run example by example: augmentation keyed by each example's index, or resizing
   images of varying sizes. Otherwise the pipeline batches first and normalises whole batches: the same
-  element-wise ops on the same values, at a fraction of tf.data's per-element CPU cost (README, Performance)."""
+  element-wise ops on the same values, at a fraction of tf.data's per-element CPU cost (docs/performance.md)."""
   d = config.data
   return (train and bool(d.augment_flip or d.augment_crop or d.random_erasing)) or spec.image_size == 0
 

@@ -52,7 +52,7 @@ class BlockSpec:
 class BatchNorm(nn.Module):
   """``flax.linen.BatchNorm`` (momentum, epsilon, axis_name, dtype and the variables ``scale``, ``bias`` and
   batch_stats ``mean``, ``var`` as there) whose training path is ``ops.batch_norm``: the same values up to
-  rounding, with XLA:CPU's fast reductions (README, Performance). Normalises over every axis but the last."""
+  rounding, with XLA:CPU's fast reductions (docs/performance.md). Normalises over every axis but the last."""
   use_running_average: bool
   momentum: float = 0.99
   epsilon: float = 1e-5

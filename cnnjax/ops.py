@@ -136,9 +136,9 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Pad
   """``conv2d`` computed as one matrix product over extracted patches (im2col).
 
   The patches are kh*kw strided slices of the padded input, so the forward pass and both gradients are a
-  matmul plus slicing: the textbook lowering, kept as an ablation of how the conv is computed. It was faster
-  than XLA:CPU's own convolution before cnnjax's default XLA flags, and is ~1.6x slower since (README,
-  Performance); the result equals ``conv2d`` up to float rounding.
+  matmul plus slicing: the textbook lowering, kept as an ablation of how the conv is computed; with cnnjax's
+  default XLA flags it is ~1.6x slower than XLA:CPU's own convolution (docs/performance.md). The result equals
+  ``conv2d`` up to float rounding.
 
   Args and Returns: as ``conv2d``.
   """
@@ -175,7 +175,7 @@ def add_bias(x: jax.Array, bias: jax.Array, two_step: bool = True) -> jax.Array:
   the gradient sums over the batch axis and then over the rest. As one reduction over several axes, XLA:CPU
   runs a reduce-window over the batch axis alone, which reads the array with a stride and parallelises over a
   handful of outputs: 3-5 ms for a [128, 28, 28, 32] activation on 2 cores, against <= 0.5 ms in two steps;
-  +6-9 % training throughput for the benchmark CNN (README, Performance).
+  +6-9 % training throughput for the benchmark CNN (docs/performance.md).
 
   Args:
     x: [N, ..., C].
@@ -250,7 +250,7 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
 # ---------------------------------------------------------------------------------------------------------
 # Normalisation.
 
-CHANNEL_SUM_PARTS = 8  # batch parts of channel_sum's first step (README, Performance, has the times)
+CHANNEL_SUM_PARTS = 8  # batch parts of channel_sum's first step (docs/performance.md)
 
 
 def channel_sum(x: jax.Array) -> jax.Array:

@@ -98,7 +98,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       '--config.microbatch_size=0 (or auto)')
 
 
-CPU_MICROBATCH = 64  # microbatch_size=auto on CPU: activations of 64 images stay in cache (README, Performance)
+CPU_MICROBATCH = 64  # microbatch_size=auto on CPU: activations of 64 images stay in cache (docs/performance.md)
 
 
 def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platform: str) -> tuple[int, bool]:

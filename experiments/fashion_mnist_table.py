@@ -15,7 +15,7 @@ end-of-epoch evaluations of a fixed-length schedule); the test split is evaluate
 - keras_3conv_pool_2fc_dropout (0.926): 3x3 convs 32, 64, 128, each pooled, -> dense 128 -> dropout 0.3 ->
   softmax (chosen: dropout on the dense layer only, where the Keras model also drops after its convs).
 - mlp_256_128_100 (0.8833): dense 256 -> 128 -> 100 -> softmax, ReLU, no dropout; 10 epochs.
-Measured results and what is still to run: README, Fashion-MNIST reproduction.
+Measured results and what is still to run: docs/studies.md, Fashion-MNIST reproduction.
 """
 
 import ml_collections

@@ -5,7 +5,7 @@ r"""Pooling ablation: 2x2 max vs average vs no pooling, and a stride-2 conv in p
 
 4 points x 3 seeds x 3 learning rates (picked on validation) x 300 steps; each point is compared with max pooling
 (Welch's t), and the report adds accuracy, agreement and correct-both-times under input shifts of 0..4 pixels.
-Measured results and wall times: README, Ablation sweeps.
+Measured results and wall times: docs/studies.md.
 """
 
 import ml_collections

@@ -3,7 +3,7 @@ r"""Baseline: the `small` CNN on the offline `shapes` dataset (6 classes, 32x32 
   python launch.py --experiment=shapes --workdir=/tmp/cnnjax/shapes
 
 About 30 s of training on 2 CPU cores, plus ~10 s to generate the dataset on first use (9,167 training
-images, 833 validate; chance 1/6). Measured runtime and accuracy: README.
+images, 833 validate; chance 1/6). Expected accuracy and time: README.
 Every other experiment imports this config and overrides a few fields; any field can be overridden from the
 command line, e.g. --config.model.stride=2 --config.model.pool=avg --config.batch_size=256.
 """
@@ -92,7 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   # Per-device examples per forward/backward pass: a larger per-device batch (a multiple of it) is split into
   # micro-batches whose gradients are summed by a lax.scan (the same gradient up to rounding), which keeps
-  # activations in cache on CPU (README, Performance). 0 = the whole per-device batch at once. auto = up to 64
+  # activations in cache on CPU (docs/performance.md). 0 = the whole per-device batch at once. auto = up to 64
   # on CPU (the whole batch with BatchNorm), the whole batch on GPU/TPU. 'auto' or an int.
   config.microbatch_size = ml_collections.FieldReference('auto', field_type=object)
   # XLA:CPU's faster forms of the same values: a two-step bias broadcast, NHWC/HWIO conv gradients and
