@@ -9,11 +9,12 @@ e.g. --config.model.stride=2. Re-running with the same workdir resumes from the 
 import logging as logging_std
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 
 from cnnjax import files
-from cnnjax.config import load_experiment, parse_flags_with_experiment
+from cnnjax.cli import format_config, load_experiment, parse_flags_with_experiment
 from cnnjax.errors import CnnjaxError, ConfigError, DownloadTimeout
 
 flags.DEFINE_string('experiment', 'shapes', 'Name of a config file in experiments/ (without .py).')
@@ -25,6 +26,8 @@ flags.DEFINE_bool('list_points', False, 'Sweeps: print the point names, one per 
 flags.DEFINE_bool('analyze', False, 'Print per-layer shapes, params, FLOPs and receptive fields, then exit.')
 flags.DEFINE_bool('overwrite', False, 'Move a previous run in --workdir aside (to WORKDIR.overwritten-TIME) and '
                   'start again, instead of resuming it.')
+flags.DEFINE_string('out', None, 'Write what the finished run (or sweep) measured, stamped with this command, the '
+                    'commit, machine and versions, as JSON here, e.g. results/experiments/shapes.json.')
 flags.DEFINE_bool('multihost', False, 'Join a multi-process run (jax.distributed.initialize); the coordinator comes '
                   'from the flags below or from the cluster environment (SLURM, TPU pods, Kubernetes).')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
@@ -38,11 +41,17 @@ FLAGS = flags.FLAGS
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Drops INFO records from orbax's and tfds's internals, and the tracebacks with which orbax and asyncio report
-  a write that failed for lack of space or permission: cnnjax reports that in one line. Other warnings and
-  errors still show."""
+  """Drops what libraries say that is expected and not the user's to act on: INFO records from orbax's and tfds's
+  internals; jax's probe for a TPU on a machine without one; tfds's notes that a fresh data_dir holds no
+  dataset_info.json yet and that it decodes images with PIL for want of OpenCV; and the tracebacks with which
+  orbax and asyncio report a write that failed for lack of space or permission (cnnjax reports that in one
+  line). Other warnings and errors still show."""
+
+  EXPECTED = ('Unable to initialize backend', 'has no dataset_info.json', 'OpenCV is not installed')
 
   def filter(self, record: logging_std.LogRecord) -> bool:
+    if any(text in record.getMessage() for text in self.EXPECTED) and record.levelno <= logging_std.WARNING:
+      return False
     library = any(f'/{lib}/' in record.pathname for lib in ('orbax', 'tensorflow_datasets', 'asyncio'))
     if not library:
       return True
@@ -67,10 +76,15 @@ def main(argv: list[str]) -> None:
   sys.unraisablehook = _quiet_unraisable
   if not FLAGS.workdir and not (FLAGS.analyze or FLAGS.list_points):
     raise app.UsageError('--workdir is required (except with --analyze or --list_points)')
+  # TensorFlow (tf.data only) logs C++ notices twice per process: oneDNN's, and tf.data's note that a run shorter
+  # than an epoch did not read its cache whole. Neither is the user's to act on; errors still show.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from cnnjax import compiler
   logging.info('XLA_FLAGS=%r', compiler.set_default_xla_flags(FLAGS.default_xla_flags))  # before any backend
   logging.info('Compilation cache: %r', compiler.set_compilation_cache(FLAGS.compilation_cache_dir))
-  from cnnjax import parallel, sweep, train, workdirs  # after flag parsing: jax/tf imports are slow
+  import jax  # after flag parsing and XLA_FLAGS: jax/tf imports are slow
+
+  from cnnjax import parallel, sweep, train, workdirs
 
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -84,9 +98,15 @@ def main(argv: list[str]) -> None:
     elif FLAGS.analyze:
       print(sweep.analyze(FLAGS.config, get_sweep, FLAGS.data_dir))
     else:
-      logging.info('Experiment %s, config:\n%s', FLAGS.experiment, FLAGS.config)
-      sweep.run_experiment(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index,
-                           FLAGS.report_only, FLAGS.overwrite)
+      if FLAGS.out:
+        sweep.check_out(FLAGS.out)
+      logging.info('Experiment %s; its config (override a field with --config.FIELD=VALUE):\n%s', FLAGS.experiment,
+                   format_config(FLAGS.config))
+      start = time.perf_counter()
+      outcome = sweep.run_experiment(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index,
+                                     FLAGS.report_only, FLAGS.overwrite)
+      if FLAGS.out and FLAGS.sweep_index is None and jax.process_index() == 0:
+        sweep.write_out(FLAGS.out, FLAGS.experiment, outcome, FLAGS.workdir, time.perf_counter() - start)
   except ConfigError as e:
     sys.exit(f'Invalid config: {e}')
   except DownloadTimeout as e:  # the download's threads may retry for minutes: do not wait for them

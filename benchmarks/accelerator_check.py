@@ -43,11 +43,10 @@ import sys
 import time
 
 from absl import app, flags
+from timing import MatmulPeak, cnnjax_steps, compile_seconds, steps_for, timed_windows
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import MatmulPeak, cnnjax_steps, compile_seconds, steps_for, timed_windows  # noqa: E402
-
-from cnnjax.config import apply_overrides, load_experiment  # noqa: E402
+from cnnjax.cli import load_experiment
+from cnnjax.config import apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_bool('smoke', False, 'Every section at toy sizes on the digits data (seconds on a CPU).')
@@ -254,7 +253,7 @@ def main(argv):
   unknown = set(FLAGS.sections) - {'tests', 'agreement', 'throughput', 'race'}
   if unknown:
     raise app.UsageError(f'--sections: {sorted(unknown)} unknown; choose from tests, agreement, throughput, race')
-  import stamp
+  from cnnjax import stamp
   name, peak = card()
   result = {**stamp.stamp(), 'card': name, 'peak_tflops': peak, 'torch': torch_version(), 'smoke': FLAGS.smoke,
             'sections': {}}

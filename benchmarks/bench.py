@@ -15,17 +15,13 @@ are against the fastest PyTorch arm. Runs in ~5-8 minutes on 2 CPU cores with --
 """
 
 import json
-import os
 import statistics
-import sys
 
 import numpy as np
 from absl import app, flags
+from timing import MatmulPeak, compile_seconds, steps_for, timed_windows
 
-from cnnjax.config import parse_flags_with_experiment
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/torch_reference.py, timing.py
-from timing import MatmulPeak, compile_seconds, steps_for, timed_windows  # noqa: E402
+from cnnjax.cli import parse_flags_with_experiment
 
 flags.DEFINE_string('experiment', 'mnist', 'Experiment whose model and optimizer are benchmarked.')
 flags.DEFINE_list('batch_sizes', ['128', '512'], 'Global batch sizes to measure.')
@@ -60,13 +56,13 @@ class JaxRunner:
   def __init__(self, config, batch_size: int):
     import jax
 
-    from cnnjax import analysis, train
+    from cnnjax import analysis, models, train
     self.jax = jax
     config.batch_size = config.eval_batch_size = batch_size
     self.run = run = train.setup(config, FLAGS.data_dir, prepare=False)  # features only: synthetic batches
     shape = run.info.image_shape
     self.fwd_flops = analysis.totals(analysis.analyze(config.model, shape, run.info.num_outputs))['flops']
-    self.num_params = train.count_params(run.model, shape)
+    self.num_params = models.count_params(run.model, shape)
     self.train_fn, self.eval_fn, self.backend = run.train_step, run.eval_step, run.backend
     self.host_batch = synthetic_batch(run, batch_size)
     self.batch = self.backend.put_batch(self.host_batch)
@@ -163,7 +159,7 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
   config = base_config.copy_and_resolve_references()
   jx = JaxRunner(config, batch_size)
   row = {'batch_size': batch_size, 'params': jx.num_params, 'parallel': config.parallel,
-         'dtype': config.model.dtype, 'microbatch': jx.run.microbatch_size, 'cpu_kernels': jx.run.cpu_kernels,
+         'dtype': config.model.dtype, 'microbatch': jx.run.microbatch_size, 'cpu_speedups': jx.run.cpu_speedups,
          'compile_s': compile_seconds(jx.train)}
   shape, outputs = jx.run.info.image_shape, jx.run.info.num_outputs
   runners = {'jax': jx}

@@ -19,7 +19,8 @@ import time
 
 from absl import app, flags
 
-from cnnjax.config import ROOT, apply_overrides, load_experiment
+from cnnjax.cli import ROOT, load_experiment
+from cnnjax.config import apply_overrides
 
 flags.DEFINE_list('experiments', ['stride', 'pooling', 'params', 'filters', 'heads', 'invariance'],
                   'Experiments whose get_sweep() points are compiled.')

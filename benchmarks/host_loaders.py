@@ -14,15 +14,13 @@ files). Beside the loaders the JSON carries what the fashion_mnist train step co
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from cnnjax.config import apply_overrides, load_experiment  # noqa: E402
+from cnnjax.cli import load_experiment
+from cnnjax.config import apply_overrides
 
 flags.DEFINE_integer('windows', 5, 'Timed windows per arm (the median is reported).')
 flags.DEFINE_integer('batches', 200, 'Batches per window.')
@@ -58,7 +56,7 @@ def grain_batches(config, data_dir: str):
 
 def main(argv):
   del argv
-  import stamp
+  from cnnjax import stamp
   config = apply_overrides(load_experiment('fashion_mnist').get_config(), {'batch_size': FLAGS.batch_size})
   with tempfile.TemporaryDirectory(prefix='cnnjax-grain-') as grain_dir:
     arms = {'tf.data (host pipeline)': tf_data_batches(config),

@@ -62,8 +62,7 @@ def measure(ref: str, work: str) -> dict:
 
 def main(argv):
   del argv
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import stamp
+  from cnnjax import stamp
   rows = {}
   for name, ref in (('before', FLAGS.before), ('after', FLAGS.after)):
     work = tempfile.mkdtemp(prefix=f'cnnjax-install-{name}-')

@@ -5,20 +5,17 @@ alone, the ceiling), in one process, arms alternating window by window; medians 
   python benchmarks/pipelines.py --out=results/pipelines/cpu.json               # fashion_mnist, batch 128
   python benchmarks/pipelines.py --experiment=shapes --out=/tmp/shapes.json
 
-Writes a JSON stamped with the command, commit, machine and versions (benchmarks/stamp.py).
+Writes a JSON stamped with the command, commit, machine and versions (cnnjax/stamp.py).
 """
 
 import json
-import os
 import statistics
-import sys
 import time
 
 from absl import app, flags
 
-from cnnjax.config import apply_overrides, parse_flags_with_experiment
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cnnjax.cli import parse_flags_with_experiment
+from cnnjax.config import apply_overrides
 
 flags.DEFINE_string('experiment', 'fashion_mnist', 'Experiment whose model, optimizer and data are measured.')
 flags.DEFINE_integer('windows', 7, 'Timed windows per arm (the median is reported).')
@@ -40,7 +37,7 @@ def _arm(config, data_dir, pipeline: str, steps_per_call: int, synthetic: bool =
 
 def main(argv):
   del argv
-  import stamp
+  from cnnjax import stamp
   config = FLAGS.config
   arms = {'host (tf.data)': _arm(config, FLAGS.data_dir, 'host', 1),
           'synthetic batch on the device': _arm(config, FLAGS.data_dir, 'host', 1, synthetic=True)}

@@ -23,7 +23,8 @@ import time
 
 from absl import app, flags
 
-from cnnjax.config import ROOT, apply_overrides, load_experiment
+from cnnjax.cli import ROOT, load_experiment
+from cnnjax.config import apply_overrides
 
 flags.DEFINE_string('experiment', 'pooling', 'A sweep experiment (one with get_sweep()).')
 flags.DEFINE_list('arms', ['1x1', 'SxL'], 'Arms, run in this order: 1x1, SxL, host, auto.')
@@ -119,7 +120,7 @@ def main(argv):
     with open(FLAGS.json, 'w') as f:
       json.dump(rows, f, indent=1)
   if FLAGS.out:
-    import stamp
+    from cnnjax import stamp
     stamp.write(FLAGS.out, {**stamp.stamp(), 'experiment': FLAGS.experiment, 'dataset': FLAGS.dataset, 'rows': rows})
 
 

@@ -16,15 +16,13 @@ every arm once); the JSON has every run. Needs torch (pip install torch).
 """
 
 import os
-import sys
 
+import torch_reference
 from absl import app, flags
+from racing import normalised, race_config, run_cnnjax, run_torch, summarize
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_reference  # noqa: E402
-from racing import normalised, race_config, run_cnnjax, run_torch, summarize  # noqa: E402
-
-from cnnjax.config import apply_overrides, parse_flags_with_experiment  # noqa: E402
+from cnnjax.cli import parse_flags_with_experiment
+from cnnjax.config import apply_overrides
 
 flags.DEFINE_string('experiment', 'fashion_mnist', 'Experiment whose model, optimizer and data are raced.')
 flags.DEFINE_float('target', 0.92, 'Test accuracy to reach.')
@@ -58,7 +56,7 @@ def main(argv):
       evals[arm].append(run_cnnjax(apply_overrides(config, CNNJAX_ARMS[arm]), FLAGS.data_dir) if arm in CNNJAX_ARMS else
                         run_torch(config, arm, train_data, test_data, run.info.image_shape, run.info.num_outputs))
       print(f'round {r} {arm}: ' + ', '.join(f'{s:.0f}s {a:.4f}' for _, s, a in evals[arm][-1]), flush=True)
-  import stamp
+  from cnnjax import stamp
   result = {**stamp.stamp(), 'target': FLAGS.target, 'experiment': FLAGS.experiment, 'epochs': FLAGS.epochs,
             'steps': config.num_train_steps, 'batch_size': config.batch_size,
             'arms': {arm: summarize(e, FLAGS.target) for arm, e in evals.items()}}

@@ -65,7 +65,8 @@ def format_table(rows: list[LayerStats]) -> str:
            '| --- | --- | ---: | ---: | ---: | ---: |']
   for r in rows:
     shape = 'x'.join(map(str, r.output_shape))
-    lines.append(f'| {r.name} | {shape} | {r.params:,} | {r.flops:,} | {r.receptive_field} | {r.dense_equivalent:,} |')
+    dense = f'{r.dense_equivalent:,}' if r.params else ''  # only layers with weights have a dense counterpart
+    lines.append(f'| {r.name} | {shape} | {r.params:,} | {r.flops:,} | {r.receptive_field} | {dense} |')
   t = totals(rows)
   lines.append(f"| **total** | | **{t['params']:,}** | **{t['flops']:,}** | | |")
   return '\n'.join(lines)

@@ -1,4 +1,4 @@
-"""Configs: checks of field values, overrides, loading experiments by name, run-level checks.
+"""Configs: checks of field values, overrides, run-level checks.
 
 This module imports only ``cnnjax.errors``, so every module can check its own fields with it:
 ``models`` for ``config.model``, ``data`` for ``config.data``, ``heads`` for ``config.head``, ``optim`` for
@@ -9,25 +9,17 @@ fields. ``train.validate`` runs all of them; none builds a backend, reads data o
 from __future__ import annotations
 
 import copy
-import importlib
 import math
-import os
-import sys
 from collections.abc import Iterable, Mapping
-from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import ml_collections
-from absl import flags
-from ml_collections import config_flags
 
 from cnnjax.errors import ConfigError
 
-# The experiments/ package beside the cnnjax package (a source checkout or an editable install).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS_DIR = os.path.join(ROOT, 'experiments')
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups: XLA:CPU's faster forms of the same values
+T = TypeVar('T')
 TEST_CHECKPOINTS = ('last', 'best_val')  # config.test_checkpoint: the weights the test split evaluates
 
 
@@ -36,6 +28,13 @@ def check_choice(flag: str, value: Any, choices: Iterable[Any]) -> None:
   choices = sorted(choices)
   if isinstance(value, list | dict) or value not in choices:
     raise ConfigError(f'--config.{flag}={value!r} is unknown; choose one of {choices}')
+
+
+def lookup(flag: str, name: str, registry: Mapping[str, T]) -> T:
+  """``registry[name]``, or ConfigError naming ``--config.<flag>`` and the choices: the one look-up every registry
+  (activations, pools, convs, filter banks, heads, datasets, variants) goes through."""
+  check_choice(flag, name, registry)
+  return registry[name]
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -121,51 +120,6 @@ def has_field(config: ml_collections.ConfigDict, path: str) -> bool:
   for parent in parents:
     node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
   return isinstance(node, ml_collections.ConfigDict) and field in node
-
-
-def experiment_names() -> list[str]:
-  """The experiments in experiments/ (files not starting with '_')."""
-  return sorted(f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith('.py') and not f.startswith('_'))
-
-
-def load_experiment(name: str) -> ModuleType:
-  """The module experiments/<name>.py, with ``get_config()`` and, for a sweep, ``get_sweep()``.
-
-  Raises:
-    ConfigError for an unknown name.
-  """
-  if name not in experiment_names():
-    raise ConfigError(f'--experiment={name!r} is unknown; choose one of {experiment_names()}')
-  if ROOT not in sys.path:  # variants import their baseline as `from experiments import shapes`
-    sys.path.insert(0, ROOT)
-  return importlib.import_module(f'experiments.{name}')
-
-
-def parse_flags_with_experiment(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
-  """An absl ``flags_parser``: loads ``--experiment``'s config as ``--config`` (so that ``--config.FIELD=VALUE``
-  overrides apply to it), then parses ``argv``. The caller defines ``--experiment`` and its default."""
-  name = flag_values['experiment'].default
-  for i, arg in enumerate(argv[1:], 1):
-    if arg.startswith('--experiment='):
-      name = arg.split('=', 1)[1]
-    elif arg == '--experiment' and i + 1 < len(argv):
-      name = argv[i + 1]
-  try:
-    config = load_experiment(name).get_config()
-  except ConfigError as e:
-    sys.exit(str(e))
-  for arg in argv[1:]:  # an unknown field would otherwise end in a traceback from deep inside absl
-    path = arg[len('--config.'):].split('=', 1)[0] if arg.startswith('--config.') else None
-    if path and not has_field(config, path):
-      sys.exit(f'--config.{path} is not a field of the {name} experiment\'s config; every field is listed, with '
-               'its choices, in experiments/shapes.py')
-  config_flags.DEFINE_config_dict('config', config, 'The experiment\'s config; override with --config.FIELD=VALUE.',
-                                  lock_config=True, flag_values=flag_values)
-  try:
-    return flag_values(argv)
-  except (flags.Error, TypeError, ValueError) as e:  # an unknown flag, or a value of the wrong type
-    hint = f'; give a value of the type of the field (see experiments/{name}.py)' if '--config.' in str(e) else ''
-    sys.exit(f'{e}{hint}')
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ wait for process 0).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
+import io
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -21,7 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from cnnjax import files
-from cnnjax.config import check_bool, check_choice, check_int, check_number, check_str
+from cnnjax.config import check_bool, check_choice, check_int, check_number, check_str, lookup
 from cnnjax.errors import ConfigError, DataError, DownloadTimeout
 
 if TYPE_CHECKING:  # TensorFlow Datasets is imported only where TFDS data is prepared or read
@@ -176,8 +178,7 @@ class DataInfo:
 
 def get_spec(name: str) -> DatasetSpec:
   """The DatasetSpec of ``--config.data.name``."""
-  check_choice('data.name', name, DATASETS)
-  return DATASETS[name]
+  return lookup('data.name', name, DATASETS)
 
 
 def image_size(data_config: ml_collections.ConfigDict) -> int:
@@ -342,8 +343,9 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Conf
   spec = get_spec(data_config.name)
   source_dir = data_config.source_dir or spec.source_dir
   if spec.idx and source_dir and idx.find(source_dir):
-    logging.info('Preparing %s from the IDX files in %s.', data_config.name, source_dir)
-    return idx.prepare(data_config.name, source_dir, data_dir, file_format())
+    logging.info('Preparing %s from the IDX files in %s (once per data_dir).', data_config.name, source_dir)
+    with _quiet_tfds():
+      return idx.prepare(data_config.name, source_dir, data_dir, file_format())
   if data_config.source_dir:
     raise ConfigError(f'--config.data.source_dir={data_config.source_dir} does not hold the IDX files of '
                       f'{data_config.name} ({", ".join(idx.FILES)}, gzipped or not); point it at a '
@@ -356,14 +358,31 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Conf
   return builder
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+  """Silences TFDS while it prepares data made on this machine: its bold 'Downloading and preparing dataset
+  Unknown size' and 'downloaded and prepared' lines (stdout) and its progress bars (escape codes in log files).
+  cnnjax says what it prepares in one line instead. Downloads keep TFDS's progress bars."""
+  import tensorflow_datasets as tfds
+
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.display_progress_bar(True)
+
+
 def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict) -> None:
   """Runs builder.download_and_prepare(), giving up after config.data.download_timeout_s for downloads.
 
   tfds retries a failing download for a long time; offline, that is a hang. The download runs in a daemon
   thread so that a timeout can end the run with advice instead.
   """
-  if get_spec(data_config.name).offline:
-    builder.download_and_prepare(file_format=file_format())  # generated locally: no network, no timeout
+  if get_spec(data_config.name).offline:  # generated locally: no network, no timeout
+    logging.info('Generating %s in %s (once per data_dir).', data_config.name, builder.data_dir_root)
+    with _quiet_tfds():
+      builder.download_and_prepare(file_format=file_format())
     return
   errors: list[BaseException] = []
 

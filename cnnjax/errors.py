@@ -31,3 +31,7 @@ class DamagedFile(CnnjaxError):
 class StorageError(CnnjaxError):
   """A write failed (full disk, read-only filesystem, no permission, a file where a directory should be); the
   message says what failed, where, what is intact and the fix."""
+
+
+class NoFinishedPoints(CnnjaxError):
+  """A sweep's report was asked for (--report_only) where no point has finished."""

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cnnjax.config import ConfigError, check_choice, check_int, check_number, check_str
+from cnnjax.config import ConfigError, check_int, check_number, check_str, lookup
 
 Metrics = dict[str, jax.Array]
 Features = dict  # a TFDS FeaturesDict: name -> feature (``builder.info.features``)
@@ -164,8 +164,7 @@ HEADS: dict[str, Head] = {h.name: h for h in (MULTICLASS, BINARY, REGRESSION)}
 
 def get_head(name: str) -> Head:
   """Looks a head up by ``--config.head`` ('multiclass', 'binary' or 'regression')."""
-  check_choice('head', name, HEADS)
-  return HEADS[name]
+  return lookup('head', name, HEADS)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

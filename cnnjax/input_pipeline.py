@@ -116,12 +116,14 @@ def _device_batches(ds: tf.data.Dataset, num_devices: int) -> tf.data.Dataset:
   return ds.map(lambda b: tf.nest.map_structure(lambda x: tf.reshape(x, [num_devices, -1, *x.shape[1:]]), b))
 
 
-def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, target: Target,
-                   num_devices: int, start_step: int = 0, shard: Shard | None = None) -> Iterator[Batch]:
+def train_iterator(config: ml_collections.ConfigDict, spec: data.DatasetSpec, builder: tfds.core.DatasetBuilder,
+                   target: Target, num_devices: int, start_step: int = 0, shard: Shard | None = None
+                   ) -> Iterator[Batch]:
   """Endless training batches {'image': [D, B, H, W, C], 'target': [D, B, ...]}, starting at ``start_step``.
 
   Args:
     config: the experiment config (uses seed, batch_size and data.*).
+    spec: the dataset's spec (``data.get_spec(config.data.name)``, resolved by ``train.setup``).
     builder: the prepared TFDS builder.
     target: example -> target (the task head's).
     num_devices: local devices, the leading batch axis.
@@ -132,7 +134,6 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
   Returns:
     An iterator of numpy batches.
   """
-  spec = data.get_spec(config.data.name)
   shard = shard or process_shard()
   batch = config.batch_size // shard[1]
   ds = _source(config, builder, target, data.splits(config.data, builder).train, drop_remainder=True, shard=shard)
@@ -146,8 +147,8 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
   return iter(tfds.as_numpy(ds.prefetch(config.data.prefetch).with_options(_options())))
 
 
-def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, target: Target,
-                 num_devices: int, split: str) -> Iterable[Batch]:
+def eval_batches(config: ml_collections.ConfigDict, spec: data.DatasetSpec, builder: tfds.core.DatasetBuilder,
+                 target: Target, num_devices: int, split: str) -> Iterable[Batch]:
   """The TFDS split ``split`` (validation or test) in batches of config.eval_batch_size, padded, with a 'mask'
   of real examples.
 
@@ -156,7 +157,6 @@ def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBu
     epoch and reuses the in-memory cache. With several processes every process yields the same number of
     batches (all-padding ones at the end where its share is smaller), as the collectives need.
   """
-  spec = data.get_spec(config.data.name)
   index, count = process_shard()
   batch = config.eval_batch_size // count
   ds = _source(config, builder, target, split, drop_remainder=False, shard=(index, count)).enumerate()

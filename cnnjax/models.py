@@ -15,9 +15,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cnnjax import ops
-from cnnjax.config import ConfigError, check_bool, check_choice, check_int, check_ints, check_number, check_str
+from cnnjax.config import ConfigError, check_bool, check_choice, check_int, check_ints, check_number, check_str, lookup
 
 # Named model sizes: conv features per block and dense widths before the head. 'base' is the CNN of
 # flax/examples/mnist (conv32-conv64-dense256); 'tiny' is for tests; 'mlp' has no conv blocks.
@@ -77,21 +78,21 @@ class BatchNorm(nn.Module):
     return y.astype(dtype)
 
 
-# Normalisation layers, by --config.model.norm: (train, groups, axis_name, dtype, cpu_kernels) -> module. BatchNorm
+# Normalisation layers, by --config.model.norm: (train, groups, axis_name, dtype, cpu_speedups) -> module. BatchNorm
 # normalises over the batch and the map (statistics averaged over the devices of axis_name while training,
-# running averages in eval, momentum 0.9 as in flax/examples/imagenet; flax's layer, or with cpu_kernels the
+# running averages in eval, momentum 0.9 as in flax/examples/imagenet; flax's layer, or with cpu_speedups the
 # BatchNorm above); LayerNorm over each example's map and channels; GroupNorm over each example's map and
 # channel group. Each has a scale and bias per channel.
 Norm = Callable[[bool], nn.Module]
 NORMS: dict[str, Callable[..., nn.Module] | None] = {
     'none': None,
-    'batch': lambda train, groups, axis_name, dtype=None, cpu_kernels=False: (BatchNorm if cpu_kernels
+    'batch': lambda train, groups, axis_name, dtype=None, cpu_speedups=False: (BatchNorm if cpu_speedups
                                                                               else nn.BatchNorm)(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name if train else None,
         dtype=dtype),
-    'layer': lambda train, groups, axis_name, dtype=None, cpu_kernels=False: nn.LayerNorm(
+    'layer': lambda train, groups, axis_name, dtype=None, cpu_speedups=False: nn.LayerNorm(
         epsilon=1e-5, reduction_axes=(-3, -2, -1), dtype=dtype),
-    'group': lambda train, groups, axis_name, dtype=None, cpu_kernels=False: nn.GroupNorm(
+    'group': lambda train, groups, axis_name, dtype=None, cpu_speedups=False: nn.GroupNorm(
         num_groups=groups, epsilon=1e-5, dtype=dtype),
 }
 
@@ -136,23 +137,23 @@ class ConvBlock(nn.Module):
     return y if self.pool is None else self.pool(y)
 
 
-def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None = None, cpu_kernels: bool = True,
+def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None = None, cpu_speedups: bool = False,
                dtype: jnp.dtype = jnp.float32) -> ConvBlock:
   """Builds a ConvBlock whose callables are resolved from the names in ``spec``.
 
-  BatchNorm averages its statistics over the devices of ``axis_name`` while training; ``cpu_kernels`` picks
+  BatchNorm averages its statistics over the devices of ``axis_name`` while training; ``cpu_speedups`` picks
   XLA:CPU's faster forms of the same values (two-step bias broadcast, NHWC/HWIO conv gradients, BatchNorm's
   reductions); norms compute in ``dtype``.
   """
   pool, norm = ops.get_pool(spec.pool), NORMS[spec.norm]
-  conv_kwargs = {'nhwc_gradients': cpu_kernels} if spec.conv_impl == 'xla' else {}  # im2col's are matmuls
+  conv_kwargs = {'cpu_speedups': cpu_speedups} if spec.conv_impl == 'xla' else {}  # im2col's are matmuls
   return ConvBlock(
       features=spec.features, kernel_size=spec.kernel_size, name=name, fixed_filters=spec.fixed_filters,
       conv=functools.partial(ops.get_conv(spec.conv_impl), stride=spec.stride, padding=spec.padding,
                              dilation=spec.dilation, flip_kernel=spec.flip_kernel, **conv_kwargs),
       norm=None if norm is None else functools.partial(norm, groups=spec.norm_groups, axis_name=axis_name,
-                                                       dtype=dtype, cpu_kernels=cpu_kernels),
-      add_bias=functools.partial(ops.add_bias, two_step=cpu_kernels),
+                                                       dtype=dtype, cpu_speedups=cpu_speedups),
+      add_bias=functools.partial(ops.add_bias, cpu_speedups=cpu_speedups),
       activation=ops.get_activation(spec.activation),
       pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride))
 
@@ -170,13 +171,13 @@ class CNN(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32  # of the activations; parameters stay float32, the output is float32
   axis_name: str | None = None  # the device axis BatchNorm averages its statistics over while training
-  cpu_kernels: bool = True  # XLA:CPU's faster forms of the same values (see make_block)
+  cpu_speedups: bool = False  # XLA:CPU's faster forms of the same values (see make_block)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.astype(self.dtype)
     for i, spec in enumerate(self.blocks):
-      x = make_block(spec, f'block{i}', self.axis_name, self.cpu_kernels, self.dtype)(x, train)
+      x = make_block(spec, f'block{i}', self.axis_name, self.cpu_speedups, self.dtype)(x, train)
     x = x.reshape((x.shape[0], -1))
     act = ops.get_activation(self.dense_activation)
     for i, width in enumerate(self.dense):
@@ -190,12 +191,12 @@ class CNN(nn.Module):
 
 def conv_features(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """Conv widths per block: ``config.model.features``, or the variant's when it is ()."""
-  return tuple(model_config.features) or VARIANTS[model_config.variant]['features']
+  return tuple(model_config.features) or lookup('model.variant', model_config.variant, VARIANTS)['features']
 
 
 def dense_widths(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """Dense widths before the output layer: ``config.model.dense``, or the variant's when it is ()."""
-  return tuple(model_config.dense) or VARIANTS[model_config.variant]['dense']
+  return tuple(model_config.dense) or lookup('model.variant', model_config.variant, VARIANTS)['dense']
 
 
 def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...]:
@@ -212,12 +213,12 @@ def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_outputs: int, axis_name: str | None = None,
-                cpu_kernels: bool = True) -> CNN:
+                cpu_speedups: bool = False) -> CNN:
   """The CNN described by ``config.model`` with ``num_outputs`` outputs; BatchNorm (if any) averages its
-  training statistics over the devices of ``axis_name``; ``cpu_kernels``: see ``make_block``."""
+  training statistics over the devices of ``axis_name``; ``cpu_speedups``: see ``make_block``."""
   return CNN(blocks=block_specs(model_config), dense=dense_widths(model_config), num_outputs=num_outputs,
              dense_activation=model_config.activation, dropout=model_config.dropout,
-             dtype=jnp.dtype(model_config.dtype), axis_name=axis_name, cpu_kernels=cpu_kernels)
+             dtype=jnp.dtype(model_config.dtype), axis_name=axis_name, cpu_speedups=cpu_speedups)
 
 
 DTYPES = ('float32', 'bfloat16', 'float16')  # config.model.dtype: the activations' (parameters stay float32)
@@ -307,3 +308,9 @@ def layers(blocks: Sequence[BlockSpec], image_shape: tuple[int, int, int]) -> li
       h, w, c = out
   return result
 
+
+def count_params(model: CNN, image_shape: tuple[int, ...]) -> int:
+  """Number of trainable parameters, from shapes alone (``jax.eval_shape``, no FLOPs spent)."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))

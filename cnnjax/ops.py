@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax.config import lookup
+
 Padding = str | int | Sequence[tuple[int, int]]
 
 
@@ -44,12 +46,12 @@ def parse_padding(padding: Padding) -> str | list[tuple[int, int]]:
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 'VALID', dilation: int = 1,
-           flip_kernel: bool = False, nhwc_gradients: bool = True) -> jax.Array:
+           flip_kernel: bool = False, cpu_speedups: bool = False) -> jax.Array:
   """2-D convolution of a batch of images.
 
   Deep-learning "convolution" is cross-correlation: the kernel slides over the input unflipped. With
   ``flip_kernel=True`` the kernel is rotated by 180 degrees first, giving true (mathematical) convolution,
-  which on one channel equals ``scipy.signal.convolve2d``. With ``nhwc_gradients`` (for XLA:CPU) its
+  which on one channel equals ``scipy.signal.convolve2d``. With ``cpu_speedups`` (for XLA:CPU) its
   gradients come from a custom VJP (``_conv``), which supports reverse mode (``jax.grad``, ``jax.vjp``) but
   not forward mode (``jax.jvp``); without, from JAX's own rules (the same values).
 
@@ -60,7 +62,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 
     padding: see ``parse_padding``.
     dilation: spacing between kernel taps (1 = dense kernel).
     flip_kernel: True for true convolution, False for cross-correlation.
-    nhwc_gradients: compute both gradients as NHWC/HWIO convolutions (``_conv``): XLA:CPU runs the
+    cpu_speedups: compute both gradients as NHWC/HWIO convolutions (``_conv``): XLA:CPU runs the
       others slowly inside loops. Other platforms take JAX's own transpose rules.
 
   Returns:
@@ -69,7 +71,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 
   if flip_kernel:
     kernel = kernel[::-1, ::-1]
   pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride, dilation)
-  if nhwc_gradients:
+  if cpu_speedups:
     return _conv(x, kernel, stride, pads, dilation)
   return _nhwc_conv(x, kernel, window_strides=(stride, stride), padding=pads, rhs_dilation=(dilation, dilation))
 
@@ -162,13 +164,11 @@ CONVS: dict[str, Callable[..., jax.Array]] = {'xla': conv2d, 'im2col': conv2d_im
 
 def get_conv(name: str) -> Callable[..., jax.Array]:
   """Looks a conv implementation up by name ('xla' or 'im2col')."""
-  if name not in CONVS:
-    raise ValueError(f'unknown conv implementation {name!r}; choose one of {sorted(CONVS)}')
-  return CONVS[name]
+  return lookup('model.conv_impl', name, CONVS)
 
 
-def add_bias(x: jax.Array, bias: jax.Array, two_step: bool = True) -> jax.Array:
-  """``x + bias``; with ``two_step`` (for XLA:CPU), broadcast in two steps so that the bias gradient is
+def add_bias(x: jax.Array, bias: jax.Array, cpu_speedups: bool = False) -> jax.Array:
+  """``x + bias``; with ``cpu_speedups`` (for XLA:CPU), broadcast in two steps so that the bias gradient is
   reduced in two steps. Without, a plain broadcast that other platforms fuse into the convolution.
 
   The bias is broadcast over the non-batch axes behind an optimisation barrier, then over the batch axis, so
@@ -180,12 +180,12 @@ def add_bias(x: jax.Array, bias: jax.Array, two_step: bool = True) -> jax.Array:
   Args:
     x: [N, ..., C].
     bias: [C], in x's dtype.
-    two_step: the optimisation-barrier broadcast above.
+    cpu_speedups: the optimisation-barrier broadcast above.
 
   Returns:
     x + bias.
   """
-  if not two_step:
+  if not cpu_speedups:
     return x + bias
   return x + jax.lax.optimization_barrier(jnp.broadcast_to(bias, x.shape[1:]))
 
@@ -242,9 +242,7 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
   Returns:
     The elementwise activation function.
   """
-  if name not in ACTIVATIONS:
-    raise ValueError(f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}')
-  return ACTIVATIONS[name]
+  return lookup('model.activation', name, ACTIVATIONS)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -435,9 +433,7 @@ def get_pool(name: str) -> Callable[..., jax.Array] | None:
   Returns:
     The pooling function, or None for no pooling.
   """
-  if name not in POOLS:
-    raise ValueError(f'unknown pool {name!r}; choose one of {sorted(POOLS)}')
-  return POOLS[name]
+  return lookup('model.pool', name, POOLS)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -497,9 +493,7 @@ def fixed_filter_bank(name: str, in_channels: int, size: int = 3) -> np.ndarray:
   Returns:
     [size, size, in_channels, num_filters] float32 kernel.
   """
-  if name not in FIXED_FILTERS:
-    raise ValueError(f'unknown fixed filter bank {name!r}; choose one of {sorted(FIXED_FILTERS)}')
-  bank = FIXED_FILTERS[name]
+  bank = lookup('model.first_layer', name, FIXED_FILTERS)
   if bank.size not in (None, size):
     raise ValueError(f'{name!r} filters are {bank.size}x{bank.size}, got kernel size {size}')
   filters = np.stack(bank.make(size), axis=-1)  # [size, size, F]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 Result = dict[str, Any]  # one run's result.json: 'name' (its directory), 'point' (its setting), metrics, ...
 FIRST_LAYER_FILE = 'first_layer.npz'  # in a run's directory: first-layer filters, feature maps and the input
@@ -65,31 +67,48 @@ def welch(values: Sequence[float], baseline: Sequence[float]) -> dict[str, float
   diff = float(np.mean(values) - np.mean(baseline))
   if min(len(values), len(baseline)) < 2 or not (np.std(values) or np.std(baseline)):
     return {'diff': diff, 'low': float('nan'), 'high': float('nan'), 'p': float('nan')}
-  test = scipy.stats.ttest_ind(values, baseline, equal_var=False)
+  with warnings.catch_warnings():  # nearly equal values: scipy warns of precision loss; the p-value stands
+    warnings.simplefilter('ignore', RuntimeWarning)
+    test = scipy.stats.ttest_ind(values, baseline, equal_var=False)
   ci = test.confidence_interval(CONFIDENCE)
   return {'diff': diff, 'low': float(ci.low), 'high': float(ci.high), 'p': float(test.pvalue)}
 
 
+def _mean_cell(values: Sequence[float]) -> str:
+  """'mean ± half-width' over seeds; the mean alone, said to be one seed, for one seed (never nan)."""
+  mean, half = interval(values)
+  return f'{mean:.4f} (1 seed)' if len(values) < 2 else f'{mean:.4f} ± {half:.4f}'
+
+
 def significance_table(results: Sequence[Result], baseline: str = '') -> str:
   """Each point's main metric (mean, 95 % interval over seeds) and its difference from the baseline point's
-  (``baseline``, default the first), with Welch's 95 % interval and p-value, as markdown."""
+  (``baseline``, default the first), with Welch's 95 % interval and p-value, as markdown. Points with one seed
+  get their mean and difference only, and the text says why."""
   metric, groups = main_metric(results), _group(results)
   base = baseline or next(iter(groups))
   if base not in groups:
     return f'The baseline point {base} has not finished; no comparison.'
   ref = [r[metric] for r in groups[base]]
+  if max(len(g) for g in groups.values()) < 2:
+    lines = [f'| point | {metric} | difference from {base} |', '|' + ' --- |' * 3]
+    lines += [f'| {name} | {g[0][metric]:.4f} | ' + ('(baseline)' if name == base else f'{g[0][metric] - ref[0]:+.4f}')
+              + ' |' for name, g in groups.items()]
+    return ('One seed per point: no intervals and no significance tests, so these differences may be noise '
+            '(--config.seeds=3 or more repeats each point).\n\n' + '\n'.join(lines))
   lines = [f'| point | seeds | {metric} (mean ± 95 % interval) | difference from {base} | 95 % interval | '
            'Welch p | at 5 % |', '|' + ' --- |' * 7]
   for name, group in groups.items():
     values = [r[metric] for r in group]
-    mean, half = interval(values)
-    row = f'| {name} | {len(values)} | {mean:.4f} ± {half:.4f} |'
+    row = f'| {name} | {len(values)} | {_mean_cell(values)} |'
     if name == base:
       lines.append(row + ' (baseline) | | | |')
       continue
     w = welch(values, ref)
-    verdict = ('n/a (needs 2+ seeds each)' if np.isnan(w['p']) else
-               'no significant difference' if w['p'] >= 1 - CONFIDENCE else
+    if np.isnan(w['p']):
+      why = 'needs 2+ seeds each' if min(len(values), len(ref)) < 2 else 'no spread over seeds'
+      lines.append(f'{row} {w["diff"]:+.4f} | – | – | no test ({why}) |')
+      continue
+    verdict = ('no significant difference' if w['p'] >= 1 - CONFIDENCE else
                'significantly ' + ('higher' if w['diff'] > 0 else 'lower'))
     lines.append(f'{row} {w["diff"]:+.4f} | [{w["low"]:+.4f}, {w["high"]:+.4f}] | {w["p"]:.3g} | {verdict} |')
   return ('Each point against the baseline: difference of mean test metric over seeds, with the 95 % interval '
@@ -215,23 +234,49 @@ def _error_bars(results: Sequence[Result], metric: str) -> dict[str, tuple[float
   return {name: (mean, 0.0 if np.isnan(half) else half) for name, (mean, half) in bars.items()}
 
 
+def _bars_note(bars: dict[str, tuple[float, float]]) -> str:
+  """What a plot's error bars are, or that there are none (one seed per point)."""
+  return ('bars: 95 % interval over seeds' if any(half for _, half in bars.values())
+          else 'one seed per point: no error bars')
+
+
+def _human(value: float, _position: Any = None) -> str:
+  """A tick label people read: 0.05, 1.7, 250, 12k, 1.6M."""
+  for scale, suffix in ((1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+    if abs(value) >= scale:
+      return f'{value / scale:.3g}{suffix}'
+  return f'{value:.3g}'
+
+
+def _readable_log_axis(axis) -> None:
+  """Plain tick labels on a log axis (matplotlib writes 1.7×10⁰); the minor ticks labelled too when the axis
+  spans less than a decade, where it would otherwise show no label at all."""
+  low, high = sorted(axis.axes.get_xlim() if axis.axis_name == 'x' else axis.axes.get_ylim())
+  axis.set_major_formatter(ticker.FuncFormatter(_human))
+  axis.set_minor_formatter(ticker.FuncFormatter(_human) if low > 0 and high / low < 10 else ticker.NullFormatter())
+
+
 def _plot_vs(workdir: str, rows, bars, metric: str, x: str) -> str:
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for row in rows:
     mean, half = bars[row['point']]
     ax.errorbar(row[x], mean, yerr=half, fmt='o', capsize=3)
     ax.annotate(row['point'], (row[x], mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
-  ax.set(xscale='log', xlabel=f'{x} (log scale)', ylabel=metric, title=f'{metric} vs {x} (bars: 95 % interval)')
+  ax.set(xscale='log', xlabel=f'{x} (log scale)', ylabel=metric)
+  ax.set_title(f'{metric} vs {x}\n({_bars_note(bars)})', fontsize=10)
+  ax.margins(x=0.15)
+  _readable_log_axis(ax.xaxis)
   ax.grid(alpha=0.3)
   return _save(fig, workdir, f'{metric}_vs_{x}.png')
 
 
 def _plot_per_setting(workdir: str, rows, bars, metric: str) -> str:
-  fig, ax = plt.subplots(figsize=(max(4, 1 + 0.9 * len(rows)), 4))
+  fig, ax = plt.subplots(figsize=(max(6.5, 1 + 0.9 * len(rows)), 4.5))
   means, halves = zip(*(bars[row['point']] for row in rows), strict=True)
   ax.bar(range(len(rows)), means, yerr=halves, capsize=3, color='tab:blue')
   ax.set_xticks(range(len(rows)), [row['point'] for row in rows], rotation=30, ha='right', fontsize=8)
-  ax.set(ylabel=metric, title=f'{metric} per setting (bars: 95 % interval over seeds)')
+  ax.set(ylabel=metric)
+  ax.set_title(f'{metric} per setting\n({_bars_note(bars)})', fontsize=10)
   return _save(fig, workdir, f'{metric}_per_setting.png')
 
 
@@ -246,9 +291,11 @@ def _plot_learning_curves(workdir: str, histories: dict[str, list[dict]], metric
       points = [(r['step'], r[key]) for r in history if key in r]
       if points:
         ax.plot(*zip(*points, strict=True), marker='.' if key == periodic else None, label=name)
-  ax_train.set(xlabel='step', ylabel='train_loss', yscale='log', title='training loss')
+  ax_train.set(xlabel='step', ylabel='train_loss (log scale)', yscale='log', title='training loss')
+  _readable_log_axis(ax_train.yaxis)
   ax_eval.set(xlabel='step', ylabel=periodic, title=periodic)
-  ax_eval.legend(fontsize=7)
+  if ax_eval.get_legend_handles_labels()[0]:
+    ax_eval.legend(fontsize=7)
   return _save(fig, workdir, 'learning_curves.png')
 
 

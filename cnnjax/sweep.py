@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import analysis, data, device_pipeline, files, report, train, workdirs
+from cnnjax import analysis, device_pipeline, files, report, stamp, train, workdirs
 from cnnjax.config import apply_overrides, check_int
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, NoFinishedPoints, StorageError
 
 Overrides = dict[str, Any]
 RESULT_FILE = 'result.json'  # a point is done when it exists
@@ -127,7 +127,7 @@ def _run_dir(point_dir: str, result: dict[str, Any]) -> str:
 def _eval_sample(run: train.Run, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:
   """Up to ``num`` real test examples as host arrays (images [N, H, W, C], normalised; targets [N])."""
   if run.pipeline == 'device':
-    test, spec = run.arrays['test'], data.get_spec(run.config.data.name)
+    test, spec = run.arrays['test'], run.spec
     images = device_pipeline.Preprocess(spec.mean, spec.std).normalize(test['image'][:num])
     return np.asarray(images), test['target'][:num]
   images, targets = [], []
@@ -202,7 +202,8 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
   if sweep_index is None and jax.process_index() == 0:
     done = [p for p in points if os.path.exists(os.path.join(workdir, p.name, RESULT_FILE))]
     if not done:
-      raise ConfigError(f'--report_only: no finished sweep points in {workdir}')
+      raise NoFinishedPoints(f'no finished sweep points in {workdir} to report; run the sweep (without --report_only) '
+                             'or point --workdir at the sweep\'s directory')
     results = [load_result(os.path.join(workdir, p.name)) for p in done]
     report.write(workdir, results, {r['name']: read_metrics(_run_dir(os.path.join(workdir, r['name']), r))
                                     for r in results}, config.baseline_point)
@@ -239,6 +240,50 @@ def run_experiment(config: ml_collections.ConfigDict, get_sweep: Callable[[], li
   return train.train_and_evaluate(config, workdir, data_dir, overwrite)
 
 
+def check_out(path: str) -> None:
+  """Refuses an ``--out`` that cannot be written, before anything trains.
+
+  Raises:
+    StorageError naming the path and the fix.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    error = files.storage_error(e, f'making the directory of --out={path}', 'nothing was written', '--out')
+    if error is None:
+      raise
+    raise error from None
+  if os.path.isdir(path):
+    raise StorageError(f'--out={path} is a directory; name a JSON file, e.g. {os.path.join(path, "result.json")}')
+  if not os.access(directory, os.W_OK):
+    raise StorageError(f'--out={path} cannot be written: {directory} is not writable; name a file in a writable '
+                       'directory')
+
+
+def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResult, workdir: str,
+              seconds: float) -> None:
+  """Writes what a finished experiment measured to ``path`` as JSON, stamped (``stamp.stamp``) with the command,
+  commit, date, machine and versions: a single run's final metrics, or a sweep's summary rows (report.md's
+  table, from WORKDIR/results.json). So a number quoted from results/ names the command that regenerates it."""
+  record = {**stamp.stamp(), 'experiment': experiment, 'workdir': workdirs.resolve(workdir),
+            'wall_seconds': round(seconds, 1)}
+  if isinstance(outcome, train.TrainResult):
+    record['metrics'] = {k: float(v) for k, v in outcome.metrics.items()}
+  else:
+    summary = files.read_json(os.path.join(workdirs.resolve(workdir), 'results.json'),
+                              're-run with --report_only to rebuild it')
+    record.update(points=len(outcome), summary=summary['summary'])
+  try:
+    files.write_json(path, record)
+  except OSError as e:
+    error = files.storage_error(e, f'writing --out={path}', f'the run in {workdir} is intact', '--out')
+    if error is None:
+      raise
+    raise error from None
+  logging.info('Results: %s', path)
+
+
 def analyze(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None,
             data_dir: str | None = None) -> str:
   """The per-layer analysis table of the config, or of every sweep point, as markdown (no data is read)."""
@@ -248,6 +293,10 @@ def analyze(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Over
     run = train.setup(apply_overrides(config, point.overrides), data_dir, prepare=False)
     shape, outputs = run.info.image_shape, run.info.num_outputs
     rows = analysis.analyze(run.config.model, shape, outputs)
-    sections.append(f'## {point.name}\n\ninput {"x".join(map(str, shape))}, XLA forward FLOPs per image: '
-                    f'{analysis.xla_flops(run.model, shape):,.0f}\n\n{analysis.format_table(rows)}\n')
+    closed, xla = analysis.totals(rows)['flops'], analysis.xla_flops(run.model, shape)
+    sections.append(f'## {point.name}\n\nInput {"x".join(map(str, shape))}. Forward FLOPs per image: {closed:,} in '
+                    'closed form (the table: a multiply-add is 2 FLOPs, every tap of a padded window counts, '
+                    f'element-wise ops do not); {xla:,.0f} by XLA\'s cost analysis, which counts only the taps that '
+                    'fall inside the image and adds the element-wise ops (bias, activation).\n\n'
+                    f'{analysis.format_table(rows)}\n')
   return '\n'.join(sections)

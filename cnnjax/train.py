@@ -102,7 +102,7 @@ CPU_MICROBATCH = 64  # microbatch_size=auto on CPU: activations of 64 images sta
 
 
 def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platform: str) -> tuple[int, bool]:
-  """(micro-batch size, CPU kernels) for ``platform`` ('cpu', 'gpu', 'tpu').
+  """(micro-batch size, CPU speed-ups on) for ``platform`` ('cpu', 'gpu', 'tpu').
 
   microbatch_size=auto: on CPU the largest divisor of the per-device batch up to ``CPU_MICROBATCH`` (0, the
   whole batch, when that is the batch, and for BatchNorm, whose statistics are over it); elsewhere 0, which
@@ -157,6 +157,7 @@ class Run:
 
   Attributes:
     config: the experiment config.
+    spec: the dataset's spec (``data.DATASETS``), resolved once here and passed on.
     builder: the TFDS builder (prepared unless ``setup(prepare=False)``); None when the device pipeline reads
       arrays written earlier (no TensorFlow).
     info: the model's input shape and output width.
@@ -168,7 +169,7 @@ class Run:
     train_step: ``(state, batch, rng) -> (state, metrics)`` mapped over devices, the state donated.
     eval_step: ``(state, batch) -> metric sums`` mapped over devices.
     microbatch_size: the per-device micro-batch the train step uses (0: the whole batch).
-    cpu_kernels: whether the model uses XLA:CPU's faster forms (see ``platform_choices``).
+    cpu_speedups: whether the model uses XLA:CPU's faster forms (see ``platform_choices``).
     pipeline: 'host' (tf.data batches fed to each step; needs TensorFlow) or 'device' (the splits on every
       device; each step makes its own batch: ``device_pipeline``).
     arrays: the device pipeline's data, host arrays {'train': {'image', 'target'}, 'test': ...} ('train' holds
@@ -178,6 +179,7 @@ class Run:
     step_fn: the unmapped train step, which ``train_steps`` runs several times per call.
   """
   config: ml_collections.ConfigDict
+  spec: data.DatasetSpec
   builder: tfds.core.DatasetBuilder | None
   info: data.DataInfo
   head: heads.Head
@@ -188,7 +190,7 @@ class Run:
   train_step: Callable[..., tuple[TrainState, Metrics]]
   eval_step: Callable[..., Metrics]
   microbatch_size: int
-  cpu_kernels: bool
+  cpu_speedups: bool
   pipeline: str = 'host'
   arrays: dict[str, dict[str, np.ndarray]] | None = None
   num_examples: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -229,7 +231,7 @@ class Run:
   def train_batches(self, start_step: int = 0, shard: input_pipeline.Shard | None = None,
                     num_devices: int | None = None) -> Iterator[input_pipeline.Batch]:
     """Training batches from ``start_step`` on, [local devices, per-device batch, ...] (see input_pipeline)."""
-    return self.host_pipeline.train_iterator(self.config, self.builder, self.target,
+    return self.host_pipeline.train_iterator(self.config, self.spec, self.builder, self.target,
                                          num_devices or jax.local_device_count(), start_step, shard)
 
   @property
@@ -239,7 +241,7 @@ class Run:
 
   def eval_batches(self, split: str = 'test', num_devices: int | None = None) -> Iterable[input_pipeline.Batch]:
     """The 'val' or 'test' split, padded and masked (see input_pipeline)."""
-    return self.host_pipeline.eval_batches(self.config, self.builder, self.target,
+    return self.host_pipeline.eval_batches(self.config, self.spec, self.builder, self.target,
                                        num_devices or jax.local_device_count(), getattr(self.splits, split))
 
   def train_steps(self, num_steps: int) -> Callable[..., tuple[TrainState, Metrics]]:
@@ -287,6 +289,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
     damaged.
   """
   validate(config, jax.device_count())
+  spec = data.get_spec(config.data.name)  # resolved once; the pipelines and the sweep take it from the Run
   if prepare and config.data.pipeline == 'host':
     data.check_host_pipeline(config.data)  # before anything is prepared
   head = heads.get_head(config.head)
@@ -303,11 +306,11 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   head.check(features, config.data)
   info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
   backend = parallel.get_backend(config.parallel)
-  microbatch_size, cpu_kernels = platform_choices(config, jax.device_count(), jax.default_backend())
+  microbatch_size, cpu_speedups = platform_choices(config, jax.device_count(), jax.default_backend())
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
   step = functools.partial(train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
                            label_smoothing=config.label_smoothing)
-  model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_kernels)
+  model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_speedups)
   evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip)
   pipeline = data.pipeline(config.data, num_examples) if prepare else 'host'
   num_steps = steps_per_dispatch(config, pipeline)
@@ -318,17 +321,16 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   host_arrays = None
   if pipeline == 'device':
     found = found or arrays.write(builder, directory)
-    host_arrays, step, evaluation = _device_pipeline(config, directory, found, head, step, evaluation)
+    host_arrays, step, evaluation = _device_pipeline(config, spec, directory, found, head, step, evaluation)
   device = pipeline == 'device'
-  return Run(config, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
+  return Run(config, spec, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
              backend.map_train_step(step, device), backend.map_eval_step(evaluation, device), microbatch_size,
-             cpu_kernels, pipeline, host_arrays, num_examples, num_steps, step)
+             cpu_speedups, pipeline, host_arrays, num_examples, num_steps, step)
 
 
-def _device_pipeline(config: ml_collections.ConfigDict, directory: str, found: arrays.Info, head: heads.Head,
-                     step: Callable, evaluation: Callable) -> tuple[dict, Callable, Callable]:
+def _device_pipeline(config: ml_collections.ConfigDict, spec: data.DatasetSpec, directory: str, found: arrays.Info,
+                     head: heads.Head, step: Callable, evaluation: Callable) -> tuple[dict, Callable, Callable]:
   """The device pipeline's host arrays and the train and eval steps that make their own batches from them."""
-  spec = data.get_spec(config.data.name)
   target = head.target_array(found.features, config.data)
   host = {}
   for name, split in (('train', spec.train_split), ('test', spec.test_split)):
@@ -369,13 +371,6 @@ def device_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluati
                      ) -> Metrics:
   """``evaluation`` on the examples ``batch`` names (indices and mask) of the device's ``data``."""
   return evaluation(state, make_batch(data, batch))
-
-
-def count_params(model: models.CNN, image_shape: tuple[int, ...]) -> int:
-  """Number of trainable parameters, from shapes alone (``jax.eval_shape``, no FLOPs spent)."""
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
 
 
 def params_fingerprint(params: PyTree) -> str:
@@ -574,12 +569,17 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   if start_step == 0:
     hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
     writer.write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()})
-  logging.info('Platform %s x%d: micro-batches of %s per device, CPU kernels (two-step bias, NHWC/HWIO conv '
-               'gradients, two-step BatchNorm) %s.', jax.default_backend(), jax.device_count(),
-               run.microbatch_size or 'the whole batch', 'on' if run.cpu_kernels else 'off')
+  speedups = ['two-step bias', 'NHWC/HWIO conv gradients'] + (['two-step BatchNorm'] if config.model.norm == 'batch'
+                                                                else [])
+  logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s.', jax.default_backend(),
+               jax.device_count(), run.microbatch_size or 'the whole batch',
+               f'on ({", ".join(speedups)})' if run.cpu_speedups else 'off')
   image_shape = run.info.image_shape
-  num_params = count_params(run.model, image_shape)
-  logging.info('Model: %s parameters.\n%s', f'{num_params:,}',
+  num_params = models.count_params(run.model, image_shape)
+  widths = '-'.join(map(str, models.conv_features(config.model)))
+  dense = '-'.join(map(str, models.dense_widths(config.model))) or 'none'
+  logging.info('Model: conv widths %s, dense %s, %s outputs; %s parameters.\n%s', widths, dense,
+               run.info.num_outputs, f'{num_params:,}',
                analysis.format_table(analysis.analyze(config.model, image_shape, run.info.num_outputs)))
 
   state = backend.from_checkpoint(state)

@@ -3,7 +3,7 @@ r"""Baseline: the `small` CNN on the offline `shapes` dataset (6 classes, 32x32 
   python launch.py --experiment=shapes --workdir=/tmp/cnnjax/shapes
 
 About 30 s of training on 2 CPU cores, plus ~10 s to generate the dataset on first use (9,167 training
-images, 833 validate; chance 1/6). Expected accuracy and time: README.
+images, 833 validate; chance 1/6). Expected accuracy and time: results/install/cpu.json (README, Experiments).
 Every other experiment imports this config and overrides a few fields; any field can be overridden from the
 command line, e.g. --config.model.stride=2 --config.model.pool=avg --config.batch_size=256.
 """

@@ -15,7 +15,7 @@ jax.config.update('jax_num_cpu_devices', 8)
 
 import pytest  # noqa: E402
 
-from cnnjax.config import load_experiment  # noqa: E402
+from cnnjax.cli import load_experiment  # noqa: E402
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from cnnjax import models, optim, train
-from cnnjax.config import apply_overrides, load_experiment
+from cnnjax import models, optim
+from cnnjax.cli import load_experiment
+from cnnjax.config import apply_overrides
 
 torch = pytest.importorskip('torch', reason='the PyTorch mirror needs torch (pip install torch)')
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
@@ -20,7 +21,7 @@ def test_the_mirror_has_cnnjax_parameter_count(experiment):
   config = load_experiment(experiment).get_config()
   mirror = torch_reference.build_model(config, (28, 28, 1), 10)
   params = sum(p.numel() for p in mirror.parameters())
-  assert params == train.count_params(models.build_model(config.model, 10), (28, 28, 1))
+  assert params == models.count_params(models.build_model(config.model, 10), (28, 28, 1))
 
 
 def test_the_mirror_follows_cnnjax_schedule_and_refuses_what_it_cannot_express():

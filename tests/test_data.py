@@ -11,7 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnnjax import data, train
-from cnnjax.config import ConfigError, apply_overrides, load_experiment
+from cnnjax.cli import load_experiment
+from cnnjax.config import ConfigError, apply_overrides
 from cnnjax.datasets import idx
 from cnnjax.errors import DownloadTimeout
 

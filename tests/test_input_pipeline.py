@@ -14,6 +14,10 @@ def _prepared(config, data_dir):
   return builder, heads.get_head(config.head).target(builder.info.features, config.data)
 
 
+def _spec(config):
+  return data.get_spec(config.data.name)
+
+
 def test_shapes_examples_are_deterministic_and_labelled():
   a = shapes_ds.draw_example(np.random.default_rng([0, 0, 7]), 32)
   b = shapes_ds.draw_example(np.random.default_rng([0, 0, 7]), 32)
@@ -28,7 +32,7 @@ def test_shapes_builder_and_train_batches(config, data_dir):
   assert data.image_shape(config.data) == (32, 32, 3) and builder.info.features['label'].num_classes == 6
   splits = builder.info.splits
   assert splits['train'].num_examples == 10_000 and splits['test'].num_examples == 2_000
-  batch = next(input_pipeline.train_iterator(config, builder, target, num_devices=8))
+  batch = next(input_pipeline.train_iterator(config, _spec(config), builder, target, num_devices=8))
   assert batch['image'].shape == (8, 8, 32, 32, 3) and batch['image'].dtype == np.float32
   assert batch['target'].shape == (8, 8) and batch['target'].dtype == np.int32
   assert abs(batch['image'].mean()) < 0.5 and 0.5 < batch['image'].std() < 2  # normalised
@@ -39,10 +43,10 @@ def test_whole_batch_preprocessing_equals_the_per_example_path(config, data_dir,
   path, bit for bit, and the images are (pixels / 255 - mean) / std of the dataset's pixels."""
   builder, target = _prepared(config, data_dir)
   assert not input_pipeline._per_example(config, data.get_spec('shapes'), train=True)
-  batched = input_pipeline.train_iterator(config, builder, target, num_devices=2)
+  batched = input_pipeline.train_iterator(config, _spec(config), builder, target, num_devices=2)
   got = [next(batched) for _ in range(3)]
   monkeypatch.setattr(input_pipeline, '_per_example', lambda *args, **kwargs: True)
-  per_example = input_pipeline.train_iterator(config, builder, target, num_devices=2)
+  per_example = input_pipeline.train_iterator(config, _spec(config), builder, target, num_devices=2)
   for batch in got:
     want = next(per_example)
     for key in ('image', 'target'):
@@ -57,16 +61,17 @@ def test_whole_batch_preprocessing_equals_the_per_example_path(config, data_dir,
 def test_resuming_at_step_k_yields_batch_k(config, data_dir, augment):
   config.data.augment_flip = config.data.augment_crop = augment
   builder, target = _prepared(config, data_dir)
-  fresh = input_pipeline.train_iterator(config, builder, target, num_devices=8)
+  fresh = input_pipeline.train_iterator(config, _spec(config), builder, target, num_devices=8)
   batches = [next(fresh) for _ in range(4)]
-  resumed = next(input_pipeline.train_iterator(config, builder, target, num_devices=8, start_step=3))
+  resumed = next(input_pipeline.train_iterator(config, _spec(config), builder, target, num_devices=8, start_step=3))
   for key in ('image', 'target'):
     np.testing.assert_array_equal(resumed[key], batches[3][key])
   assert not np.array_equal(batches[2]['image'], batches[3]['image'])
 
 
 def test_eval_batches_cover_the_split_once(config, data_dir):
-  batches = list(input_pipeline.eval_batches(config, *_prepared(config, data_dir), num_devices=8, split='test'))
+  batches = list(input_pipeline.eval_batches(config, _spec(config), *_prepared(config, data_dir), num_devices=8,
+                                             split='test'))
   assert len(batches) == 4  # ceil(2000 / 512)
   assert sum(b['mask'].sum() for b in batches) == 2000 and batches[0]['image'].shape == (8, 64, 32, 32, 3)
 
@@ -82,7 +87,7 @@ def test_digits_builder(config, data_dir):
 def test_task_targets(config, data_dir, head, target_shape):
   config.head = head
   builder, target = _prepared(config, data_dir)
-  batch = next(input_pipeline.train_iterator(config, builder, target, num_devices=8))
+  batch = next(input_pipeline.train_iterator(config, _spec(config), builder, target, num_devices=8))
   assert batch['target'].shape == target_shape and batch['target'].dtype == np.float32
   if head == 'binary':
     assert set(np.unique(batch['target'])) <= {0.0, 1.0}
@@ -97,7 +102,7 @@ def test_download_only_datasets_on_mock_data(config, tmp_path, mock_dataset, nam
   config.data.name, config.data.image_size = name, image_size
   with mock_dataset(name, 100):
     builder, target = _prepared(config, str(tmp_path))
-    batch = next(input_pipeline.train_iterator(config, builder, target, num_devices=8))
+    batch = next(input_pipeline.train_iterator(config, _spec(config), builder, target, num_devices=8))
   assert data.image_shape(config.data) == shape and batch['image'].shape == (8, 8, *shape)
 
 

@@ -19,17 +19,24 @@ def _launch(*flags, env_devices=8):
 
 
 def test_launch_runs_an_experiment_with_overrides(data_dir, tmp_path):
-  proc = _launch('--experiment=digits', f'--workdir={tmp_path}', f'--data_dir={data_dir}',
+  out = tmp_path / 'results' / 'digits.json'
+  proc = _launch('--experiment=digits', f'--workdir={tmp_path / "run"}', f'--data_dir={data_dir}',
                  '--config.num_train_steps=4', '--config.log_every_steps=2', '--config.model.pool=avg',
-                 '--config.model.features=(8,8)', '--config.batch_size=32')
+                 '--config.model.features=(8,8)', '--config.batch_size=32', f'--out={out}')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
   hparams = next(r['hparams'] for r in rows if 'hparams' in r)
   assert hparams['model.pool'] == 'avg' and hparams['data.name'] == 'digits'
   assert [r['step'] for r in rows if 'train_loss' in r] == [2, 4]
   assert '| block1.conv | 4x4x8 |' in proc.stderr and '| **total** |' in proc.stderr  # the per-layer table
-  assert 'Platform cpu x8: micro-batches of the whole batch per device, CPU kernels' in proc.stderr  # 32 / 8 = 4
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+  assert 'Platform cpu x8: micro-batches of the whole batch per device; CPU speed-ups on (two-step bias, NHWC/HWIO ' \
+         'conv gradients).' in proc.stderr  # 32 / 8 = 4; no BatchNorm, so no two-step BatchNorm
+  assert 'Model: conv widths 8-8, dense 64, 10 outputs;' in proc.stderr  # the widths used, not ()
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'run'))
+  assert '\x1b[' not in proc.stderr and 'Traceback' not in proc.stderr  # no escape codes, no tracebacks
+  result = json.loads(out.read_text())  # --out: the final metrics, stamped with the command that made them
+  assert result['command'].startswith('python ') and '--experiment=digits' in result['command']
+  assert {'commit', 'date', 'machine', 'versions'} <= set(result) and result['metrics']['test_accuracy'] > 0
 
 
 def test_a_rerun_loads_its_programs_from_the_compilation_cache(data_dir, tmp_path):
@@ -119,7 +126,8 @@ def test_without_tensorflow_and_without_arrays_the_run_says_what_to_install(tmp_
 
 def test_without_tensorflow_a_fresh_data_dir_is_prepared_as_array_record_with_the_same_examples(data_dir, tmp_path):
   from cnnjax import arrays, data
-  from cnnjax.config import apply_overrides, load_experiment
+  from cnnjax.cli import load_experiment
+  from cnnjax.config import apply_overrides
   fresh = tmp_path / 'data'
   flags = ['--experiment=digits', '--config.num_train_steps=4', '--config.model.variant=tiny', f'--data_dir={fresh}']
   proc = subprocess.run([sys.executable, '-c', NO_TF, f'--workdir={tmp_path / "run"}', *flags],

@@ -25,13 +25,13 @@ def test_tiny_parameter_count_by_hand(config):
   model = models.build_model(config.model, num_outputs=6)
   params = _params(model, (32, 32, 3))
   assert {k: _count(v) for k, v in params.items()} == {'block0': 112, 'block1': 296, 'dense0': 8208, 'output': 102}
-  assert train.count_params(model, (32, 32, 3)) == 8718
+  assert models.count_params(model, (32, 32, 3)) == 8718
 
 
 def test_small_parameter_count_by_hand(config):
   # 3*3*3*16+16 = 448; 3*3*16*32+32 = 4640; (8*8*32)*64+64 = 131136; 64*6+6 = 390.
   config.model.variant = 'small'
-  assert train.count_params(models.build_model(config.model, 6), (32, 32, 3)) == 448 + 4640 + 131136 + 390
+  assert models.count_params(models.build_model(config.model, 6), (32, 32, 3)) == 448 + 4640 + 131136 + 390
 
 
 # Flattened size after the two tiny blocks on 32x32, worked by hand: SAME conv gives ceil(n/s), 2x2 pool floor(n/2).
@@ -108,26 +108,26 @@ def test_small_parameter_count_with_a_norm_by_hand(config):
   want = 464 + 4672 + 131136 + 390
   for norm in ('batch', 'layer', 'group'):
     config.model.norm = norm
-    assert train.count_params(models.build_model(config.model, 6), (32, 32, 3)) == want
+    assert models.count_params(models.build_model(config.model, 6), (32, 32, 3)) == want
     assert analysis.totals(analysis.analyze(config.model, (32, 32, 3), 6))['params'] == want
 
 
-def _normalised(norm, x, cpu_kernels=False):
+def _normalised(norm, x, cpu_speedups=False):
   """A ConvBlock conv -> norm (identity activation, no pool); its variables and the conv output alone."""
   block = models.ConvBlock(features=4, kernel_size=3, conv=functools.partial(ops.conv2d, padding='SAME'),
                            norm=functools.partial(models.NORMS[norm], groups=2, axis_name=None,
-                                                  cpu_kernels=cpu_kernels),
+                                                  cpu_speedups=cpu_speedups),
                            activation=ops.identity, pool=None)
   variables = block.init(jax.random.key(0), x)
   return block, variables, np.asarray(ops.conv2d(x, variables['params']['kernel'], padding='SAME'), np.float64)
 
 
-@pytest.mark.parametrize('norm,axes,cpu_kernels', [('batch', (0, 1, 2), False), ('batch', (0, 1, 2), True),
+@pytest.mark.parametrize('norm,axes,cpu_speedups', [('batch', (0, 1, 2), False), ('batch', (0, 1, 2), True),
                                                    ('layer', (1, 2, 3), False), ('group', (1, 2, 4), False)])
-def test_norms_against_a_hand_computation(norm, axes, cpu_kernels):
+def test_norms_against_a_hand_computation(norm, axes, cpu_speedups):
   """flax's norms, and the CPU BatchNorm (``models.BatchNorm``), against numpy."""
   x = jnp.asarray(np.random.default_rng(0).normal(1.0, 2.0, size=(5, 6, 6, 3)), jnp.float32)
-  block, variables, conv = _normalised(norm, x, cpu_kernels)
+  block, variables, conv = _normalised(norm, x, cpu_speedups)
   y, updates = block.apply(variables, x, train=True, mutable=['batch_stats'])
   grouped = conv.reshape(5, 6, 6, 2, 2)  # [N, H, W, groups, channels per group], for 'group'
   z = grouped if norm == 'group' else conv

@@ -1,5 +1,7 @@
 """cnnjax.ops against independent references: scipy.signal, numpy and closed forms."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -44,7 +46,8 @@ def test_conv_gradients_equal_jax_transpose_rules(k, stride, padding, dilation):
   def loss(conv):
     return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, padding, dilation)))
 
-  got, want = jax.grad(loss(ops.conv2d), (0, 1))(x, w), jax.grad(loss(reference), (0, 1))(x, w)
+  custom = functools.partial(ops.conv2d, cpu_speedups=True)  # the NHWC/HWIO gradient rules
+  got, want = jax.grad(loss(custom), (0, 1))(x, w), jax.grad(loss(reference), (0, 1))(x, w)
   for a, b in zip(got, want, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -69,7 +72,7 @@ def test_conv_gradients_inside_scan_are_nhwc_hwio_convolutions():
   does not change with jaxlib's compiled-text format; JAX's own transpose rules fail it."""
   def grads(w, xs):  # the kernel gradient summed over xs, and each input gradient
     def loss(w, x):
-      return jnp.sum(ops.conv2d(x, w, stride=2, padding='SAME') ** 2)
+      return jnp.sum(ops.conv2d(x, w, stride=2, padding='SAME', cpu_speedups=True) ** 2)
 
     def body(g, x):
       dw, dx = jax.grad(loss, (0, 1))(w, x)
@@ -154,13 +157,14 @@ def test_same_padding_gives_ceil_n_over_s(n, s, want):
   assert ops.conv2d(jnp.zeros((1, n, n, 1)), jnp.zeros((3, 3, 1, 1)), stride=s, padding='SAME').shape[1] == want
 
 
+@pytest.mark.parametrize('cpu_speedups', [False, True])
 @pytest.mark.parametrize('shape', [(4, 5, 6, 3), (128, 28, 28, 32), (7, 3)])
-def test_add_bias_value_and_gradients_against_numpy(shape):
+def test_add_bias_value_and_gradients_against_numpy(shape, cpu_speedups):
   x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
   b = np.random.default_rng(1).normal(size=shape[-1:]).astype(np.float32)
   w = np.random.default_rng(2).normal(size=shape).astype(np.float32)  # d/dy of sum(w * y) is w
-  np.testing.assert_allclose(ops.add_bias(x, b), x + b, rtol=1e-6)
-  dx, db = jax.jit(jax.grad(lambda x, b: jnp.sum(w * ops.add_bias(x, b)), (0, 1)))(x, b)
+  np.testing.assert_allclose(ops.add_bias(x, b, cpu_speedups), x + b, rtol=1e-6)
+  dx, db = jax.jit(jax.grad(lambda x, b: jnp.sum(w * ops.add_bias(x, b, cpu_speedups)), (0, 1)))(x, b)
   np.testing.assert_allclose(dx, w, rtol=1e-6)
   np.testing.assert_allclose(db, w.astype(np.float64).reshape(-1, shape[-1]).sum(0), rtol=1e-5, atol=1e-3)
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cnnjax import models, train, workdirs
-from cnnjax.config import load_experiment
+from cnnjax.cli import load_experiment
 from cnnjax.errors import ConfigError, DownloadTimeout, StorageError, WorkdirInUse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -454,7 +454,7 @@ def test_a_cut_result_json_is_named_with_its_fix(config, data_dir, tmp_path):
 # Data: a shared data_dir prepared once, damaged files named before training, downloads that give up.
 
 PREPARE = ('import sys; from absl import logging; logging.set_verbosity("info")\n'
-           'from cnnjax import data; from cnnjax.config import load_experiment\n'
+           'from cnnjax import data; from cnnjax.cli import load_experiment\n'
            'config = load_experiment("shapes").get_config()\n'
            'data.prepare(config.data, sys.argv[1]); print("prepared", flush=True)\n')
 
@@ -472,7 +472,8 @@ def test_two_processes_preparing_one_fresh_data_dir_prepare_it_once(tmp_path):
   assert [p.returncode for p in (first, second)] == [0, 0], [err[-2000:] for _, err in outs]
   assert all(out.endswith('prepared\n') for out, _ in outs), outs
   assert 'Waiting for another process that is preparing shapes' in outs[1][1]
-  assert 'Generating splits' not in outs[1][1] and 'Traceback' not in outs[1][1]
+  assert 'Generating shapes in' in outs[0][1] and 'Generating shapes in' not in outs[1][1]  # once, by the first
+  assert 'Traceback' not in outs[1][1] and '\x1b[' not in outs[0][1]  # and quietly: no progress bars
 
 
 def _digits(tmp_path):

@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cnnjax import parallel, train
-from cnnjax.config import ConfigError, apply_overrides, load_experiment
+from cnnjax.cli import load_experiment
+from cnnjax.config import ConfigError, apply_overrides
 
 
 def _read_metrics(workdir):
@@ -275,7 +276,7 @@ def test_platform_choices():
 
 
 @pytest.mark.parametrize('norm,microbatch', [('none', 16), ('batch', 0)])  # BatchNorm refuses micro-batches
-def test_cpu_kernels_and_plain_kernels_train_to_the_same_values(config, data_dir, norm, microbatch):
+def test_cpu_speedups_and_plain_kernels_train_to_the_same_values(config, data_dir, norm, microbatch):
   """The two-step bias, NHWC/HWIO gradients and two-step BatchNorm (CPU) against the plain bias, JAX's own rules
   and flax's BatchNorm (GPU/TPU), both forced on CPU, micro-batches and all: three steps, the same parameters
   and batch statistics up to float rounding."""
@@ -284,7 +285,7 @@ def test_cpu_kernels_and_plain_kernels_train_to_the_same_values(config, data_dir
   for speedups in ('on', 'off'):
     config.cpu_speedups = speedups
     run, state, batches = _three_steps_setup(config, data_dir)
-    assert run.cpu_kernels == (speedups == 'on') and run.microbatch_size == microbatch
+    assert run.cpu_speedups == (speedups == 'on') and run.microbatch_size == microbatch
     results[speedups], _ = _run_on_one_device(state, _step(run, microbatch_size=microbatch), batches)
   assert jax.tree.structure(results['on']) == jax.tree.structure(results['off'])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), results['on'], results['off'])

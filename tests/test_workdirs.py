@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cnnjax import workdirs
-from cnnjax.config import load_experiment
+from cnnjax.cli import load_experiment
 from cnnjax.errors import ConfigError, DamagedFile, WorkdirInUse
 
 

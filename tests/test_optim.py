@@ -1,0 +1,53 @@
+"""Optimizers and schedules against their closed forms."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnnjax import optim
+from cnnjax.config import ConfigError
+
+
+@pytest.mark.parametrize('name', optim.SCHEDULES)
+def test_schedules_peak_at_one_and_follow_their_closed_forms(config, name):
+  config.optimizer.schedule, config.optimizer.warmup_steps = name, 10
+  shape = optim.schedule(config.optimizer, 110)
+  want = {'constant': lambda t: 1.0,
+          'cosine': lambda t: 0.5 * (1 + math.cos(math.pi * t / 110)),
+          'warmup_cosine': lambda t: t / 10 if t < 10 else 0.5 * (1 + math.cos(math.pi * (t - 10) / 100)),
+          'warmup_constant': lambda t: min(t / 10, 1.0)}[name]
+  for t in (0, 5, 10, 60, 109):
+    np.testing.assert_allclose(float(shape(t)), want(t), atol=1e-6)
+
+
+def test_the_peak_learning_rate_is_optimizer_state_and_scales_the_step(config):
+  """SGD's update is -lr * shape(step) * grad; the rate lives in the state, so it can change without a
+  recompile."""
+  config.optimizer.name, config.optimizer.schedule, config.optimizer.grad_clip_norm = 'sgd', 'constant', 0.0
+  config.optimizer.learning_rate = 0.1
+  shape = optim.schedule(config.optimizer, 10)
+  tx = optim.create_tx(config, shape)
+  params = {'w': jnp.ones(3)}
+  state = tx.init(params)
+  updates, state = tx.update({'w': jnp.full(3, 2.0)}, state, params)
+  np.testing.assert_allclose(updates['w'], -0.2)
+  assert float(optim.learning_rate(state, shape, 0)) == pytest.approx(0.1)
+
+
+def test_gradients_are_clipped_by_global_norm(config):
+  config.optimizer.name, config.optimizer.schedule = 'sgd', 'constant'
+  config.optimizer.learning_rate, config.optimizer.grad_clip_norm = 1.0, 1.0
+  tx = optim.create_tx(config, optim.schedule(config.optimizer, 10))
+  params = {'w': jnp.zeros(2)}
+  updates, _ = tx.update({'w': jnp.array([3.0, 4.0])}, tx.init(params), params)  # norm 5 -> 1
+  np.testing.assert_allclose(updates['w'], [-0.6, -0.8], rtol=1e-6)
+  assert optax.global_norm(updates) == pytest.approx(1.0)
+
+
+def test_bad_optimizer_settings_name_the_flag(config):
+  config.optimizer.learning_rate = 0.0
+  with pytest.raises(ConfigError, match='--config.optimizer.learning_rate'):
+    optim.validate(config.optimizer)

@@ -1,0 +1,102 @@
+"""The sweep report: tables, Welch's test against its formulas, intervals, plots and the one-seed case."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cnnjax import report
+
+
+def _fake_result(name, pool, seed, accuracy):
+  return {'name': name, 'point': name.split(',seed=')[0], 'overrides': {'model.pool': pool, 'seed': seed},
+          'seed': seed, 'num_params': 100,
+          'flops': 1000, 'test_accuracy': accuracy, 'test_loss': 1 - accuracy, 'train_loss': 0.5,
+          'steps_per_sec': 10.0, 'wall_time_s': 3.0,
+          'invariance': {'shift': [0, 1], 'accuracy': [accuracy, accuracy - 0.1], 'agreement': [1.0, 0.8],
+                         'consistent_correct': [accuracy, accuracy - 0.2]}}
+
+def test_report_from_fake_finished_runs(tmp_path):
+  results = [_fake_result('pool=max,seed=0', 'max', 0, 0.8), _fake_result('pool=max,seed=1', 'max', 1, 0.9),
+             _fake_result('pool=avg,seed=0', 'avg', 0, 0.7), _fake_result('pool=avg,seed=1', 'avg', 1, 0.7)]
+  histories = {r['name']: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.5, 'val_accuracy': 0.8}]
+               for r in results}
+  report.write(str(tmp_path), results, histories)
+  text = (tmp_path / 'report.md').read_text()
+  # point | seeds | pool | params | flops | train_loss | test_accuracy: mean ± sample std of (0.8, 0.9) | test_loss
+  assert '| pool=max | 2 | max | 100 | 1,000 | 0.5 | 0.85 ± 0.071 | 0.15 ± 0.071 |' in text
+  assert '| pool=avg | 2 | avg | 100 | 1,000 | 0.5 | 0.7 | 0.3 |' in text
+  assert '| pool=avg | 2 | 0.7000 ± 0.0000 | -0.1500 |' in text  # the comparison with the first point
+  assert '| pool=max | 0.8500 | 0.7500 | 0.8000 | 0.6500 |' in text  # invariance at 1 px, mean over seeds
+  for png in ('test_accuracy_vs_params.png', 'test_accuracy_vs_flops.png', 'test_accuracy_per_setting.png',
+              'learning_curves.png', 'invariance.png'):
+    assert (tmp_path / png).stat().st_size > 1000 and f'({png})' in text
+  assert len((tmp_path / 'results.csv').read_text().splitlines()) == 5
+  assert len(json.loads((tmp_path / 'results.json').read_text())['summary']) == 2
+
+def test_welch_interval_and_p_value_against_the_formulas():
+  """Welch's difference, Welch-Satterthwaite degrees of freedom, t interval and p-value, by hand."""
+  import scipy.stats
+  a, b = [0.91, 0.93, 0.92], [0.88, 0.90, 0.87, 0.89]
+  va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
+  df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
+  diff, se = np.mean(a) - np.mean(b), np.sqrt(va + vb)
+  w = report.welch(a, b)
+  half = scipy.stats.t.ppf(0.975, df) * se
+  np.testing.assert_allclose([w['diff'], w['low'], w['high']], [diff, diff - half, diff + half], rtol=1e-9)
+  np.testing.assert_allclose(w['p'], 2 * scipy.stats.t.sf(diff / se, df), rtol=1e-9)
+  mean, half = report.interval(a)
+  np.testing.assert_allclose(half, scipy.stats.t.ppf(0.975, 2) * np.std(a, ddof=1) / np.sqrt(3))
+  assert np.isnan(report.welch([0.9], b)['p']) and np.isnan(report.interval([0.9])[1])
+
+def test_significance_table_names_the_verdicts(tmp_path):
+  results = [_fake_result(f'pool={p},seed={i}', p, i, acc)
+             for p, accs in (('max', (0.90, 0.91, 0.92)), ('avg', (0.80, 0.81, 0.82)), ('none', (0.89, 0.93, 0.91)))
+             for i, acc in enumerate(accs)]
+  text = report.significance_table(results)
+  assert '| pool=max | 3 | 0.9100 ± 0.0248 | (baseline) |' in text
+  assert '| pool=avg | 3 | 0.8100 ± 0.0248 | -0.1000 |' in text and 'significantly lower |' in text
+  assert '| pool=none | 3 | 0.9100 ± 0.0497 | +0.0000 |' in text and 'no significant difference |' in text
+  assert '| pool=max | 3 | 0.9100 ± 0.0248 | -0.1000 |' not in report.significance_table(results, 'pool=avg')
+
+def test_the_grid_table_names_each_points_own_selection_metric():
+  """A sweep whose points pick by different metrics (classification: accuracy; regression: loss), as the
+  heads sweep does: one row each, with its own metric."""
+  common = {'lr_grid': [1e-3, 1e-2], 'picked_lr': 1e-2, 'picked_on_edge': True}
+  results = [{'point': 'head=multiclass', 'val_accuracy_by_lr': [0.5, 0.75], **common},
+             {'point': 'head=regression', 'val_loss_by_lr': [2.0, 1.5], **common}]
+  text = report.grid_table(results)
+  assert '| head=multiclass | val_accuracy | 0.5 | 0.75 |' in text
+  assert '| head=regression | val_loss | 2 | 1.5 |' in text
+
+
+def test_a_one_seed_report_has_no_nan_and_says_why_it_has_no_intervals(tmp_path):
+  results = [_fake_result('pool=max', 'max', 0, 0.8), _fake_result('pool=avg', 'avg', 0, 0.7)]
+  histories = {r['name']: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.9}] for r in results}
+  report.write(str(tmp_path), results, histories)
+  text = (tmp_path / 'report.md').read_text()
+  assert 'nan' not in text.lower() and 'One seed per point: no intervals and no significance tests' in text
+  assert '| pool=avg | 0.7000 | -0.1000 |' in text
+
+
+def test_a_point_with_one_seed_beside_points_with_three_gets_no_test_and_no_nan():
+  results = [_fake_result(f'pool=max,seed={i}', 'max', i, a) for i, a in enumerate((0.90, 0.91, 0.92))]
+  results.append(_fake_result('pool=avg,seed=0', 'avg', 0, 0.85))
+  text = report.significance_table(results)
+  assert 'nan' not in text
+  assert '| pool=avg | 1 | 0.8500 (1 seed) | -0.0600 | – | – | no test (needs 2+ seeds each) |' in text
+
+
+def test_plots_are_wide_enough_for_their_titles(tmp_path):
+  """A sweep of two points once gave a 400-pixel plot whose title was cut off."""
+  from PIL import Image
+  results = [_fake_result('pool=max', 'max', 0, 0.8), _fake_result('pool=avg', 'avg', 0, 0.7)]
+  report.write(str(tmp_path), results, {r['name']: [{'step': 1, 'train_loss': 1.0}] for r in results})
+  for png in ('test_accuracy_per_setting.png', 'test_accuracy_vs_params.png'):
+    assert Image.open(tmp_path / png).size[0] >= 650
+
+
+@pytest.mark.parametrize('value,text', [(0.05, '0.05'), (1.7, '1.7'), (250, '250'), (12000, '12k'),
+                                        (1_611_146, '1.61M')])
+def test_log_axis_labels_are_plain_numbers(value, text):
+  assert report._human(value) == text
