@@ -70,15 +70,10 @@ class Checkpoints:
     if free < needed:
       raise files.storage_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory), what,
                                 f'{kept} ({free:,} bytes free, about {needed:,} needed)')
-    try:
+    with files.storage_errors(what, kept):
       self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
       if jax.process_index() == 0 and os.path.isdir(self._step_dir(step)):  # kept (a best-only one may not be)
         files.seal(self._step_dir(step))
-    except Exception as e:  # noqa: BLE001 - storage errors become one line; any other is re-raised
-      error = files.storage_error(e, what, kept)
-      if error is None:
-        raise
-      raise error from None
 
   def restore(self, step: int, template: Any) -> Any:
     """Checkpoint ``step`` restored into ``template``'s structure, after its checksums are checked.

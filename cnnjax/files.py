@@ -16,7 +16,7 @@ from typing import Any
 
 from absl import logging
 
-from cnnjax.errors import DamagedFile, StorageError
+from cnnjax.errors import CnnjaxError, DamagedFile, StorageError
 
 MANIFEST = 'cnnjax_manifest.json'  # {relative path: [size, sha256]} of every other file of a sealed directory
 _CHUNK = 1 << 20
@@ -199,6 +199,22 @@ def storage_error(e: BaseException, what: str, intact: str, flag: str = '--workd
   fix = _FIXES[code].format(flag=flag)
   return StorageError(f'{what} failed: {os.strerror(code)}{where}. {intact[:1].upper()}{intact[1:]}. '
                       f'{fix[:1].upper()}{fix[1:]}.')
+
+
+@contextlib.contextmanager
+def storage_errors(what: str, intact: str | Callable[[], str], flag: str = '--workdir') -> Iterator[None]:
+  """Turns a failed write inside the block (see ``os_errno``) into the one-line StorageError of ``storage_error``;
+  ``intact`` may be a function, asked only when a write fails (what is intact may change while the block runs).
+  cnnjax's own errors and any other error pass as they are."""
+  try:
+    yield
+  except CnnjaxError:
+    raise
+  except Exception as e:  # noqa: BLE001 - storage errors become one line; any other is re-raised as it is
+    error = storage_error(e, what, intact() if callable(intact) else intact, flag)
+    if error is None:
+      raise
+    raise error from None
 
 
 def warn_damaged_lines(path: str, damaged: list[str]) -> None:

@@ -247,13 +247,8 @@ def check_out(path: str) -> None:
     StorageError naming the path and the fix.
   """
   directory = os.path.dirname(os.path.abspath(path))
-  try:
+  with files.storage_errors(f'making the directory of --out={path}', 'nothing was written', '--out'):
     os.makedirs(directory, exist_ok=True)
-  except OSError as e:
-    error = files.storage_error(e, f'making the directory of --out={path}', 'nothing was written', '--out')
-    if error is None:
-      raise
-    raise error from None
   if os.path.isdir(path):
     raise StorageError(f'--out={path} is a directory; name a JSON file, e.g. {os.path.join(path, "result.json")}')
   if not os.access(directory, os.W_OK):
@@ -274,13 +269,8 @@ def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResu
     summary = files.read_json(os.path.join(workdirs.resolve(workdir), 'results.json'),
                               're-run with --report_only to rebuild it')
     record.update(points=len(outcome), summary=summary['summary'])
-  try:
+  with files.storage_errors(f'writing --out={path}', f'the run in {workdir} is intact', '--out'):
     files.write_json(path, record)
-  except OSError as e:
-    error = files.storage_error(e, f'writing --out={path}', f'the run in {workdir} is intact', '--out')
-    if error is None:
-      raise
-    raise error from None
   logging.info('Results: %s', path)
 
 

@@ -43,7 +43,7 @@ from cnnjax import (
   writers,
 )
 from cnnjax.config import largest_divisor, validate_run
-from cnnjax.errors import CnnjaxError, ConfigError
+from cnnjax.errors import ConfigError
 
 if TYPE_CHECKING:  # the host pipeline's modules (TensorFlow) are imported only when a run uses it
   import tensorflow_datasets as tfds
@@ -314,7 +314,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip)
   pipeline = data.pipeline(config.data, num_examples) if prepare else 'host'
   num_steps = steps_per_dispatch(config, pipeline)
-  if prepare and pipeline == 'host':
+  if prepare and pipeline == 'host' and config.data.pipeline == 'auto':  # an explicit host was checked above
     data.check_host_pipeline(config.data)
   if pipeline == 'host' and builder is None:  # auto chose the host pipeline for arrays too large for the device
     builder = data.prepare(config.data, data_dir)
@@ -529,27 +529,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
   run = setup(config, data_dir)  # validates, then prepares and checks the data; writes nothing to the workdir
   workdir = workdirs.resolve(workdir)  # a symbolic link is resolved once: the run stays in its target's tree
   with contextlib.ExitStack() as stack:
-    stack.enter_context(_storage_errors(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)))
+    checkpoint_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)  # what is intact: asked when a write fails
+    stack.enter_context(files.storage_errors('writing the run', lambda: checkpointing.intact(checkpoint_dir)))
     if jax.process_index() == 0:  # in a multi-host run, process 0 holds the workdir
       stack.enter_context(workdirs.WorkdirLock(workdir))
     preemption = stack.enter_context(workdirs.PreemptionSignals())  # SIGTERM/SIGINT: save, then stop
     workdirs.check(config, workdir, overwrite)
     return _train_and_evaluate(run, workdir, preemption)
-
-
-@contextlib.contextmanager
-def _storage_errors(checkpoint_dir: str) -> Iterator[None]:
-  """Turns a failed write (full disk, read-only filesystem, no permission, a file in the way) into one
-  StorageError line that names what failed, where, and which checkpoint is intact."""
-  try:
-    yield
-  except CnnjaxError:
-    raise
-  except Exception as e:  # noqa: BLE001 - storage errors become one line; any other is re-raised as it is
-    error = files.storage_error(e, 'writing the run', checkpointing.intact(checkpoint_dir))
-    if error is None:
-      raise
-    raise error from None
 
 
 def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionSignals) -> TrainResult:

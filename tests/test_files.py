@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cnnjax import files
-from cnnjax.errors import DamagedFile
+from cnnjax.errors import DamagedFile, StorageError
 
 
 def test_write_json_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
@@ -123,3 +123,15 @@ def test_a_storage_error_is_found_along_the_causes_and_other_errors_are_not_stor
     assert files.os_errno(outer) == (errno.EDQUOT, '/w/x')
   assert files.storage_error(ValueError('shapes do not match'), 'x', 'y') is None
   assert files.storage_error(FileNotFoundError(errno.ENOENT, 'No such file', '/w'), 'x', 'y') is None
+
+
+def test_storage_errors_asks_what_is_intact_only_when_a_write_fails_and_passes_other_errors():
+  asked = []
+  with pytest.raises(StorageError, match=r'^writing x failed: No space left on device \(/d\)\. Step 3 is intact\.'):
+    with files.storage_errors('writing x', lambda: asked.append(1) or 'step 3 is intact'):
+      raise OSError(errno.ENOSPC, 'No space left on device', '/d')
+  with files.storage_errors('writing x', lambda: asked.append(2) or ''):
+    pass
+  with pytest.raises(KeyError), files.storage_errors('writing x', 'nothing'):
+    raise KeyError('not a storage error')
+  assert asked == [1]
