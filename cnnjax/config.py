@@ -154,6 +154,7 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
     check_bool(flag, config[flag])
   check_str('baseline_point', config.baseline_point)
   check_int('analysis.invariance_shifts', config.analysis.invariance_shifts, 0)
+  check_int('lr_grid_extensions', config.lr_grid_extensions, 0)
   grid = config.lr_grid
   if not isinstance(grid, tuple | list) or not all(is_number(lr) and lr > 0 for lr in grid):
     raise ConfigError(f'--config.lr_grid={grid!r}: every learning rate must be a finite number > 0, e.g. '

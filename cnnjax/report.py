@@ -74,16 +74,70 @@ def welch(values: Sequence[float], baseline: Sequence[float]) -> dict[str, float
   return {'diff': diff, 'low': float(ci.low), 'high': float(ci.high), 'p': float(test.pvalue)}
 
 
+BOOTSTRAP_RESAMPLES = 9999
+
+
+def paired(values: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
+  """The mean paired difference (values[i] - baseline[i], the same seed at both points), its 95 % Student-t
+  interval and the two-sided p-value of the paired t-test (scipy.stats.ttest_rel), and a 95 % percentile
+  bootstrap interval of the mean difference (scipy.stats.bootstrap, fixed resampling seed); the intervals and
+  p-value are nan for fewer than two pairs or differences that do not vary."""
+  d = np.asarray(values, float) - np.asarray(baseline, float)
+  nan = float('nan')
+  result = {'diff': float(d.mean()), 'low': nan, 'high': nan, 'p': nan, 'boot_low': nan, 'boot_high': nan}
+  if len(d) < 2 or np.ptp(d) <= 1e-9:  # equal differences (up to float rounding): nothing to test
+    return result
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)
+    test = scipy.stats.ttest_rel(values, baseline)
+    boot = scipy.stats.bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
+                                 method='percentile', rng=np.random.default_rng(0)).confidence_interval
+  ci = test.confidence_interval(CONFIDENCE)
+  return {**result, 'low': float(ci.low), 'high': float(ci.high), 'p': float(test.pvalue),
+          'boot_low': float(boot.low), 'boot_high': float(boot.high)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+  """Holm's step-down adjustment of p-values for testing them together (family-wise error at the level):
+  the k-th smallest of m becomes max over j <= k of (m - j + 1) p_(j), capped at 1; nan stays nan and does not
+  count towards m."""
+  p = np.asarray(p_values, float)
+  tested = np.flatnonzero(~np.isnan(p))
+  order = tested[np.argsort(p[tested], kind='stable')]
+  m, adjusted, running = len(order), p.copy(), 0.0
+  for k, i in enumerate(order):
+    running = max(running, min(1.0, (m - k) * p[i]))
+    adjusted[i] = running
+  return [float(x) for x in adjusted]
+
+
 def _mean_cell(values: Sequence[float]) -> str:
   """'mean ± half-width' over seeds; the mean alone, said to be one seed, for one seed (never nan)."""
   mean, half = interval(values)
   return f'{mean:.4f} (1 seed)' if len(values) < 2 else f'{mean:.4f} ± {half:.4f}'
 
 
+def compare(group: Sequence[Result], base: Sequence[Result], metric: str) -> dict[str, Any]:
+  """A point's runs against the baseline point's: paired seed by seed (``paired``) on the seeds they share when
+  they share two or more (a seed gives both points the same data order, and the same initial weights where
+  their shapes match), else Welch's test (``welch``) on all runs. The result names the test in 'test'."""
+  ours, theirs = ({r['seed']: r[metric] for r in g} for g in (group, base))
+  shared = [s for s in ours if s in theirs]
+  if len(shared) >= 2:
+    return {'test': f'paired t ({len(shared)} seeds)', **paired([ours[s] for s in shared], [theirs[s] for s in shared])}
+  return {'test': 'Welch t', 'boot_low': float('nan'), 'boot_high': float('nan'),
+          **welch([r[metric] for r in group], [r[metric] for r in base])}
+
+
+def _interval_cell(low: float, high: float) -> str:
+  return '–' if np.isnan(low) else f'[{low:+.4f}, {high:+.4f}]'
+
+
 def significance_table(results: Sequence[Result], baseline: str = '') -> str:
   """Each point's main metric (mean, 95 % interval over seeds) and its difference from the baseline point's
-  (``baseline``, default the first), with Welch's 95 % interval and p-value, as markdown. Points with one seed
-  get their mean and difference only, and the text says why."""
+  (``baseline``, default the first): paired by seed where the points share seeds, with t and bootstrap 95 %
+  intervals and the paired t-test's p-value, else Welch's; with more than one comparison, Holm-adjusted p-values
+  decide the verdicts. Points with one seed get their mean and difference only, and the text says why."""
   metric, groups = main_metric(results), _group(results)
   base = baseline or next(iter(groups))
   if base not in groups:
@@ -94,25 +148,35 @@ def significance_table(results: Sequence[Result], baseline: str = '') -> str:
     lines += [f'| {name} | {g[0][metric]:.4f} | ' + ('(baseline)' if name == base else f'{g[0][metric] - ref[0]:+.4f}')
               + ' |' for name, g in groups.items()]
     return ('One seed per point: no intervals and no significance tests, so these differences may be noise '
-            '(--config.seeds=3 or more repeats each point).\n\n' + '\n'.join(lines))
-  lines = [f'| point | seeds | {metric} (mean ± 95 % interval) | difference from {base} | 95 % interval | '
-           'Welch p | at 5 % |', '|' + ' --- |' * 7]
+            '(--config.seeds=5 repeats each point).\n\n' + '\n'.join(lines))
+  tests = {name: compare(g, groups[base], metric) for name, g in groups.items() if name != base}
+  adjusted = dict(zip(tests, holm([t['p'] for t in tests.values()]), strict=True))
+  family = sum(not np.isnan(t['p']) for t in tests.values()) > 1
+  lines = [f'| point | seeds | {metric} (mean ± 95 % interval) | difference from {base} | 95 % interval (t) | '
+           '95 % interval (bootstrap) | test | p | Holm p | at 5 % |', '|' + ' --- |' * 10]
   for name, group in groups.items():
-    values = [r[metric] for r in group]
-    row = f'| {name} | {len(values)} | {_mean_cell(values)} |'
+    row = f'| {name} | {len(group)} | {_mean_cell([r[metric] for r in group])} |'
     if name == base:
-      lines.append(row + ' (baseline) | | | |')
+      lines.append(row + ' (baseline) | | | | | | |')
       continue
-    w = welch(values, ref)
-    if np.isnan(w['p']):
-      why = 'needs 2+ seeds each' if min(len(values), len(ref)) < 2 else 'no spread over seeds'
-      lines.append(f'{row} {w["diff"]:+.4f} | – | – | no test ({why}) |')
+    t = tests[name]
+    if np.isnan(t['p']):
+      why = ('needs 2+ seeds each' if min(len(group), len(ref)) < 2 else
+             'the same difference on every seed' if t['test'].startswith('paired') else 'no spread over seeds')
+      lines.append(f'{row} {t["diff"]:+.4f} | – | – | {t["test"]} | – | – | no test ({why}) |')
       continue
-    verdict = ('no significant difference' if w['p'] >= 1 - CONFIDENCE else
-               'significantly ' + ('higher' if w['diff'] > 0 else 'lower'))
-    lines.append(f'{row} {w["diff"]:+.4f} | [{w["low"]:+.4f}, {w["high"]:+.4f}] | {w["p"]:.3g} | {verdict} |')
-  return ('Each point against the baseline: difference of mean test metric over seeds, with the 95 % interval '
-          "and p-value of Welch's t-test (scipy.stats.ttest_ind, unequal variances).\n\n" + '\n'.join(lines))
+    p = adjusted[name] if family else t['p']
+    verdict = ('no significant difference' if p >= 1 - CONFIDENCE else
+               'significantly ' + ('higher' if t['diff'] > 0 else 'lower'))
+    lines.append(f'{row} {t["diff"]:+.4f} | {_interval_cell(t["low"], t["high"])} | '
+                 f'{_interval_cell(t["boot_low"], t["boot_high"])} | {t["test"]} | {t["p"]:.3g} | '
+                 f'{p:.3g} | {verdict} |')
+  return ('Each point against the baseline. Points that share seeds (the same data order, and the same initial '
+          'weights where shapes match) are compared seed by seed: the mean paired difference with its 95 % '
+          'interval from the t distribution and from a percentile bootstrap, and the paired t-test '
+          '(scipy.stats.ttest_rel); points that share no seeds get Welch\'s t-test (unequal variances). '
+          + ('With several comparisons the verdicts use Holm-adjusted p-values (family-wise error 5 %).'
+             if family else 'One comparison: no adjustment.') + '\n\n' + '\n'.join(lines))
 
 
 def invariance_table(results: Sequence[Result]) -> str:
@@ -152,21 +216,39 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
 
 def grid_table(results: Sequence[Result]) -> str:
   """Per point, the validation metric it picked by (its head's: accuracy, or loss for regression) at each
-  learning rate of the grid (mean over seeds), as markdown; '' when no point chose a learning rate."""
+  learning rate tried (mean over the seeds that tried it; a grid is extended past its edge while the pick lies
+  there), and its final grid, as markdown; '' when no point chose a learning rate."""
   chosen = [r for r in results if 'picked_lr' in r]
   if not chosen:
     return ''
-  grid = chosen[0]['lr_grid']
-  lines = ['| point | picked by | ' + ' | '.join(f'lr {lr:g}' for lr in grid) + ' |', '|' + ' --- |' * (len(grid) + 2)]
+  rates = sorted({lr for r in chosen for lr in r['lr_grid']})
+  lines = ['| point | picked by | grid tried | ' + ' | '.join(f'lr {lr:g}' for lr in rates) + ' |',
+           '|' + ' --- |' * (len(rates) + 3)]
   for name, group in _group(chosen).items():
     key = next(k for k in group[0] if k.endswith('_by_lr'))
-    means = np.mean([r[key] for r in group], axis=0)
-    lines.append(f'| {name} | {key[:-len("_by_lr")]} | ' + ' | '.join(f'{v:.4g}' for v in means) + ' |')
+    tried = sorted({lr for r in group for lr in r['lr_grid']})
+    cells = [_grid_cell([dict(zip(r['lr_grid'], r[key], strict=True)) for r in group], lr) for lr in rates]
+    lines.append(f'| {name} | {key[:-len("_by_lr")]} | {tried[0]:g} … {tried[-1]:g} ({len(tried)}) | '
+                 + ' | '.join(cells) + ' |')
   edges = sorted({r['point'] for r in chosen if r['picked_on_edge']})
-  note = (f'\n\nThe pick lies on the edge of the grid for: {", ".join(edges)}; the best learning rate may lie '
-          'outside it.' if edges else '\n\nEvery pick lies inside the grid.')
+  note = (f'\n\nThe pick still lies on the edge of its grid, after the extensions allowed '
+          f'(--config.lr_grid_extensions), for: {", ".join(edges)}; the best learning rate may lie outside it.'
+          if edges else '\n\nEvery pick lies inside its grid.')
   return ('Learning rate picked per run by its validation metric; the test metrics above are of the picks '
           'only.\n\n' + '\n'.join(lines) + note)
+
+
+def _grid_cell(runs: Sequence[dict[float, float | None]], lr: float) -> str:
+  """The mean over the runs that tried ``lr``, with how many did when not all; '–' for none, 'diverged' when
+  every run that tried it diverged."""
+  values = [run[lr] for run in runs if lr in run]
+  finite = [v for v in values if v is not None]
+  if not values:
+    return '–'
+  if not finite:
+    return 'diverged'
+  some = f' ({len(finite)} of {len(runs)} runs)' if len(finite) < len(runs) else ''
+  return f'{np.mean(finite):.4g}{some}'
 
 
 def _cell(value: Any) -> str:

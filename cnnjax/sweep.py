@@ -71,9 +71,9 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
               ) -> dict[str, Any]:
   """Trains one point (or resumes it), analyses it and writes WORKDIR/<name>/result.json.
 
-  With ``config.lr_grid``, the point trains once per learning rate (in WORKDIR/<name>/lr=<value>/), picks the
-  one with the best validation metric, and reports the test metrics of that pick only, with the validation
-  metric of every value and whether the pick lies on the edge of the grid.
+  With ``config.lr_grid``, the point trains once per learning rate (``pick_learning_rate``) and reports the
+  test metrics of the pick only, with the validation metric of every value tried and whether the pick still
+  lies on the edge of its (extended) grid.
   """
   point_dir = os.path.join(workdir, point.name)
   result_path = os.path.join(point_dir, RESULT_FILE)
@@ -82,15 +82,8 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
     return load_result(point_dir)
   logging.info('Sweep point %s: %s', point.name, point.overrides)
   start = time.time()
-  grid = tuple(config.lr_grid)
-  if grid:
-    trials = {lr: train.train_and_evaluate(apply_overrides(config, {'optimizer.learning_rate': lr, 'lr_grid': ()}),
-                                           os.path.join(point_dir, _lr_dir(lr)), data_dir) for lr in grid}
-    key, sign = next(iter(trials.values())).run.head.selection()
-    picked = max(grid, key=lambda lr: sign * trials[lr].metrics[key])
-    trained = trials[picked]
-    choice = {'picked_lr': picked, 'lr_grid': list(grid), f'{key}_by_lr': [trials[lr].metrics[key] for lr in grid],
-              'picked_on_edge': len(grid) > 1 and picked in (min(grid), max(grid))}
+  if config.lr_grid:
+    trained, choice = pick_learning_rate(config, point_dir, data_dir)
   else:
     trained, choice = train.train_and_evaluate(config, point_dir, data_dir), {}
   wall_time = time.time() - start
@@ -113,6 +106,67 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
       np.savez(os.path.join(point_dir, report.FIRST_LAYER_FILE), filters=filters, maps=maps, image=images[0])
     files.write_json(result_path, result)
   return result
+
+
+def next_learning_rate(grid: Sequence[float], tried: Sequence[float], picked: float) -> float | None:
+  """The learning rate to try next when ``picked`` lies on the edge of ``tried`` (``grid`` and its extensions):
+  one step of ``grid``'s mean ratio beyond that edge, counted from ``grid``'s own edge so that the values stay
+  round (1e-3, 3e-3, 1e-2 extends to 0.0316, then 0.1); None for an interior pick or a grid of one value."""
+  grid, tried = sorted(grid), sorted(tried)
+  if len(grid) < 2 or picked not in (tried[0], tried[-1]):
+    return None
+  ratio = (grid[-1] / grid[0]) ** (1 / (len(grid) - 1))
+  if picked == tried[-1]:
+    value = grid[-1] * ratio ** (1 + sum(lr > grid[-1] for lr in tried))
+  else:
+    value = grid[0] / ratio ** (1 + sum(lr < grid[0] for lr in tried))
+  return float(f'{value:.3g}')
+
+
+def pick_learning_rate(config: ml_collections.ConfigDict, point_dir: str, data_dir: str | None
+                       ) -> tuple[train.TrainResult, dict[str, Any]]:
+  """Trains ``config`` once per learning rate of ``config.lr_grid`` (in POINT_DIR/lr=<value>/) and picks the one
+  with the best validation metric. While the pick lies on the edge of the values tried, the next value beyond
+  that edge is trained too (``next_learning_rate``), up to ``config.lr_grid_extensions`` times, so that a pick
+  is interior or said to be still on the edge. A value whose loss becomes NaN/Inf counts as the worst.
+
+  Returns:
+    The pick's run and {'picked_lr', 'lr_grid' (every value tried, ascending), '<metric>_by_lr' (None where
+    the loss diverged), 'picked_on_edge', 'lr_extensions'}.
+  """
+  tried: dict[float, train.TrainResult | None] = {}
+  todo = sorted(set(config.lr_grid))
+  while True:
+    for lr in todo:
+      tried[lr] = _train_or_diverge(apply_overrides(config, {'optimizer.learning_rate': lr, 'lr_grid': ()}),
+                                    os.path.join(point_dir, _lr_dir(lr)), data_dir)
+    finished = {lr: t for lr, t in tried.items() if t is not None}
+    if not finished:
+      raise train.NonFiniteLoss(f'every learning rate of {sorted(tried)} diverged; lower --config.lr_grid')
+    key, sign = next(iter(finished.values())).run.head.selection()
+    picked = max(sorted(finished), key=lambda lr: sign * finished[lr].metrics[key])
+    extensions = len(tried) - len(set(config.lr_grid))
+    following = next_learning_rate(config.lr_grid, list(tried), picked)
+    if following is None or extensions >= config.lr_grid_extensions:
+      break
+    logging.info('Learning rate %g is on the edge of %s; trying %g.', picked, sorted(tried), following)
+    todo = [following]
+  grid = sorted(tried)
+  by_lr = [tried[lr].metrics[key] if tried[lr] else None for lr in grid]
+  return finished[picked], {'picked_lr': picked, 'lr_grid': grid, f'{key}_by_lr': by_lr,
+                            'picked_on_edge': len(grid) > 1 and picked in (grid[0], grid[-1]),
+                            'lr_extensions': extensions}
+
+
+def _train_or_diverge(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None
+                      ) -> train.TrainResult | None:
+  """``train.train_and_evaluate``, or None (with one warning) when the training loss becomes NaN/Inf."""
+  try:
+    return train.train_and_evaluate(config, workdir, data_dir)
+  except train.NonFiniteLoss as e:
+    logging.warning('Learning rate %g diverged (%s); it counts as the worst of the grid.',
+                    config.optimizer.learning_rate, str(e).split(';')[0])
+    return None
 
 
 def _lr_dir(lr: float) -> str:

@@ -1,5 +1,6 @@
 """The shared base of the ablation sweeps: the shapes baseline, shortened so that a sweep runs in minutes, with
-3 seeds per point and the learning rate picked per run on validation from a grid.
+5 seeds per point and the learning rate picked per run on validation from a grid (extended past its edge while the
+pick lies there, up to twice).
 
 On Fashion-MNIST add --config.data.name=fashion_mnist (300 steps of batch 128: 0.7 epochs)."""
 
@@ -14,6 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 100
   config.checkpoint_every_steps = 300
   config.keep_checkpoints = 1
-  config.seeds = 3
+  config.seeds = 5
   config.lr_grid = (1e-3, 3e-3, 1e-2)
   return config

@@ -2,7 +2,7 @@ r"""Fixed first-layer filters: a learned first layer vs frozen Gaussian, Sobel a
 
   python launch.py --experiment=filters --workdir=/tmp/cnnjax/filters
 
-4 points x 3 seeds x 3 learning rates (picked on validation) x 300 steps. Fixed filters have no first-layer
+4 points x 5 seeds x 3+ learning rates (picked on validation) x 300 steps. Fixed filters have no first-layer
 parameters. Measured results: docs/studies.md.
 """
 

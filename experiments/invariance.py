@@ -3,7 +3,7 @@ average and no pooling (with an extra block so that pooling is deep).
 
   python launch.py --experiment=invariance --workdir=/tmp/cnnjax/invariance
 
-3 points x 3 seeds x 3 learning rates (picked on validation) x 300 steps. The report gives accuracy, agreement
+3 points x 5 seeds x 3+ learning rates (picked on validation) x 300 steps. The report gives accuracy, agreement
 and correct-both-times under each shift (invariance.png). Measured results: docs/studies.md.
 """
 

@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Sweeps: train every point once per learning rate, e.g. (1e-3, 3e-3, 1e-2), pick by the validation metric
   # and report the pick's test metrics only. () = optimizer.learning_rate alone.
   config.lr_grid = ()
+  # While the pick lies on the grid's edge, train the next value beyond it (the grid's ratio), up to this often.
+  config.lr_grid_extensions = 2
   config.skip_nonfinite = False  # True: skip updates whose gradients are NaN/Inf instead of stopping the run
   config.head = 'multiclass'  # multiclass (softmax CE) | binary (sigmoid BCE) | regression (linear, MSE)
   config.label_smoothing = 0.0  # classification heads: train on targets mixed with this much of uniform

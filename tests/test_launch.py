@@ -73,8 +73,8 @@ def test_launch_refuses_bad_input_with_one_clear_line(tmp_path, flags, message):
 def test_list_points_prints_one_sweep_point_per_line():
   proc = _launch('--experiment=pooling', '--list_points', env_devices=1)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  points = ['pool=max', 'pool=avg', 'pool=none', 'conv_stride2']  # 3 seeds each, the ablations' default
-  assert proc.stdout.split() == [f'{p},seed={s}' for p in points for s in range(3)]
+  points = ['pool=max', 'pool=avg', 'pool=none', 'conv_stride2']  # 5 seeds each, the ablations' default
+  assert proc.stdout.split() == [f'{p},seed={s}' for p in points for s in range(5)]
 
 
 # launch.py as if the BLOCKED packages were not installed: every import finder is told not to see them, so

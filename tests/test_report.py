@@ -27,6 +27,7 @@ def test_report_from_fake_finished_runs(tmp_path):
   assert '| pool=max | 2 | max | 100 | 1,000 | 0.5 | 0.85 ± 0.071 | 0.15 ± 0.071 |' in text
   assert '| pool=avg | 2 | avg | 100 | 1,000 | 0.5 | 0.7 | 0.3 |' in text
   assert '| pool=avg | 2 | 0.7000 ± 0.0000 | -0.1500 |' in text  # the comparison with the first point
+  assert '| paired t (2 seeds) |' in text
   assert '| pool=max | 0.8500 | 0.7500 | 0.8000 | 0.6500 |' in text  # invariance at 1 px, mean over seeds
   for png in ('test_accuracy_vs_params.png', 'test_accuracy_vs_flops.png', 'test_accuracy_per_setting.png',
               'learning_curves.png', 'invariance.png'):
@@ -51,12 +52,15 @@ def test_welch_interval_and_p_value_against_the_formulas():
 
 def test_significance_table_names_the_verdicts(tmp_path):
   results = [_fake_result(f'pool={p},seed={i}', p, i, acc)
-             for p, accs in (('max', (0.90, 0.91, 0.92)), ('avg', (0.80, 0.81, 0.82)), ('none', (0.89, 0.93, 0.91)))
+             for p, accs in (('max', (0.90, 0.91, 0.92)), ('avg', (0.80, 0.82, 0.81)), ('none', (0.89, 0.93, 0.91)),
+                              ('same', (0.80, 0.81, 0.82)))
              for i, acc in enumerate(accs)]
   text = report.significance_table(results)
   assert '| pool=max | 3 | 0.9100 ± 0.0248 | (baseline) |' in text
   assert '| pool=avg | 3 | 0.8100 ± 0.0248 | -0.1000 |' in text and 'significantly lower |' in text
   assert '| pool=none | 3 | 0.9100 ± 0.0497 | +0.0000 |' in text and 'no significant difference |' in text
+  assert '| pool=same | 3 | 0.8100 ± 0.0248 | -0.1000 | – | – | paired t (3 seeds) | – | – | no test (the same ' \
+         'difference on every seed) |' in text
   assert '| pool=max | 3 | 0.9100 ± 0.0248 | -0.1000 |' not in report.significance_table(results, 'pool=avg')
 
 def test_the_grid_table_names_each_points_own_selection_metric():
@@ -66,8 +70,64 @@ def test_the_grid_table_names_each_points_own_selection_metric():
   results = [{'point': 'head=multiclass', 'val_accuracy_by_lr': [0.5, 0.75], **common},
              {'point': 'head=regression', 'val_loss_by_lr': [2.0, 1.5], **common}]
   text = report.grid_table(results)
-  assert '| head=multiclass | val_accuracy | 0.5 | 0.75 |' in text
-  assert '| head=regression | val_loss | 2 | 1.5 |' in text
+  assert '| head=multiclass | val_accuracy | 0.001 … 0.01 (2) | 0.5 | 0.75 |' in text
+  assert '| head=regression | val_loss | 0.001 … 0.01 (2) | 2 | 1.5 |' in text
+
+
+def test_the_grid_table_shows_each_points_extended_grid_and_divergence():
+  """Seeds of one point may extend their grids differently: a column per value tried by any run, the mean over
+  the runs that tried it, and 'diverged' where all of them diverged."""
+  results = [{'point': 'a', 'lr_grid': [1e-3, 1e-2, 0.0316], 'val_accuracy_by_lr': [0.5, 0.7, 0.6], 'picked_lr': 1e-2,
+              'picked_on_edge': False},
+             {'point': 'a', 'lr_grid': [1e-3, 1e-2], 'val_accuracy_by_lr': [0.6, 0.5], 'picked_lr': 1e-3,
+              'picked_on_edge': False},
+             {'point': 'b', 'lr_grid': [1e-3, 1e-2, 0.0316, 0.1], 'val_accuracy_by_lr': [0.1, 0.2, 0.3, None],
+              'picked_lr': 0.0316, 'picked_on_edge': False}]
+  text = report.grid_table(results)
+  assert '| point | picked by | grid tried | lr 0.001 | lr 0.01 | lr 0.0316 | lr 0.1 |' in text
+  assert '| a | val_accuracy | 0.001 … 0.0316 (3) | 0.55 | 0.6 | 0.6 (1 of 2 runs) | – |' in text
+  assert '| b | val_accuracy | 0.001 … 0.1 (4) | 0.1 | 0.2 | 0.3 | diverged |' in text
+  assert 'Every pick lies inside its grid.' in text
+
+
+def test_paired_interval_p_value_and_bootstrap_against_the_formulas():
+  """The paired t interval and p-value by hand (t on the per-seed differences, n - 1 degrees of freedom); the
+  bootstrap interval brackets the mean difference and lies within the differences' range."""
+  import scipy.stats
+  a, b = [0.91, 0.93, 0.92, 0.95, 0.90], [0.90, 0.90, 0.91, 0.92, 0.90]
+  d = np.subtract(a, b)
+  se = np.std(d, ddof=1) / np.sqrt(5)
+  half = scipy.stats.t.ppf(0.975, 4) * se
+  p = report.paired(a, b)
+  np.testing.assert_allclose([p['diff'], p['low'], p['high']], [d.mean(), d.mean() - half, d.mean() + half])
+  np.testing.assert_allclose(p['p'], 2 * scipy.stats.t.sf(d.mean() / se, 4), rtol=1e-9)
+  assert d.min() <= p['boot_low'] < d.mean() < p['boot_high'] <= d.max()
+  assert np.isnan(report.paired([0.9, 0.8], [0.8, 0.7])['p'])  # equal differences: no spread, no test
+
+
+def test_holm_against_hand_computed_values():
+  # sorted p: 0.01, 0.02, 0.04 (m = 3) -> 0.03, max(0.03, 0.04) = 0.04, max(0.04, 0.04) = 0.04; nan is not counted
+  assert report.holm([0.04, 0.01, float('nan'), 0.02]) == pytest.approx([0.04, 0.03, float('nan'), 0.04],
+                                                                         nan_ok=True)
+  assert report.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+
+
+def test_points_sharing_seeds_are_paired_and_several_comparisons_are_holm_adjusted():
+  """A per-seed offset shared by both points (the same data order) hides a small, steady gain from Welch's
+  test; the paired test finds it. With three comparisons the verdicts use Holm's p-values."""
+  offsets = (0.00, 0.03, -0.02, 0.05, 0.01)
+  gains = {'max': (0,) * 5, 'avg': (0.004, 0.006, 0.005, 0.007, 0.003), 'none': (0.001, -0.002, 0.0, 0.002, -0.001)}
+  results = [_fake_result(f'pool={p},seed={i}', p, i, 0.9 + o + g)
+             for p, gain in gains.items() for i, (o, g) in enumerate(zip(offsets, gain, strict=True))]
+  results += [_fake_result(f'pool=odd,seed={i}', 'odd', i, 0.9 + o) for i, o in zip((7, 8), offsets, strict=False)]
+  text = report.significance_table(results)
+  avg = next(line for line in text.splitlines() if line.startswith('| pool=avg |'))
+  assert '| +0.0050 |' in avg and '| paired t (5 seeds) |' in avg and 'significantly higher |' in avg
+  assert report.welch([r['test_accuracy'] for r in results[5:10]], [r['test_accuracy'] for r in results[:5]])['p'] > 0.5
+  odd = next(line for line in text.splitlines() if line.startswith('| pool=odd |'))
+  assert '| Welch t |' in odd  # seeds 7, 8: none shared with the baseline's 0..4
+  raw, adjusted = (float(x) for x in avg.split('|')[8:10])
+  assert adjusted == pytest.approx(3 * raw, rel=1e-2) and 'Holm-adjusted' in text  # the smallest of 3 p-values
 
 
 def test_a_one_seed_report_has_no_nan_and_says_why_it_has_no_intervals(tmp_path):
@@ -84,7 +144,8 @@ def test_a_point_with_one_seed_beside_points_with_three_gets_no_test_and_no_nan(
   results.append(_fake_result('pool=avg,seed=0', 'avg', 0, 0.85))
   text = report.significance_table(results)
   assert 'nan' not in text
-  assert '| pool=avg | 1 | 0.8500 (1 seed) | -0.0600 | – | – | no test (needs 2+ seeds each) |' in text
+  assert ('| pool=avg | 1 | 0.8500 (1 seed) | -0.0600 | – | – | Welch t | – | – | no test (needs 2+ seeds each) |'
+          in text)
 
 
 def test_plots_are_wide_enough_for_their_titles(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_tiny_sweep_end_to_end_and_sweep_index(config, data_dir, tmp_path):
 
 def test_a_learning_rate_grid_picks_on_validation_and_reports_the_picks_test_metrics(config, data_dir, tmp_path):
   config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 6, 6, 6
-  config.lr_grid = (1e-4, 3e-3, 1e-1)
+  config.lr_grid, config.lr_grid_extensions = (1e-4, 3e-3, 1e-1), 0
   with pytest.raises(ConfigError, match=r"--config.baseline_point='pool=avg' is not a point of this sweep"):
     sweep.run(apply_overrides(config, {'baseline_point': 'pool=avg'}), lambda: [{'model.pool': 'max'}], str(tmp_path))
   sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path), data_dir)
@@ -71,9 +72,9 @@ def test_a_learning_rate_grid_picks_on_validation_and_reports_the_picks_test_met
   assert result['test_accuracy'] == last[best]['test_accuracy']  # the pick's test metrics only
   assert result['picked_on_edge'] == (best != 3e-3)
   text = (tmp_path / 'report.md').read_text()
-  assert '| point | picked by | lr 0.0001 | lr 0.003 | lr 0.1 |' in text and 'picked lr' in text
+  assert '| point | picked by | grid tried | lr 0.0001 | lr 0.003 | lr 0.1 |' in text and 'picked lr' in text
   values = ' | '.join(f"{last[lr]['val_accuracy']:.4g}" for lr in config.lr_grid)
-  assert f'| pool=max | val_accuracy | {values} |' in text
+  assert f'| pool=max | val_accuracy | 0.0001 … 0.1 (3) | {values} |' in text
 
 
 def test_a_learning_rate_grid_needs_a_validation_split(config, tmp_path):
@@ -109,3 +110,47 @@ def test_sweep_of_turns_sweep_fields_into_a_one_point_sweep(config):
 def test_a_report_of_a_sweep_with_no_finished_point_says_so(config, tmp_path):
   with pytest.raises(NoFinishedPoints, match='no finished sweep points in .* to report'):
     sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path / 'empty'), report_only=True)
+
+
+def test_next_learning_rate_steps_past_the_edge_by_the_grids_ratio():
+  grid = (1e-3, 3e-3, 1e-2)  # mean ratio sqrt(10)
+  assert sweep.next_learning_rate(grid, grid, 1e-2) == 0.0316
+  assert sweep.next_learning_rate(grid, [*grid, 0.0316], 0.0316) == 0.1  # from the grid's edge: stays round
+  assert sweep.next_learning_rate(grid, grid, 1e-3) == 0.000316
+  assert sweep.next_learning_rate(grid, grid, 3e-3) is None and sweep.next_learning_rate((1e-3,), (1e-3,), 1e-3) is None
+
+
+class _Head:
+  @staticmethod
+  def selection():
+    return 'val_accuracy', 1
+
+
+def _fake_training(accuracy_by_lr, trained):
+  """train_and_evaluate as a function of the learning rate only: accuracy_by_lr[lr], None for a divergence."""
+  def fake(config, workdir, data_dir=None, overwrite=False):
+    lr = config.optimizer.learning_rate
+    trained.append(lr)
+    if accuracy_by_lr[lr] is None:
+      raise train.NonFiniteLoss('the training loss is nan at step 3; no checkpoint was written yet')
+    return train.TrainResult({'val_accuracy': accuracy_by_lr[lr]}, None, 0, types.SimpleNamespace(head=_Head()))
+  return fake
+
+
+@pytest.mark.parametrize('accuracy_by_lr,trained,picked,on_edge', [
+    ({1e-3: 0.5, 3e-3: 0.7, 1e-2: 0.6}, [1e-3, 3e-3, 1e-2], 3e-3, False),  # interior: nothing more
+    ({1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7, 0.0316: 0.8, 0.1: 0.75}, [1e-3, 3e-3, 1e-2, 0.0316, 0.1], 0.0316, False),
+    ({1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7, 0.0316: 0.8, 0.1: 0.9}, [1e-3, 3e-3, 1e-2, 0.0316, 0.1], 0.1, True),  # limit
+    ({1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7, 0.0316: None}, [1e-3, 3e-3, 1e-2, 0.0316], 1e-2, False),  # diverged above
+    ({1e-3: 0.9, 3e-3: 0.6, 1e-2: 0.5, 0.000316: 0.8}, [1e-3, 3e-3, 1e-2, 0.000316], 1e-3, False),  # downwards
+])
+def test_a_pick_on_the_grids_edge_extends_the_grid_up_to_the_limit(config, tmp_path, monkeypatch, accuracy_by_lr,
+                                                                  trained, picked, on_edge):
+  calls = []
+  monkeypatch.setattr(train, 'train_and_evaluate', _fake_training(accuracy_by_lr, calls))
+  config.lr_grid, config.lr_grid_extensions = (1e-3, 3e-3, 1e-2), 2
+  result, choice = sweep.pick_learning_rate(config, str(tmp_path), None)
+  assert calls == trained and choice['picked_lr'] == picked and choice['picked_on_edge'] == on_edge
+  assert choice['lr_grid'] == sorted(trained) and choice['lr_extensions'] == len(trained) - 3
+  assert choice['val_accuracy_by_lr'] == [accuracy_by_lr[lr] for lr in sorted(trained)]
+  assert result.metrics['val_accuracy'] == accuracy_by_lr[picked]
