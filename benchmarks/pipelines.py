@@ -8,9 +8,9 @@ alone, the ceiling), in one process, arms alternating window by window; medians 
 Writes a JSON stamped with the command, commit, machine and versions (cnnjax/stamp.py).
 """
 
+import functools
 import json
 import statistics
-import time
 
 from absl import app, flags
 
@@ -43,12 +43,9 @@ def main(argv):
           'synthetic batch on the device': _arm(config, FLAGS.data_dir, 'host', 1, synthetic=True)}
   for k in map(int, FLAGS.steps_per_dispatch):
     arms[f'device, {k} step{"s" * (k > 1)} per call'] = _arm(config, FLAGS.data_dir, 'device', k)
-  seconds = {name: [] for name in arms}
-  for _ in range(FLAGS.windows):  # alternating: every arm sees the same moments of the machine
-    for name, steps in arms.items():
-      start = time.perf_counter()
-      steps(FLAGS.steps)
-      seconds[name].append(time.perf_counter() - start)
+  from timing import alternating_seconds
+  seconds = alternating_seconds({name: functools.partial(steps, FLAGS.steps) for name, steps in arms.items()},
+                                FLAGS.windows)
   images = {name: FLAGS.steps * config.batch_size / statistics.median(s) for name, s in seconds.items()}
   host = images['host (tf.data)']
   result = {**stamp.stamp(), 'experiment': FLAGS.experiment, 'batch_size': config.batch_size,

@@ -4,14 +4,19 @@ r"""What a sweep costs: wall time and XLA compilations of whole sweeps, arm agai
   python benchmarks/sweep_cost.py --experiment=stride --num_train_steps=300 --json=/tmp/sweep_cost.json
   python benchmarks/sweep_cost.py --arms=host,auto --dataset=fashion_mnist --num_train_steps=0 \
       --out=results/sweep_cost/pooling_fashion_mnist.json           # the pipelines, on the sweep as it ships
+  python benchmarks/sweep_cost.py --arms=population_off,population_on --dataset=fashion_mnist --num_train_steps=0 \
+      --seeds=5 --out=results/sweep_cost/population_fashion_mnist.json   # runs one by one vs as populations
 
 Arms, each a whole sweep in a fresh process with an empty persistent compilation cache (as a new machine
 has), run one after the other in the order given: `1x1` (seeds=1, no lr_grid: the sweep as it ran before seeds
 and grids), `SxL` (--seeds seeds x --lr_grid rates per point), `host` (SxL on the host pipeline, one step per
-call: how sweeps ran before the device pipeline) and `auto` (SxL with the default pipeline and steps per call).
-Per arm: runs trained, wall seconds, backend compilations (XLA compiles) and persistent-cache hits, and
-seconds spent compiling. The learning rate is a value in the optimizer state (optax.inject_hyperparams), so
-every run of a point after its first loads the program its first compiled.
+call: how sweeps ran before the device pipeline), `auto` (SxL with the default pipeline and steps per call), and
+`population_off` / `population_on` (SxL with threefry2x32 keys, each point's runs one by one or as populations).
+Per arm: runs trained (a grid's extensions included), wall seconds, backend compilations (XLA compiles) and
+persistent-cache hits, seconds spent compiling, and each run's picked learning rate and test accuracy, with the
+report's comparisons; every arm's runs are compared with the first arm's, run by run. The learning rate is a
+value in the optimizer state (optax.inject_hyperparams), so every run of a point after its first loads the
+program its first compiled.
 """
 
 import json
@@ -45,7 +50,9 @@ CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 
 
 ARMS = {'1x1': {'seeds': 1, 'lr_grid': ()}, 'SxL': {}, 'host': {'data.pipeline': 'host', 'steps_per_dispatch': 1},
-        'auto': {'data.pipeline': 'auto', 'steps_per_dispatch': 'auto'}}
+        'auto': {'data.pipeline': 'auto', 'steps_per_dispatch': 'auto'},
+        'population_off': {'rng_impl': 'threefry2x32', 'population': 'off'},
+        'population_on': {'rng_impl': 'threefry2x32', 'population': 'on'}}
 
 
 def arm_overrides(arm: str) -> dict:
@@ -62,7 +69,7 @@ def worker(arm: str, cache_dir: str) -> dict:
   compiler.set_compilation_cache(cache_dir)
   from jax import monitoring
 
-  from cnnjax import sweep
+  from cnnjax import report, sweep
   counts = {'compiles': 0, 'compile_s': 0.0, 'cache_hits': 0}
 
   def on_duration(event, seconds, **kwargs):
@@ -81,8 +88,13 @@ def worker(arm: str, cache_dir: str) -> dict:
     start = time.perf_counter()
     points = sweep.run(config, module.get_sweep, workdir, FLAGS.data_dir)
     wall = time.perf_counter() - start
-  runs = len(points) * max(1, len(config.lr_grid))
-  return {'arm': arm, 'points': len(points), 'runs': runs, 'wall_s': wall, **counts}
+    with open(os.path.join(workdir, 'results.json')) as f:
+      results = json.load(f)['points']
+  runs = sum(len(r.get('lr_grid', [None])) for r in results)
+  per_run = {r['name']: {k: r.get(k) for k in ('picked_lr', 'lr_grid', 'picked_on_edge', 'test_accuracy')}
+             for r in results}
+  return {'arm': arm, 'points': len(points), 'runs': runs, 'wall_s': wall, **counts, 'per_run': per_run,
+          'comparisons': report.significance_table(results), 'grids': report.grid_table(results)}
 
 
 def run_arm(arm: str) -> dict:
@@ -116,6 +128,15 @@ def main(argv):
   for r in rows:
     print(f'| {r["arm"]} | {r["runs"]} | {r["wall_s"]:.0f} | {r["wall_s"] / base["wall_s"]:.2f} | '
           f'{r["compiles"]} | {r["cache_hits"]} | {r["compile_s"]:.1f} |')
+  for r in rows[1:]:
+    shared = sorted(set(r['per_run']) & set(base['per_run']))
+    gaps = [abs(r['per_run'][n]['test_accuracy'] - base['per_run'][n]['test_accuracy']) for n in shared]
+    same = sum(r['per_run'][n]['picked_lr'] == base['per_run'][n]['picked_lr'] for n in shared)
+    print(f'{r["arm"]} vs {base["arm"]}: {len(shared)} runs in both, the same pick in {same}, largest test accuracy '
+          f'difference {max(gaps, default=float("nan")):.4f}')
+    r['vs_first'] = {'runs': len(shared), 'same_pick': same, 'max_test_accuracy_difference': max(gaps, default=None)}
+  for r in rows:
+    print(f'\n{r["arm"]}:\n{r["comparisons"]}\n\n{r["grids"]}')
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump(rows, f, indent=1)

@@ -19,6 +19,18 @@ def timed_windows(run_steps: Callable[[int], None], steps_per_window: int, windo
   return times
 
 
+def alternating_seconds(arms: dict[str, Callable[[], None]], windows: int) -> dict[str, list[float]]:
+  """Seconds of each call of each arm, ``windows`` calls per arm, the arms alternating so that every arm sees the
+  same moments of the machine (whose speed drifts); each call must block until its work is done."""
+  seconds = {name: [] for name in arms}
+  for _ in range(windows):
+    for name, call in arms.items():
+      start = time.perf_counter()
+      call()
+      seconds[name].append(time.perf_counter() - start)
+  return seconds
+
+
 def compile_seconds(train: Callable[[int], None], steps: int = 1) -> float:
   """The first ``train(steps)`` (trace + compile + the steps; torch.compile's compile, eager's warm-up) minus
   the fastest of three steady calls."""
@@ -58,17 +70,17 @@ class MatmulPeak:
     return 2 * self.n**3 / statistics.median(times) / 1e12
 
 
-def cnnjax_steps(config, data_dir: str | None, synthetic: bool = False) -> tuple[Callable[[int], None], object]:
+def cnnjax_steps(config, data_dir: str | None, synthetic: bool = False, population=None
+                 ) -> tuple[Callable[[int], None], object]:
   """(steps, run): ``steps(n)`` runs n steps (a multiple of ``run.steps_per_dispatch``) of ``config``'s train step
   as a run does (``train.setup``'s run: its pipeline and steps per call), blocking; ``synthetic``: one batch kept
-  on the device instead (the step alone)."""
+  on the device instead (the step alone); ``population``: the members of a ``train.Population`` at once."""
   import jax
 
   from cnnjax import train
-  run = train.setup(config, data_dir)
+  run = train.setup(config, data_dir, population=population)
   steps_per_call = run.steps_per_dispatch
-  init, rng = run.keys()
-  state = [run.backend.from_checkpoint(run.init_state(init))]
+  state, rng = [run.backend.from_checkpoint(run.initial_state())], run.step_rng()
   next_input = run.step_inputs(0)
   if synthetic:
     batch = next_input()

@@ -133,3 +133,8 @@ def _existing(path: str) -> str:
   while not os.path.exists(path) and os.path.dirname(path) != path:
     path = os.path.dirname(path)
   return path
+
+
+def has_step(workdir: str, step: int) -> bool:
+  """Whether ``workdir`` holds a checkpoint of ``step`` (a finished run's last, for ``step = num_train_steps``)."""
+  return os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR, str(step)))

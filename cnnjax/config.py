@@ -18,7 +18,7 @@ import ml_collections
 from cnnjax.errors import ConfigError
 
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
-SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups: XLA:CPU's faster forms of the same values
+SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups (XLA:CPU's faster forms) and config.population
 T = TypeVar('T')
 TEST_CHECKPOINTS = ('last', 'best_val')  # config.test_checkpoint: the weights the test split evaluates
 
@@ -146,6 +146,7 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f'--config.steps_per_dispatch={steps} runs several steps in one program, which needs the data '
                       'on the devices: set --config.data.pipeline=device (or auto), or --config.steps_per_dispatch=1')
   check_choice('cpu_speedups', config.cpu_speedups, SPEEDUPS)
+  check_choice('population', config.population, SPEEDUPS)
   for flag in ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints', 'seeds'):
     check_int(flag, config[flag], 1)

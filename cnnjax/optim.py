@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 import optax
 
 from cnnjax.config import check_bool, check_choice, check_int, check_number
@@ -65,3 +66,11 @@ def create_tx(config: ml_collections.ConfigDict, shape: optax.Schedule) -> optax
 def learning_rate(opt_state: optax.OptState, shape: optax.Schedule, step) -> float:
   """The learning rate ``create_tx``'s optimizer applies at ``step``."""
   return opt_state.hyperparams['learning_rate'] * shape(step)
+
+
+def with_learning_rate(opt_state: optax.OptState, peak: float) -> optax.OptState:
+  """``create_tx``'s optimizer state with the peak learning rate ``peak``: the state that ``create_tx`` of a config
+  with that rate would have initialised (the rate is stored, in its dtype, and nothing else depends on it)."""
+  rate = opt_state.hyperparams['learning_rate']
+  return opt_state._replace(hyperparams={**opt_state.hyperparams,
+                                         'learning_rate': np.asarray(peak, np.asarray(rate).dtype)})

@@ -76,6 +76,12 @@ def first(x: Any) -> float:
   return float(local_value(x).reshape(-1)[0])
 
 
+def per_member(x: Any, members: int) -> np.ndarray:
+  """A population's metric that every device holds, one value per member, as this process's first device has
+  it."""
+  return local_value(x).reshape(-1, members)[0].astype(np.float64)
+
+
 class Backend:
   """How the per-device steps are mapped over devices and how state and batches are laid out for them."""
 

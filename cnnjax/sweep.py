@@ -8,8 +8,11 @@ is rebuilt from whatever points are finished.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 import re
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import analysis, device_pipeline, files, report, stamp, train, workdirs
+from cnnjax import analysis, checkpointing, device_pipeline, files, heads, report, stamp, train, workdirs
 from cnnjax.config import apply_overrides, check_int
 from cnnjax.errors import ConfigError, NoFinishedPoints, StorageError
 
@@ -67,26 +70,11 @@ def expand(sweep: Sequence[Overrides], seeds: int, base_seed: int) -> list[Point
 # ---------------------------------------------------------------------------------------------------------
 # Running points.
 
-def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, data_dir: str | None
-              ) -> dict[str, Any]:
-  """Trains one point (or resumes it), analyses it and writes WORKDIR/<name>/result.json.
-
-  With ``config.lr_grid``, the point trains once per learning rate (``pick_learning_rate``) and reports the
-  test metrics of the pick only, with the validation metric of every value tried and whether the pick still
-  lies on the edge of its (extended) grid.
-  """
+def finish_point(config: ml_collections.ConfigDict, point: Point, workdir: str, trained: train.TrainResult,
+                 choice: dict[str, Any], wall_time: float) -> dict[str, Any]:
+  """Analyses a trained point (its pick's run, with an lr_grid: ``choice`` says which) and writes
+  WORKDIR/<name>/result.json."""
   point_dir = os.path.join(workdir, point.name)
-  result_path = os.path.join(point_dir, RESULT_FILE)
-  if os.path.exists(result_path):
-    logging.info('Sweep point %s is done; skipping.', point.name)
-    return load_result(point_dir)
-  logging.info('Sweep point %s: %s', point.name, point.overrides)
-  start = time.time()
-  if config.lr_grid:
-    trained, choice = pick_learning_rate(config, point_dir, data_dir)
-  else:
-    trained, choice = train.train_and_evaluate(config, point_dir, data_dir), {}
-  wall_time = time.time() - start
   run, variables = trained.run, trained.variables
   layers = analysis.analyze(config.model, run.info.image_shape, run.info.num_outputs)
   history = read_metrics(_run_dir(point_dir, choice))
@@ -104,8 +92,148 @@ def run_point(config: ml_collections.ConfigDict, point: Point, workdir: str, dat
     if run.model.blocks:
       filters, maps = analysis.first_layer_maps(run.model, variables, images[0])
       np.savez(os.path.join(point_dir, report.FIRST_LAYER_FILE), filters=filters, maps=maps, image=images[0])
-    files.write_json(result_path, result)
+    files.write_json(os.path.join(point_dir, RESULT_FILE), result)
   return result
+
+
+def run_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[Point], workdir: str,
+               data_dir: str | None) -> None:
+  """Trains the unfinished ``points`` (seeds of one setting), picks each one's learning rate
+  (``pick_learning_rates``) and writes each one's result.json. Where ``train.population_on`` says so, the runs
+  of each round (every seed x learning rate; then the grids' extensions) train as one population."""
+  pending = []
+  for point in points:
+    if os.path.exists(os.path.join(workdir, point.name, RESULT_FILE)):
+      logging.info('Sweep point %s is done; skipping.', point.name)
+    else:
+      pending.append(point)
+  if not pending:
+    return
+  for point in pending:
+    logging.info('Sweep point %s: %s', point.name, point.overrides)
+  together = train.population_on(configs[pending[0].name], jax.default_backend())
+  trainer = functools.partial(_train_together, workdir=workdir) if together else _train_alone
+  picks = pick_learning_rates({p.name: configs[p.name] for p in pending},
+                              {p.name: os.path.join(workdir, p.name) for p in pending},
+                              functools.partial(trainer, data_dir=data_dir))
+  for point in pending:
+    trained, choice, seconds = picks[point.name]
+    finish_point(configs[point.name], point, workdir, trained, choice, seconds)
+
+
+Trial = tuple[ml_collections.ConfigDict, str, float | None]  # (config, workdir, learning rate or None: no grid)
+
+
+def _train_alone(trials: Sequence[Trial], data_dir: str | None) -> list[tuple[train.TrainResult | None, float]]:
+  """Each trial trained (or resumed) by itself: (its result, None where a grid's rate diverged; seconds)."""
+  outcomes = []
+  for config, directory, lr in trials:
+    start = time.time()
+    trained = (train.train_and_evaluate(config, directory, data_dir) if lr is None
+               else _train_or_diverge(config, directory, data_dir))
+    outcomes.append((trained, time.time() - start))
+  return outcomes
+
+
+POPULATIONS_DIR = '.populations'  # in a sweep's workdir: the checkpoints of populations in training
+
+
+def _train_together(trials: Sequence[Trial], data_dir: str | None, workdir: str
+                    ) -> list[tuple[train.TrainResult | None, float]]:
+  """The unfinished trials trained as one population (``train.train_population``), whose checkpoints live in
+  WORKDIR/.populations/<members' hash> until every member's final checkpoint is in its own workdir; then each
+  trial resumed alone, which evaluates it (a diverged member of a grid: None). The population's time is shared
+  equally among its members."""
+  todo = [i for i, (config, directory, _) in enumerate(trials)
+          if not checkpointing.has_step(directory, config.num_train_steps)]
+  finished, share = [True] * len(trials), 0.0
+  if len(todo) > 1:
+    start = time.time()
+    members = [trials[i] for i in todo]
+    digest = hashlib.sha256('\n'.join(d for _, d, _ in members).encode()).hexdigest()[:12]
+    population_dir = os.path.join(workdir, POPULATIONS_DIR, digest)
+    for i, done in zip(todo, train.train_population([c for c, _, _ in members], [d for _, d, _ in members],
+                                                      population_dir, data_dir), strict=True):
+      finished[i] = done
+    if jax.process_index() == 0:
+      shutil.rmtree(population_dir)
+    share = (time.time() - start) / len(todo)
+  outcomes = []
+  for i, trial in enumerate(trials):
+    skip = not finished[i] and trial[2] is not None  # a grid's diverged rate: the worst, as alone
+    trained, seconds = (None, 0.0) if skip else _train_alone([trial], data_dir)[0]
+    outcomes.append((trained, seconds + share * (i in todo)))
+  return outcomes
+
+
+def pick_learning_rates(configs: dict[str, ml_collections.ConfigDict], point_dirs: dict[str, str],
+                        trainer: Callable[[Sequence[Trial]], list[tuple[train.TrainResult | None, float]]]
+                        ) -> dict[str, tuple[train.TrainResult, dict[str, Any], float]]:
+  """Trains each point once per learning rate of its ``lr_grid`` (in POINT_DIR/lr=<value>/; without a grid, once,
+  in POINT_DIR) and picks the rate with the best validation metric. While a pick lies on the edge of the rates
+  tried, the next rate beyond that edge is trained too (``next_learning_rate``), up to ``lr_grid_extensions``
+  times, so that a pick is interior or said to be still on the edge. A rate whose loss becomes NaN/Inf counts
+  as the worst. Each round's trials, over all points, go to ``trainer`` together.
+
+  Returns:
+    Per point: the pick's run, the choice ({'picked_lr', 'lr_grid' (every rate tried, ascending),
+    '<metric>_by_lr' (None where the loss diverged), 'picked_on_edge', 'lr_extensions'}; {} without a grid) and
+    the seconds its trials took.
+  """
+  scores: dict[str, dict[float, float | None]] = {name: {} for name in configs}
+  best: dict[str, tuple[float | None, train.TrainResult]] = {}
+  seconds = dict.fromkeys(configs, 0.0)
+  todo = {name: sorted(set(c.lr_grid)) or [None] for name, c in configs.items()}
+  while todo:
+    trials = [(name, lr) for name, rates in todo.items() for lr in rates]
+    outcomes = trainer([_trial(configs[name], point_dirs[name], lr) for name, lr in trials])
+    for (name, lr), (trained, spent) in zip(trials, outcomes, strict=True):
+      seconds[name] += spent
+      if lr is None:
+        best[name] = (None, trained)
+        continue
+      key, sign = heads.get_head(configs[name].head).selection()
+      scores[name][lr] = None if trained is None else trained.metrics[key]
+      if trained is not None and _better(sign * trained.metrics[key], lr, best.get(name), key, sign):
+        best[name] = (lr, trained)
+    todo = {}
+    for name in dict.fromkeys(name for name, lr in trials if lr is not None):
+      if name not in best:
+        raise train.NonFiniteLoss(f'every learning rate of {sorted(scores[name])} diverged; lower --config.lr_grid')
+      grid, tried = configs[name].lr_grid, sorted(scores[name])
+      following = next_learning_rate(grid, tried, best[name][0])
+      if following is not None and len(tried) - len(set(grid)) < configs[name].lr_grid_extensions:
+        logging.info('%s: learning rate %g is on the edge of %s; trying %g.', name, best[name][0], tried, following)
+        todo[name] = [following]
+  return {name: (best[name][1], _choice(scores[name], best[name][0], configs[name], best[name][1]), seconds[name])
+          for name in configs}
+
+
+def _trial(config: ml_collections.ConfigDict, point_dir: str, lr: float | None) -> Trial:
+  if lr is None:
+    return config, point_dir, None
+  return (apply_overrides(config, {'optimizer.learning_rate': lr, 'lr_grid': ()}), os.path.join(point_dir, _lr_dir(lr)),
+          lr)
+
+
+def _better(score: float, lr: float, current: tuple[float, train.TrainResult] | None, key: str, sign: int) -> bool:
+  """Whether ``score`` (signed: higher is better) at ``lr`` beats the current pick; a tie goes to the lower rate."""
+  if current is None:
+    return True
+  other = sign * current[1].metrics[key]
+  return score > other or (score == other and lr < current[0])
+
+
+def _choice(scores: dict[float, float | None], picked: float | None, config: ml_collections.ConfigDict,
+            trained: train.TrainResult) -> dict[str, Any]:
+  """What a point's result.json says of its learning-rate pick ({} without a grid)."""
+  if picked is None:
+    return {}
+  key, _ = trained.run.head.selection()
+  grid = sorted(scores)
+  return {'picked_lr': picked, 'lr_grid': grid, f'{key}_by_lr': [scores[lr] for lr in grid],
+          'picked_on_edge': len(grid) > 1 and picked in (grid[0], grid[-1]),
+          'lr_extensions': len(grid) - len(set(config.lr_grid))}
 
 
 def next_learning_rate(grid: Sequence[float], tried: Sequence[float], picked: float) -> float | None:
@@ -121,41 +249,6 @@ def next_learning_rate(grid: Sequence[float], tried: Sequence[float], picked: fl
   else:
     value = grid[0] / ratio ** (1 + sum(lr < grid[0] for lr in tried))
   return float(f'{value:.3g}')
-
-
-def pick_learning_rate(config: ml_collections.ConfigDict, point_dir: str, data_dir: str | None
-                       ) -> tuple[train.TrainResult, dict[str, Any]]:
-  """Trains ``config`` once per learning rate of ``config.lr_grid`` (in POINT_DIR/lr=<value>/) and picks the one
-  with the best validation metric. While the pick lies on the edge of the values tried, the next value beyond
-  that edge is trained too (``next_learning_rate``), up to ``config.lr_grid_extensions`` times, so that a pick
-  is interior or said to be still on the edge. A value whose loss becomes NaN/Inf counts as the worst.
-
-  Returns:
-    The pick's run and {'picked_lr', 'lr_grid' (every value tried, ascending), '<metric>_by_lr' (None where
-    the loss diverged), 'picked_on_edge', 'lr_extensions'}.
-  """
-  tried: dict[float, train.TrainResult | None] = {}
-  todo = sorted(set(config.lr_grid))
-  while True:
-    for lr in todo:
-      tried[lr] = _train_or_diverge(apply_overrides(config, {'optimizer.learning_rate': lr, 'lr_grid': ()}),
-                                    os.path.join(point_dir, _lr_dir(lr)), data_dir)
-    finished = {lr: t for lr, t in tried.items() if t is not None}
-    if not finished:
-      raise train.NonFiniteLoss(f'every learning rate of {sorted(tried)} diverged; lower --config.lr_grid')
-    key, sign = next(iter(finished.values())).run.head.selection()
-    picked = max(sorted(finished), key=lambda lr: sign * finished[lr].metrics[key])
-    extensions = len(tried) - len(set(config.lr_grid))
-    following = next_learning_rate(config.lr_grid, list(tried), picked)
-    if following is None or extensions >= config.lr_grid_extensions:
-      break
-    logging.info('Learning rate %g is on the edge of %s; trying %g.', picked, sorted(tried), following)
-    todo = [following]
-  grid = sorted(tried)
-  by_lr = [tried[lr].metrics[key] if tried[lr] else None for lr in grid]
-  return finished[picked], {'picked_lr': picked, 'lr_grid': grid, f'{key}_by_lr': by_lr,
-                            'picked_on_edge': len(grid) > 1 and picked in (grid[0], grid[-1]),
-                            'lr_extensions': extensions}
 
 
 def _train_or_diverge(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None
@@ -250,9 +343,9 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
   if overwrite and not report_only:
     workdirs.move_aside(workdir)
   if not report_only:
-    for i, point in enumerate(points):
-      if sweep_index is None or i == sweep_index:
-        run_point(configs[point.name], point, workdir, data_dir)
+    todo = [p for i, p in enumerate(points) if sweep_index is None or i == sweep_index]
+    for group in dict.fromkeys(p.group for p in todo):
+      run_points(configs, [p for p in todo if p.group == group], workdir, data_dir)
   if sweep_index is None and jax.process_index() == 0:
     done = [p for p in points if os.path.exists(os.path.join(workdir, p.name, RESULT_FILE))]
     if not done:

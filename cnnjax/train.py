@@ -42,7 +42,7 @@ from cnnjax import (
   workdirs,
   writers,
 )
-from cnnjax.config import largest_divisor, validate_run
+from cnnjax.config import apply_overrides, largest_divisor, validate_run
 from cnnjax.errors import ConfigError
 
 if TYPE_CHECKING:  # the host pipeline's modules (TensorFlow) are imported only when a run uses it
@@ -120,6 +120,22 @@ def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platfo
   return size, {'on': True, 'off': False}.get(config.cpu_speedups, platform == 'cpu')
 
 
+# PRNGs whose draws under jax.vmap equal the draws of each key alone (rbg's batching rule draws every key's bits
+# from the first key), so that a population's member equals its solo run.
+VMAP_INVARIANT_RNGS = ('threefry2x32',)
+
+
+def population_on(config: ml_collections.ConfigDict, platform: str) -> bool:
+  """Whether a sweep trains a point's runs as one population (``train_population``) on ``platform``:
+  ``--config.population``, with auto = on for GPU/TPU where the runs can be (threefry2x32, the device pipeline,
+  the last weights tested), off on CPU, where vmapped convolutions run slower per member than one run's
+  (benchmarks/population.py)."""
+  if config.population != 'auto':
+    return config.population == 'on'
+  return (platform != 'cpu' and config.rng_impl in VMAP_INVARIANT_RNGS and config.data.pipeline != 'host'
+          and config.test_checkpoint == 'last')
+
+
 AUTO_STEPS_PER_DISPATCH = 10  # steps_per_dispatch=auto with the device pipeline (measured: docs/data.md)
 
 
@@ -152,6 +168,26 @@ def _chunk(step: int, most: int, config: ml_collections.ConfigDict) -> int:
 # A run's set-up.
 
 @dataclasses.dataclass(frozen=True)
+class Population:
+  """Runs that train as one program (``--config.population``): configs that differ only in seed and peak
+  learning rate, and the workdirs where each member leaves what a solo run of its config leaves (config.json,
+  metrics.jsonl, TensorBoard events and the final checkpoint)."""
+  configs: tuple[ml_collections.ConfigDict, ...]
+  workdirs: tuple[str, ...]
+
+  def check(self) -> None:
+    """Raises ConfigError unless the members differ in seed and learning rate only, one workdir each."""
+    first = self.configs[0]
+    for config in self.configs[1:]:
+      same = apply_overrides(config, {'seed': first.seed, 'optimizer.learning_rate': first.optimizer.learning_rate})
+      if same != first:
+        raise ConfigError('a population\'s members must differ in seed and learning rate only; train the others '
+                          'with --config.population=off')
+    if len(set(self.workdirs)) != len(self.configs):
+      raise ConfigError('a population needs one workdir per member')
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
   """Everything a run of ``config`` is made of, built once by ``setup``.
 
@@ -177,6 +213,8 @@ class Run:
     num_examples: TFDS split name -> examples.
     steps_per_dispatch: the most training steps one call runs (``steps_per_dispatch``).
     step_fn: the unmapped train step, which ``train_steps`` runs several times per call.
+    population: the members trained together (``Population``); None for a solo run. The steps then take and
+      return every member's state stacked on a leading axis, and ``step_rng`` gives each member's keys.
   """
   config: ml_collections.ConfigDict
   spec: data.DatasetSpec
@@ -196,6 +234,7 @@ class Run:
   num_examples: dict[str, int] = dataclasses.field(default_factory=dict)
   steps_per_dispatch: int = 1
   step_fn: Callable | None = None
+  population: Population | None = None
   _multi: dict[int, Callable] = dataclasses.field(default_factory=dict, compare=False, repr=False)
   _placed: dict[str, PyTree] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -207,7 +246,28 @@ class Run:
 
   def keys(self) -> tuple[jax.Array, jax.Array]:
     """(init key, dropout key), split from the run's one root key ``config.seed``."""
-    return tuple(jax.random.split(jax.random.key(self.config.seed, impl=self.config.rng_impl)))
+    return root_keys(self.config)
+
+  def initial_state(self) -> TrainState:
+    """The run's fresh state in the checkpoint layout: ``init_state`` of its init key; for a population, the
+    members' states stacked on a leading axis, each with its own seed's weights and its own learning rate."""
+    if self.population is None:
+      return self.init_state(self.keys()[0])
+    states = []
+    for config in self.population.configs:  # the model and optimizer are the members' own
+      state = jax.tree.map(parallel.local_value, self.init_state(root_keys(config)[0]))
+      states.append(state.replace(opt_state=optim.with_learning_rate(state.opt_state,
+                                                                     config.optimizer.learning_rate)))
+    return self.backend.replicated(jax.tree.map(lambda *xs: np.stack(xs), *states))
+
+  def step_rng(self) -> PyTree:
+    """What the train steps take as ``rng``: the dropout key (``keys``); for a population, per member (stacked)
+    its seed, its data key and its dropout key, the keys a solo run of that seed uses."""
+    if self.population is None:
+      return self.keys()[1]
+    configs = self.population.configs
+    return {'seed': np.array([c.seed for c in configs], np.uint32), 'data': jnp.stack([data_key(c) for c in configs]),
+            'dropout': jnp.stack([root_keys(c)[1] for c in configs])}
 
   def init_state(self, rng: jax.Array) -> TrainState:
     """Fresh parameters and optimizer state, replicated over all devices (the checkpoint layout); place it
@@ -275,7 +335,8 @@ class Run:
     return batches, lambda state, batch: self.eval_step(state, self.placed(which), batch)
 
 
-def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepare: bool = True) -> Run:
+def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepare: bool = True,
+          population: Population | None = None) -> Run:
   """Validates ``config`` and builds its run (nothing is compiled and nothing is written to a workdir).
 
   Args:
@@ -283,6 +344,8 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
     data_dir: the TFDS data directory (None: tfds's default).
     prepare: prepare the data (generate or download it into data_dir). False: only the dataset's features
       are read, e.g. for synthetic batches or the analysis.
+    population: train these members as one program (their configs are ``config`` but for seed and learning
+      rate); it needs the device pipeline, whose batches each member makes from its own seed.
 
   Raises:
     ConfigError naming the flag for a config that cannot train; DataError for data that cannot be had or is
@@ -318,19 +381,33 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
     data.check_host_pipeline(config.data)
   if pipeline == 'host' and builder is None:  # auto chose the host pipeline for arrays too large for the device
     builder = data.prepare(config.data, data_dir)
+  if population is not None:
+    population.check()
+    if config.rng_impl not in VMAP_INVARIANT_RNGS:
+      raise ConfigError(f'--config.population=on needs random numbers that are the same for a member as for its solo '
+                        f'run, which --config.rng_impl={config.rng_impl} does not give under vmap (every member '
+                        'would draw from the first member\'s key): set --config.rng_impl=threefry2x32, or '
+                        '--config.population=off')
+    if pipeline != 'device' or config.test_checkpoint != 'last':
+      raise ConfigError('--config.population=on trains members on the device pipeline and tests their last '
+                        f'weights; --config.data.pipeline={config.data.pipeline} chose {pipeline} and '
+                        f'--config.test_checkpoint={config.test_checkpoint}: set --config.population=off')
   host_arrays = None
   if pipeline == 'device':
     found = found or arrays.write(builder, directory)
-    host_arrays, step, evaluation = _device_pipeline(config, spec, directory, found, head, step, evaluation)
+    host_arrays, step, evaluation = _device_pipeline(config, spec, directory, found, head, step, evaluation,
+                                                     population is not None)
   device = pipeline == 'device'
   return Run(config, spec, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
              backend.map_train_step(step, device), backend.map_eval_step(evaluation, device), microbatch_size,
-             cpu_speedups, pipeline, host_arrays, num_examples, num_steps, step)
+             cpu_speedups, pipeline, host_arrays, num_examples, num_steps, step, population)
 
 
 def _device_pipeline(config: ml_collections.ConfigDict, spec: data.DatasetSpec, directory: str, found: arrays.Info,
-                     head: heads.Head, step: Callable, evaluation: Callable) -> tuple[dict, Callable, Callable]:
-  """The device pipeline's host arrays and the train and eval steps that make their own batches from them."""
+                     head: heads.Head, step: Callable, evaluation: Callable, population: bool = False
+                     ) -> tuple[dict, Callable, Callable]:
+  """The device pipeline's host arrays and the train and eval steps that make their own batches from them (for a
+  population, the steps of every member, each making its batches from its own seed)."""
   target = head.target_array(found.features, config.data)
   host = {}
   for name, split in (('train', spec.train_split), ('test', spec.test_split)):
@@ -342,22 +419,52 @@ def _device_pipeline(config: ml_collections.ConfigDict, spec: data.DatasetSpec, 
   preprocess = device_pipeline.Preprocess(spec.mean, spec.std)
   augment = dataclasses.replace(preprocess, flip=d.augment_flip, crop_padding=d.crop_padding * d.augment_crop,
                                 random_erasing=d.random_erasing)
-  data_key = jax.random.fold_in(jax.random.key(config.seed, impl=config.rng_impl), DATA_KEY)
-  make_batch = functools.partial(
+  batches = functools.partial(  # (data, step, device, seed=, key=) -> batch
       device_pipeline.train_batch, num_train=n_train, batch_size=config.batch_size,
-      per_device=config.batch_size // jax.device_count(), seed=config.seed, key=data_key, preprocess=augment)
-  return (host, functools.partial(device_train_step, step=step, make_batch=make_batch),
-          functools.partial(device_eval_step, evaluation=evaluation,
-                            make_batch=functools.partial(device_pipeline.eval_batch, preprocess=preprocess)))
+      per_device=config.batch_size // jax.device_count(), preprocess=augment)
+  evaluate = functools.partial(device_eval_step, evaluation=evaluation,
+                               make_batch=functools.partial(device_pipeline.eval_batch, preprocess=preprocess))
+  if population:
+    return (host, functools.partial(population_train_step, step=step, batches=batches),
+            functools.partial(population_eval_step, evaluation=evaluate))
+  make_batch = functools.partial(batches, seed=config.seed, key=data_key(config))
+  return host, functools.partial(device_train_step, step=step, make_batch=make_batch), evaluate
 
 
 DATA_KEY = 0xDA7A  # folded into the root key for the device pipeline's augmentation
+
+
+def root_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+  """(init key, dropout key), split from one root key, ``config.seed``."""
+  return tuple(jax.random.split(jax.random.key(config.seed, impl=config.rng_impl)))
+
+
+def data_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The device pipeline's augmentation key of ``config.seed``."""
+  return jax.random.fold_in(jax.random.key(config.seed, impl=config.rng_impl), DATA_KEY)
 
 
 def device_train_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: Callable, make_batch: Callable
                       ) -> tuple[TrainState, Metrics]:
   """``step`` on the batch that ``make_batch`` makes from the device's ``data`` for this step and device."""
   return step(state, make_batch(data, state.step, jax.lax.axis_index(parallel.AXIS)), rng)
+
+
+def population_train_step(state: TrainState, data: PyTree, members: PyTree, *, step: Callable, batches: Callable
+                          ) -> tuple[TrainState, Metrics]:
+  """``device_train_step`` of every member (``jax.vmap`` over the leading axis of ``state`` and ``members``),
+  each on the batches of its own seed and data key, with its own dropout key; the metrics gain a trailing
+  member axis."""
+  def member(state, keys):
+    make_batch = functools.partial(batches, seed=keys['seed'], key=keys['data'])
+    return device_train_step(state, data, keys['dropout'], step=step, make_batch=make_batch)
+  state, metrics = jax.vmap(member)(state, members)
+  return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), metrics)
+
+
+def population_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluation: Callable) -> Metrics:
+  """``evaluation`` of every member's state on the same batch; each metric sum becomes a vector over members."""
+  return jax.vmap(lambda s: evaluation(s, data, batch))(state)
 
 
 def multi_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: Callable, num_steps: int
@@ -469,15 +576,17 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Hea
   return jax.lax.psum({**sums, 'count': mask.sum()}, axis_name)
 
 
-def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], backend: parallel.Backend, prefix: str
-             ) -> dict[str, float]:
-  """Mean metrics over one pass of ``batches``, named '<prefix>_<metric>' ('val_accuracy', 'test_loss', ...).
+def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], backend: parallel.Backend, prefix: str,
+             members: int = 0) -> dict[str, float]:
+  """Mean metrics over one pass of ``batches``, named '<prefix>_<metric>' ('val_accuracy', 'test_loss', ...): floats,
+  or for a population of ``members`` a vector over them.
 
   Each step is waited for before the next is dispatched: independent steps in flight at once can starve
   the in-process collectives of many (fake) CPU devices sharing few cores.
   """
   sums = [jax.block_until_ready(eval_fn(state, backend.put_batch(b))) for b in batches]
-  totals = jax.tree.map(lambda *xs: sum(parallel.first(x) for x in xs), *sums)
+  read = functools.partial(parallel.per_member, members=members) if members else parallel.first
+  totals = jax.tree.map(lambda *xs: sum(read(x) for x in xs), *sums)
   count = totals.pop('count')
   return {f'{prefix}_{k}': v / count for k, v in totals.items()}
 
@@ -527,39 +636,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     skip_nonfinite); workdirs.Preempted after saving a checkpoint on SIGTERM/SIGINT.
   """
   run = setup(config, data_dir)  # validates, then prepares and checks the data; writes nothing to the workdir
+  return _in_workdir(run, workdir, overwrite)
+
+
+def train_population(configs: list[ml_collections.ConfigDict], member_workdirs: list[str], workdir: str,
+                     data_dir: str | None = None) -> list[bool]:
+  """Trains the members ``configs`` (the same config but for seed and learning rate) as one program, each
+  member's state on a leading axis of one state (``Population``; ``population_train_step``), its checkpoints in
+  ``workdir``. Each member's workdir receives what a solo run of its config writes there while it trains
+  (config.json, metrics.jsonl, events) and, at the end, its final checkpoint, so that ``train_and_evaluate`` of
+  the member's config in its workdir resumes the finished run: it evaluates it and returns what a solo run
+  would. A member whose loss becomes NaN/Inf gets no final checkpoint (its solo run will say so).
+
+  Returns:
+    Per member, whether it finished (False: its loss diverged).
+
+  Raises:
+    What ``train_and_evaluate`` raises; ConfigError for members that differ in more than seed and learning rate.
+  """
+  population = Population(tuple(configs), tuple(workdirs.resolve(d) for d in member_workdirs))
+  run = setup(configs[0], data_dir, population=population)
+  return _in_workdir(run, workdir, False)
+
+
+def _in_workdir(run: Run, workdir: str, overwrite: bool) -> TrainResult | list[bool]:
+  """``_train_and_evaluate`` in ``workdir`` (a population's members' workdirs too), locked, with failed writes
+  turned into one line and SIGTERM/SIGINT into a checkpoint, after checking that the workdirs hold no other
+  config's run."""
   workdir = workdirs.resolve(workdir)  # a symbolic link is resolved once: the run stays in its target's tree
+  members = (list(zip(run.population.configs, run.population.workdirs, strict=True)) if run.population else [])
   with contextlib.ExitStack() as stack:
     checkpoint_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)  # what is intact: asked when a write fails
     stack.enter_context(files.storage_errors('writing the run', lambda: checkpointing.intact(checkpoint_dir)))
-    if jax.process_index() == 0:  # in a multi-host run, process 0 holds the workdir
-      stack.enter_context(workdirs.WorkdirLock(workdir))
+    if jax.process_index() == 0:  # in a multi-host run, process 0 holds the workdirs
+      for directory in [workdir, *(d for _, d in members)]:
+        stack.enter_context(workdirs.WorkdirLock(directory))
     preemption = stack.enter_context(workdirs.PreemptionSignals())  # SIGTERM/SIGINT: save, then stop
-    workdirs.check(config, workdir, overwrite)
+    workdirs.check(run.config, workdir, overwrite)
+    for config, directory in members:
+      workdirs.check(config, directory, False)
     return _train_and_evaluate(run, workdir, preemption)
 
 
-def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionSignals) -> TrainResult:
+def _start_writer(run: Run, workdir: str, start_step: int) -> writers.MultiWriter | writers.MemberWriters:
+  """The run's writer from ``start_step`` on (a population's: one per member), after writing config.json and,
+  on a fresh start, the hyper-parameters, to each workdir."""
+  runs = (list(zip(run.population.configs, run.population.workdirs, strict=True)) if run.population
+          else [(run.config, workdir)])
+  members = []
+  for config, directory in runs:
+    members.append(writers.create_writer(directory, start_step))
+    if jax.process_index() == 0:
+      workdirs.write_config(config, directory)
+    if start_step == 0:
+      hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
+      members[-1].write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v)
+                                 for k, v in hparams.items()})
+  return writers.MemberWriters(members) if run.population else members[0]
+
+
+def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionSignals) -> TrainResult | list[bool]:
   config, backend = run.config, run.backend
-  init_rng, dropout_rng = run.keys()
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   best = (checkpointing.Checkpoints(workdir, checkpointing.BEST_CHECKPOINT_DIR, best=run.head.selection())
           if config.test_checkpoint == 'best_val' else None)
-  template = run.init_state(init_rng)
+  template = run.initial_state()
   state = checkpoints.restore_latest(template)
-  start_step = int(state.step)
+  start_step = int(parallel.local_value(state.step).reshape(-1)[0])  # a population's members share the step
   if start_step:
     logging.info('Resumed from %s at step %d.', workdir, start_step)
-  writer = writers.create_writer(workdir, start_step)
-  if jax.process_index() == 0:
-    workdirs.write_config(config, workdir)
-  if start_step == 0:
-    hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
-    writer.write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()})
+  writer = _start_writer(run, workdir, start_step)
   speedups = ['two-step bias', 'NHWC/HWIO conv gradients'] + (['two-step BatchNorm'] if config.model.norm == 'batch'
                                                                 else [])
-  logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s.', jax.default_backend(),
+  members = len(run.population.configs) if run.population else 0
+  logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s%s.', jax.default_backend(),
                jax.device_count(), run.microbatch_size or 'the whole batch',
-               f'on ({", ".join(speedups)})' if run.cpu_speedups else 'off')
+               f'on ({", ".join(speedups)})' if run.cpu_speedups else 'off',
+               f'; {members} members trained as one program' if members else '')
   image_shape = run.info.image_shape
   num_params = models.count_params(run.model, image_shape)
   widths = '-'.join(map(str, models.conv_features(config.model)))
@@ -572,16 +725,17 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   has_val = data.split_sizes(config.data, run.num_examples)[1] > 0
   periodic = 'val' if has_val else 'test'  # what the periodic evaluations (and any selection) see
   next_input, (eval_batches, eval_fn), test = run.step_inputs(start_step), run.evaluation(periodic), None
-  if periodic != 'test':
-    test = run.evaluation('test')  # built before training, evaluated once after it
+  if periodic != 'test' and not members:
+    test = run.evaluation('test')  # built before training, evaluated once after it (a member's: by its solo run)
   report_progress = writers.Progress(config.num_train_steps, config.log_every_steps, writer, start_step)
   pending: list[tuple[int, Metrics]] = []
   eval_metrics: dict[str, float] = {}
+  rng, diverged = run.step_rng(), set()
   try:
     step = start_step
     while step < config.num_train_steps:
       chunk = _chunk(step, run.steps_per_dispatch, config)
-      state, metrics = run.train_steps(chunk)(state, next_input(), dropout_rng)
+      state, metrics = run.train_steps(chunk)(state, next_input(), rng)
       step += chunk
       pending.append((step, metrics))
       if len(pending) > MAX_STEPS_IN_FLIGHT:  # bound the async queue without stalling the devices
@@ -590,10 +744,10 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
       last, stop = step == config.num_train_steps, preemption.requested is not None
       save = step % config.checkpoint_every_steps == 0 or last or stop
       if step % config.log_every_steps == 0 or save:  # train metrics are checked before any save
-        _write_train_metrics(writer, pending, config, checkpoints.latest_step())
+        _write_train_metrics(writer, pending, config, checkpoints.latest_step(), run.population, diverged)
         pending = []
       if step % config.eval_every_steps == 0 or last:
-        eval_metrics = evaluate(eval_fn, state, eval_batches, backend, periodic)
+        eval_metrics = evaluate(eval_fn, state, eval_batches, backend, periodic, members)
         writer.write_scalars(step, eval_metrics)
         if best is not None and step not in best.all_steps():  # orbax keeps the best of these only
           best.save(step, backend.to_checkpoint(state), metrics={k: float(v) for k, v in eval_metrics.items()})
@@ -601,6 +755,9 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
         checkpoints.save(step, backend.to_checkpoint(state))
       if stop:
         raise workdirs.Preempted(step, workdir)
+    if members:
+      _save_members(run, backend.to_checkpoint(state), diverged)
+      return [i not in diverged for i in range(members)]
     chosen = {}
     if best is not None:  # test the best weights by validation, not the last
       chosen = {'selected_step': best.best_step()}
@@ -629,26 +786,61 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   return TrainResult({**eval_metrics, 'num_params': num_params, **chosen}, variables, start_step, run)
 
 
+def _save_members(run: Run, state: TrainState, diverged: set[int]) -> None:
+  """Each finished member's state (``state`` in the checkpoint layout, members stacked) as the final checkpoint
+  in its own workdir, where its solo run will find it."""
+  for i, directory in enumerate(run.population.workdirs):
+    if i in diverged:
+      continue
+    member = run.backend.replicated(jax.tree.map(lambda x, i=i: parallel.local_value(x)[i], state))
+    saver = checkpointing.Checkpoints(directory, keep=run.config.keep_checkpoints)
+    try:
+      saver.save(run.config.num_train_steps, member)
+    finally:
+      saver.close()
+
+
 def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_collections.ConfigDict,
-                         last_checkpoint: int | None) -> None:
+                         last_checkpoint: int | None, population: Population | None = None,
+                         diverged: set[int] | None = None) -> None:
   """Writes the mean of the pending calls' metrics (one host sync); stops on a non-finite loss. ``pending`` holds
-  (last step, metrics) of each call, its metrics stacked over the call's steps when it ran several."""
+  (last step, metrics) of each call, its metrics stacked over the call's steps when it ran several, with a
+  trailing member axis for a ``population``, whose member with a non-finite loss is added to ``diverged`` and
+  written no more, instead of stopping the others."""
   local = jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), [m for _, m in pending]))  # one sync
-  rows, steps = [], []
-  for (last, _), m in zip(pending, local, strict=True):
-    values = {k: np.asarray(v).reshape(-1) for k, v in m.items()}  # this device's: one value per step
-    count = len(values['loss'])
-    rows += [{k: float(v[i]) for k, v in values.items()} for i in range(count)]
-    steps += range(last - count + 1, last + 1)
-  losses = np.array([r['loss'] for r in rows])
-  bad = ~np.isfinite(losses)
-  if bad.any() and not config.skip_nonfinite:
-    step = steps[int(bad.argmax())]
-    kept = (f'the last good checkpoint is step {last_checkpoint} (kept)' if last_checkpoint is not None
-            else 'no checkpoint was written yet')
-    raise NonFiniteLoss(f'the training loss is {losses[bad][0]} at step {step}; {kept}. Lower '
-                        '--config.optimizer.learning_rate, clip with '
-                        '--config.optimizer.grad_clip_norm, or skip such updates with --config.skip_nonfinite=True')
-  scalars = {f'train_{k}': np.mean([r[k] for r, b in zip(rows, bad, strict=True) if not b] or [np.nan])
-             for k in rows[0]}
-  writer.write_scalars(pending[-1][0], {**scalars, 'train_skipped_steps': int(bad.sum())} if bad.any() else scalars)
+  members = len(population.configs) if population else 0
+  losses_by_member = []
+  for member in range(max(members, 1)):
+    if diverged and member in diverged:
+      continue
+    rows, steps = [], []
+    for (last, _), m in zip(pending, local, strict=True):
+      values = {k: np.asarray(v).reshape(-1, max(members, 1))[:, member] for k, v in m.items()}  # one per step
+      count = len(values['loss'])
+      rows += [{k: float(v[i]) for k, v in values.items()} for i in range(count)]
+      steps += range(last - count + 1, last + 1)
+    losses = np.array([r['loss'] for r in rows])
+    bad = ~np.isfinite(losses)
+    if bad.any() and not config.skip_nonfinite:
+      step = steps[int(bad.argmax())]
+      if members:
+        member_config = population.configs[member]
+        logging.warning('Member %d (seed %d, learning rate %g): the training loss is %s at step %d; it trains on '
+                        'with the others but gets no final checkpoint.', member, member_config.seed,
+                        member_config.optimizer.learning_rate, losses[bad][0], step)
+        diverged.add(member)
+        writer.drop(member)
+        continue
+      kept = (f'the last good checkpoint is step {last_checkpoint} (kept)' if last_checkpoint is not None
+              else 'no checkpoint was written yet')
+      raise NonFiniteLoss(f'the training loss is {losses[bad][0]} at step {step}; {kept}. Lower '
+                          '--config.optimizer.learning_rate, clip with --config.optimizer.grad_clip_norm, or skip '
+                          'such updates with --config.skip_nonfinite=True')
+    scalars = {f'train_{k}': np.mean([r[k] for r, b in zip(rows, bad, strict=True) if not b] or [np.nan])
+               for k in rows[0]}
+    scalars = {**scalars, 'train_skipped_steps': int(bad.sum())} if bad.any() else scalars
+    (writer.member(member) if members else writer).write_scalars(pending[-1][0], scalars, log=not members)
+    losses_by_member.append(scalars['train_loss'])
+  if members and losses_by_member:
+    logging.info('[%d] %d members: train_loss=%.4g..%.4g', pending[-1][0], len(losses_by_member),
+                 min(losses_by_member), max(losses_by_member))

@@ -149,6 +149,35 @@ def create_writer(workdir: str, start_step: int = 0) -> MultiWriter:
                       JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step)])
 
 
+class MemberWriters(MultiWriter):
+  """The writers of a population's members (``create_writer`` of each member's workdir, without their log lines):
+  a scalar that is a vector over members goes to each member's writer element by element, a plain scalar to all;
+  the log gets one line per write with each metric's range over the members. A dropped member (one whose loss
+  diverged) gets nothing more."""
+
+  def __init__(self, writers: list[MultiWriter]):
+    self.writers, self.active = writers, list(range(len(writers)))
+
+  def drop(self, member: int) -> None:
+    """Writes nothing more to ``member``'s writer."""
+    self.active = [i for i in self.active if i != member]
+
+  def member(self, i: int) -> MultiWriter:
+    return self.writers[i]
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any], log: bool = True) -> None:
+    for i in self.active:
+      self.writers[i].write_scalars(step, {k: np.asarray(v)[i] if np.ndim(v) else v for k, v in scalars.items()},
+                                    log=False)
+    if log and self.active:
+      ranges = {k: np.asarray(v)[self.active] if np.ndim(v) else np.asarray([v]) for k, v in sorted(scalars.items())}
+      logging.info('[%d] %d members: %s', step, len(self.active), ', '.join(
+          f'{k}={r.min():.4g}' + (f'..{r.max():.4g}' if r.max() > r.min() else '') for k, r in ranges.items()))
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    del hparams  # each member's: ``member(i).write_hparams``
+
+
 def duration(seconds: float) -> str:
   """'45s', '3m 20s', '2h 05m'."""
   seconds = round(seconds)

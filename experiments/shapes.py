@@ -105,6 +105,11 @@ def get_config() -> ml_collections.ConfigDict:
   # call ends at every log, eval and checkpoint step). auto = several on the device pipeline (train.platform_choices),
   # else 1. 'auto' or an int >= 1.
   config.steps_per_dispatch = ml_collections.FieldReference('auto', field_type=object)
+  # Sweeps: train a point's seeds x learning rates as one program, each member's state on a leading axis of one
+  # state (jax.vmap; the device pipeline and rng_impl=threefry2x32, whose draws vmap leaves unchanged): each
+  # member equals its solo run to float32 rounding. auto = on for GPU/TPU with threefry2x32, off on CPU, where
+  # vmapped convolutions run slower per member (benchmarks/population.py) | on | off.
+  config.population = 'auto'
   config.num_train_steps = 1000
   config.log_every_steps = 50
   config.eval_every_steps = 250

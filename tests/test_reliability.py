@@ -303,7 +303,8 @@ VALID = {
     'model.stride': set(), 'model.variant': set(), 'num_train_steps': set(), 'optimizer.grad_clip_norm': {0, 0.5},
     'optimizer.learning_rate': {0.5}, 'optimizer.momentum': {0, 0.5}, 'optimizer.name': set(),
     'optimizer.nesterov': {True}, 'optimizer.schedule': set(), 'optimizer.warmup_steps': {0},
-    'optimizer.weight_decay': {0, 0.5}, 'parallel': set(), 'rng_impl': set(), 'seed': {0}, 'seeds': set(),
+    'optimizer.weight_decay': {0, 0.5}, 'parallel': set(), 'population': set(), 'rng_impl': set(), 'seed': {0},
+    'seeds': set(),
     'skip_nonfinite': {True}, 'steps_per_dispatch': set(), 'test_checkpoint': set(),
 }
 

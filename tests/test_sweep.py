@@ -1,5 +1,6 @@
 """Sweeps: expansion over seeds, --sweep_index, learning-rate grids, end to end on tiny configs."""
 
+import functools
 import json
 import os
 import types
@@ -149,8 +150,34 @@ def test_a_pick_on_the_grids_edge_extends_the_grid_up_to_the_limit(config, tmp_p
   calls = []
   monkeypatch.setattr(train, 'train_and_evaluate', _fake_training(accuracy_by_lr, calls))
   config.lr_grid, config.lr_grid_extensions = (1e-3, 3e-3, 1e-2), 2
-  result, choice = sweep.pick_learning_rate(config, str(tmp_path), None)
+  picks = sweep.pick_learning_rates({'p': config}, {'p': str(tmp_path)},
+                                    functools.partial(sweep._train_alone, data_dir=None))
+  result, choice, _ = picks['p']
   assert calls == trained and choice['picked_lr'] == picked and choice['picked_on_edge'] == on_edge
   assert choice['lr_grid'] == sorted(trained) and choice['lr_extensions'] == len(trained) - 3
   assert choice['val_accuracy_by_lr'] == [accuracy_by_lr[lr] for lr in sorted(trained)]
   assert result.metrics['val_accuracy'] == accuracy_by_lr[picked]
+
+
+def test_a_sweep_with_population_on_gives_the_runs_of_population_off(config, data_dir, tmp_path):
+  """2 seeds x a grid of 2 rates (+1 extension): the same picks, grids and per-run test accuracies whether each
+  round's runs train as one population or one by one; the populations' checkpoints are gone."""
+  config.data.pipeline, config.rng_impl = 'device', 'threefry2x32'
+  config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 20, 20, 10
+  config.seeds, config.lr_grid, config.lr_grid_extensions = 2, (1e-3, 3e-3), 1
+
+  def get_sweep():
+    return [{'model.pool': 'avg'}]
+
+  points = {}
+  for mode in ('off', 'on'):
+    config.population = mode
+    sweep.run(config, get_sweep, str(tmp_path / mode), data_dir)
+    points[mode] = json.loads((tmp_path / mode / 'results.json').read_text())['points']
+  assert [r['name'] for r in points['on']] == [r['name'] for r in points['off']]
+  assert any(r['lr_extensions'] for r in points['off'])
+  for on, off in zip(points['on'], points['off'], strict=True):
+    assert (on['picked_lr'], on['lr_grid']) == (off['picked_lr'], off['lr_grid'])
+    assert on['test_accuracy'] == pytest.approx(off['test_accuracy'], abs=2e-3)
+    assert on['val_accuracy_by_lr'] == pytest.approx(off['val_accuracy_by_lr'], abs=2e-3)
+  assert not os.listdir(tmp_path / 'on' / sweep.POPULATIONS_DIR)

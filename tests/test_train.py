@@ -313,3 +313,74 @@ def test_bfloat16_activations_with_float32_parameters(config, data_dir):
   cosine = f32 @ bf16 / np.linalg.norm(f32) / np.linalg.norm(bf16)
   assert np.linalg.norm(f32) > 0 and cosine > 0.95, cosine
   assert abs(np.linalg.norm(bf16) / np.linalg.norm(f32) - 1) < 0.1
+
+
+def _members(config, pairs):
+  return [apply_overrides(config, {'seed': seed, 'optimizer.learning_rate': lr}) for seed, lr in pairs]
+
+
+@pytest.mark.parametrize('norm,dropout', [('none', 0.0), ('batch', 0.3)])
+def test_each_population_member_equals_the_solo_run_of_its_seed_and_learning_rate(config, data_dir, tmp_path, norm,
+                                                                                   dropout):
+  """Two members (two seeds, two learning rates) trained as one program on 8 devices, 50 steps with flips
+  and crops: each member's final state, periodic metrics and test metrics equal its solo run's to float32
+  rounding (vmap batches the convolutions, which changes the order of some sums)."""
+  config.data.pipeline, config.data.augment_flip, config.data.augment_crop = 'device', True, True
+  config.model.norm, config.model.dropout, config.microbatch_size = norm, dropout, 0
+  config.rng_impl = 'threefry2x32'  # rbg draws differently under vmap: refused (tested below)
+  config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 50, 50, 25
+  members = _members(config, [(0, 1e-3), (1, 3e-3)])
+  dirs = [str(tmp_path / f'member{i}') for i in range(2)]
+  assert train.train_population(members, dirs, str(tmp_path / 'population'), data_dir) == [True, True]
+  for i, (member, directory) in enumerate(zip(members, dirs, strict=True)):
+    solo = train.train_and_evaluate(member, str(tmp_path / f'solo{i}'), data_dir)
+    resumed = train.train_and_evaluate(member, directory, data_dir)  # finds its final checkpoint: evaluates it
+    assert resumed.start_step == 50
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-4, atol=2e-6), resumed.variables,
+                 solo.variables)
+    for key, value in solo.metrics.items():
+      assert resumed.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+    rows, solo_rows = _read_metrics(directory), _read_metrics(str(tmp_path / f'solo{i}'))
+    assert [sorted(r) for r in rows] == [sorted(r) for r in solo_rows]  # the same rows, as a solo run writes them
+    for row, solo_row in zip(rows, solo_rows, strict=True):
+      for key in set(row) - {'steps_per_sec'}:
+        assert row[key] == pytest.approx(solo_row[key], rel=1e-4, abs=1e-4), (row['step'], key)
+
+
+def test_a_population_resumes_exactly_and_a_diverged_member_leaves_the_others_training(config, data_dir, tmp_path):
+  """As if killed after the population's checkpoint of step 10: the relaunch resumes there and ends with the
+  same final checkpoints, bit for bit. The member whose loss overflows is reported, and gets no final checkpoint."""
+  config.data.pipeline, config.rng_impl = 'device', 'threefry2x32'
+  config.optimizer.name, config.optimizer.schedule, config.optimizer.grad_clip_norm = 'sgd', 'constant', 0.0
+  members = _members(config, [(0, 0.01), (1, 0.03), (0, 1e30)])
+  full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+  dirs = [str(full / f'member{i}') for i in range(3)]
+  assert train.train_population(members, dirs, str(full / 'population'), data_dir) == [True, True, False]
+  assert not os.path.exists(os.path.join(dirs[2], 'checkpoints'))
+  shutil.copytree(full, resumed)
+  shutil.rmtree(resumed / 'population' / 'checkpoints' / '20')
+  for i in range(3):
+    shutil.rmtree(resumed / f'member{i}' / 'checkpoints', ignore_errors=True)
+  again = [str(resumed / f'member{i}') for i in range(3)]
+  assert train.train_population(members, again, str(resumed / 'population'), data_dir) == [True, True, False]
+  for i in range(2):
+    jax.tree.map(np.testing.assert_array_equal, _checkpoint(again[i], 20), _checkpoint(dirs[i], 20))
+  def values(rows):
+    return [{k: v for k, v in r.items() if k not in ('time', 'steps_per_sec')} for r in rows]
+  assert values(_read_metrics(again[0])) == values(_read_metrics(dirs[0]))
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'rng_impl': 'rbg'}, '--config.population=on needs random numbers that are the same for a member'),
+    ({'data.pipeline': 'host'}, '--config.population=on trains members on the device pipeline'),
+    ({'model.stride': 2}, "a population's members must differ in seed and learning rate only"),
+])
+def test_populations_that_cannot_equal_their_solo_runs_are_refused(config, data_dir, tmp_path, overrides, message):
+  config.data.pipeline, config.rng_impl = 'device', 'threefry2x32'
+  members = _members(config, [(0, 1e-3), (1, 1e-3)])
+  members[-1] = apply_overrides(members[-1], overrides)
+  if 'model.stride' not in overrides:
+    members[0] = apply_overrides(members[0], overrides)
+  with pytest.raises(ConfigError, match=message):
+    train.train_population(members, [str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'p'), data_dir)
+  assert not os.listdir(tmp_path)
