@@ -3,8 +3,8 @@ members (``train.Population``: each member's state on a leading axis, ``jax.vmap
 alternating window by window; medians, and ratios to the run alone. ``--config.population=auto`` is on where a
 population trains more member-images/s than runs one by one (measured here: not on CPU; docs/performance.md).
 
-  python benchmarks/population.py --out=results/population/cpu.json     # the pooling sweep's model, fashion_mnist
-  python benchmarks/population.py --experiment=pooling --config.data.name=shapes --sizes=1,3 --windows=1
+  python benchmarks/population.py --config.data.name=fashion_mnist --out=results/population/cpu.json
+  python benchmarks/population.py --sizes=1,3 --windows=1       # the pooling sweep's model on shapes, quickly
 
 Writes a JSON stamped with the command, commit, machine and versions (cnnjax/stamp.py).
 """
