@@ -11,6 +11,8 @@ under 8 minutes on one GPU, it measures and prints one JSON, written to results/
               channels_last, torch.compile, data on the GPU), float32 and bfloat16, on the `mnist` and
               `fashion_mnist` models at batch 128, 512 and 2048; model FLOP/s against the card's peak (MFU) and
               against a matmul measured beside the arms; compile seconds of each arm;
+  population  member-images/s of the pooling sweep's model alone and in populations of 1, 3, 9 and 27 members
+              (one vmapped program: what --config.population=auto decides by; docs/performance.md);
   race        seconds to 0.92 Fashion-MNIST test accuracy: cnnjax's fashion_mnist recipe as a run (device
               pipeline, checkpoints and logs) against the same recipe in PyTorch with its data on the GPU.
 
@@ -50,7 +52,8 @@ from cnnjax.config import apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_bool('smoke', False, 'Every section at toy sizes on the digits data (seconds on a CPU).')
-flags.DEFINE_list('sections', ['tests', 'agreement', 'throughput', 'race'], 'Sections to run, in this order.')
+SECTIONS = ('tests', 'agreement', 'throughput', 'population', 'race')
+flags.DEFINE_list('sections', list(SECTIONS), 'Sections to run, in this order.')
 flags.DEFINE_string('data_dir', None, 'The data directory holding cnnjax_arrays/ (TFDS\'s default if unset).')
 flags.DEFINE_string('out', None, 'Where the JSON goes (default results/accelerator/<card>.json; none with --smoke).')
 flags.DEFINE_string('prepare_carry', None, 'Write the data the device machine needs to DIR/data and stop.')
@@ -68,11 +71,11 @@ def sizes() -> dict:
   """What each section runs: full, or toy sizes under --smoke."""
   if FLAGS.smoke:
     return {'data': 'digits', 'models': ('mnist',), 'batches': (16,), 'windows': 2, 'window_s': 0.1,
-            'torch_arms': ('torch_eager',), 'steps': 4, 'epochs': 1, 'target': 0.5,
+            'torch_arms': ('torch_eager',), 'steps': 4, 'epochs': 1, 'target': 0.5, 'population': [2],
             'tests': ['tests/test_ops.py', '-k', 'max_pool_gradient']}
   return {'data': DATA, 'models': ('mnist', 'fashion_mnist'), 'batches': (128, 512, 2048), 'windows': 5,
           'window_s': 0.5, 'torch_arms': ('torch_eager', 'torch_channels_last', 'torch_compile'), 'steps': 20,
-          'epochs': 4, 'target': 0.92,
+          'epochs': 4, 'target': 0.92, 'population': [1, 3, 9, 27],
           'tests': ['tests/test_ops.py', 'tests/test_models.py', 'tests/test_device_pipeline.py',
                     'tests/test_train.py']}
 
@@ -206,6 +209,15 @@ def throughput(peak: dict | None) -> dict:
           'matmul_tflops': {d: round(statistics.median(matmul[d]), 1) for d in DTYPES}}
 
 
+def population() -> dict:
+  """Member-images/s alone and in populations (``timing.population_rates``) of the pooling sweep's model."""
+  from timing import population_rates
+  s = sizes()
+  config = config_of('pooling', **{'data.name': s['data'], 'rng_impl': 'threefry2x32'})
+  return {'experiment': 'pooling', 'dataset': s['data'], 'batch_size': config.batch_size,
+          **population_rates(config, s['population'], FLAGS.data_dir, s['windows'])}
+
+
 def race() -> dict:
   """Seconds to the target test accuracy, cnnjax's run against the PyTorch mirror with its data on the device."""
   from racing import normalised, race_config, run_cnnjax, run_torch, summarize
@@ -250,15 +262,16 @@ def main(argv):
   if FLAGS.prepare_carry:
     prepare_carry(FLAGS.prepare_carry)
     return
-  unknown = set(FLAGS.sections) - {'tests', 'agreement', 'throughput', 'race'}
+  unknown = set(FLAGS.sections) - set(SECTIONS)
   if unknown:
-    raise app.UsageError(f'--sections: {sorted(unknown)} unknown; choose from tests, agreement, throughput, race')
+    raise app.UsageError(f'--sections: {sorted(unknown)} unknown; choose from {", ".join(SECTIONS)}')
   from cnnjax import stamp
   name, peak = card()
   result = {**stamp.stamp(), 'card': name, 'peak_tflops': peak, 'torch': torch_version(), 'smoke': FLAGS.smoke,
             'sections': {}}
   start = time.perf_counter()
-  sections = {'tests': run_tests, 'agreement': agreement, 'throughput': lambda: throughput(peak), 'race': race}
+  sections = {'tests': run_tests, 'agreement': agreement, 'throughput': lambda: throughput(peak),
+              'population': population, 'race': race}
   for section in FLAGS.sections:
     began = time.perf_counter()
     try:  # one section's failure is a finding: the others still run; stdout is the JSON's alone

@@ -9,9 +9,7 @@ population trains more member-images/s than runs one by one (measured here: not 
 Writes a JSON stamped with the command, commit, machine and versions (cnnjax/stamp.py).
 """
 
-import functools
 import json
-import statistics
 
 from absl import app, flags
 
@@ -27,36 +25,15 @@ flags.DEFINE_string('out', None, 'Write the results here as JSON.')
 FLAGS = flags.FLAGS
 
 
-def _arm(config, members: int):
-  """(steps(n), steps per call) of the run alone (``members`` 0) or of a population, compiled and warmed up."""
-  from timing import cnnjax_steps
-
-  from cnnjax import train
-  population = None
-  if members:
-    configs = tuple(apply_overrides(config, {'seed': seed}) for seed in range(members))
-    population = train.Population(configs, tuple(f'member{i}' for i in range(members)))
-  steps, run = cnnjax_steps(config, FLAGS.data_dir, population=population)
-  steps(run.steps_per_dispatch)
-  return steps, run.steps_per_dispatch
-
-
 def main(argv):
   del argv
+  from timing import population_rates
+
   from cnnjax import stamp
   config = apply_overrides(FLAGS.config, {'data.pipeline': 'device', 'rng_impl': 'threefry2x32'})
-  sizes = [int(n) for n in FLAGS.sizes]
-  arms = {'alone': (*_arm(config, 0), 1), **{f'population of {n}': (*_arm(config, n), n) for n in sizes}}
-  from timing import alternating_seconds
-  seconds = alternating_seconds({name: functools.partial(steps, FLAGS.calls * per_call)
-                                 for name, (steps, per_call, _) in arms.items()}, FLAGS.windows)
-  images = {name: FLAGS.calls * per_call * members * config.batch_size / statistics.median(seconds[name])
-            for name, (_, per_call, members) in arms.items()}
+  rates = population_rates(config, [int(n) for n in FLAGS.sizes], FLAGS.data_dir, FLAGS.windows, FLAGS.calls)
   result = {**stamp.stamp(), 'experiment': FLAGS.experiment, 'dataset': config.data.name,
-            'batch_size': config.batch_size, 'rng_impl': config.rng_impl, 'windows': FLAGS.windows,
-            'member_images_per_second_median': {k: round(v) for k, v in images.items()},
-            'ratio_to_alone': {k: round(v / images['alone'], 3) for k, v in images.items()},
-            'window_seconds': {k: [round(x, 3) for x in v] for k, v in seconds.items()}}
+            'batch_size': config.batch_size, 'rng_impl': config.rng_impl, 'windows': FLAGS.windows, **rates}
   print(json.dumps(result, indent=1))
   stamp.write(FLAGS.out, result)
 

@@ -4,6 +4,7 @@ cnnjax's own train steps (``train.setup``'s) as a function of a step count. No f
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -92,3 +93,27 @@ def cnnjax_steps(config, data_dir: str | None, synthetic: bool = False, populati
       state[0], metrics = fn(state[0], next_input(), rng)
     jax.block_until_ready(metrics)
   return steps, run
+
+
+def population_rates(config, sizes: list[int], data_dir: str | None, windows: int, calls: int = 1) -> dict:
+  """Member-images/s of ``config``'s run alone and of populations of ``sizes`` members (seeds 0, 1, ...; each
+  arm ``calls`` calls of its steps per call per window, the arms alternating): medians, ratios to the run alone
+  and every window's seconds. ``config`` must allow populations (the device pipeline, threefry2x32 keys)."""
+  from cnnjax import train
+  from cnnjax.config import apply_overrides
+  arms = {}
+  for members in [0, *sizes]:
+    population = None
+    if members:
+      configs = tuple(apply_overrides(config, {'seed': seed}) for seed in range(members))
+      population = train.Population(configs, tuple(f'member{i}' for i in range(members)))
+    steps, run = cnnjax_steps(config, data_dir, population=population)
+    steps(run.steps_per_dispatch)  # compiled and warmed up
+    name = f'population of {members}' if members else 'alone'
+    arms[name] = (functools.partial(steps, calls * run.steps_per_dispatch),
+                  calls * run.steps_per_dispatch * max(members, 1) * config.batch_size)
+  seconds = alternating_seconds({name: call for name, (call, _) in arms.items()}, windows)
+  rates = {name: images / statistics.median(seconds[name]) for name, (_, images) in arms.items()}
+  return {'member_images_per_second_median': {k: round(v) for k, v in rates.items()},
+          'ratio_to_alone': {k: round(v / rates['alone'], 3) for k, v in rates.items()},
+          'window_seconds': {k: [round(x, 3) for x in v] for k, v in seconds.items()}}
