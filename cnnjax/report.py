@@ -275,8 +275,10 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   """Writes report.md, results.csv, results.json and the plots for the finished points; ``baseline`` names
   the point the others are compared with (default the first)."""
   rows = summarize(results)
+  comparisons, grids = significance_table(results, baseline), grid_table(results)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'points': list(results), 'summary': rows}, f, indent=1)
+    json.dump({'points': list(results), 'summary': rows, 'comparisons': comparisons, 'learning_rates': grids}, f,
+              indent=1)
   _write_csv(os.path.join(workdir, 'results.csv'), results)
   metric = main_metric(results)
   bars = _error_bars(results, metric)
@@ -287,7 +289,7 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
     f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
             'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
             f'per image (closed form); steps/s is the median over the run.\n\n{markdown_table(rows)}\n\n')
-    for section in (significance_table(results, baseline), grid_table(results), invariance_table(results)):
+    for section in (comparisons, grids, invariance_table(results)):
       f.write(f'{section}\n\n' if section else '')
     f.writelines(f'![{p}]({p})\n\n' for p in plots if p)
 

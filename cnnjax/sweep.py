@@ -406,8 +406,10 @@ def check_out(path: str) -> None:
 def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResult, workdir: str,
               seconds: float) -> None:
   """Writes what a finished experiment measured to ``path`` as JSON, stamped (``stamp.stamp``) with the command,
-  commit, date, machine and versions: a single run's final metrics, or a sweep's summary rows (report.md's
-  table, from WORKDIR/results.json). So a number quoted from results/ names the command that regenerates it."""
+  commit, date, machine and versions: a single run's final metrics, or a sweep's summary rows, comparisons and
+  learning rates (report.md's tables, from WORKDIR/results.json) and the sum of its points' wall times (which
+  ``wall_seconds`` is not after --report_only). So a number quoted from results/ names the command that
+  regenerates it."""
   record = {**stamp.stamp(), 'experiment': experiment, 'workdir': workdirs.resolve(workdir),
             'wall_seconds': round(seconds, 1)}
   if isinstance(outcome, train.TrainResult):
@@ -415,7 +417,9 @@ def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResu
   else:
     summary = files.read_json(os.path.join(workdirs.resolve(workdir), 'results.json'),
                               're-run with --report_only to rebuild it')
-    record.update(points=len(outcome), summary=summary['summary'])
+    record.update(points=len(outcome), summary=summary['summary'], comparisons=summary.get('comparisons'),
+                  learning_rates=summary.get('learning_rates'),
+                  runs_wall_seconds=round(sum(r.get('wall_time_s', 0) for r in summary['points']), 1))
   with files.storage_errors(f'writing --out={path}', f'the run in {workdir} is intact', '--out'):
     files.write_json(path, record)
   logging.info('Results: %s', path)

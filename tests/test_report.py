@@ -33,7 +33,13 @@ def test_report_from_fake_finished_runs(tmp_path):
               'learning_curves.png', 'invariance.png'):
     assert (tmp_path / png).stat().st_size > 1000 and f'({png})' in text
   assert len((tmp_path / 'results.csv').read_text().splitlines()) == 5
-  assert len(json.loads((tmp_path / 'results.json').read_text())['summary']) == 2
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert len(written['summary']) == 2 and written['comparisons'] in text and written['learning_rates'] == ''
+  from cnnjax import sweep  # --out of a sweep: its summary and comparisons, and the runs' total wall time
+  sweep.write_out(str(tmp_path / 'out.json'), 'pooling', [None] * 4, str(tmp_path), 1.5)
+  out = json.loads((tmp_path / 'out.json').read_text())
+  assert (out['summary'], out['comparisons'], out['runs_wall_seconds']) == (written['summary'], written['comparisons'],
+                                                                            12.0)
 
 def test_welch_interval_and_p_value_against_the_formulas():
   """Welch's difference, Welch-Satterthwaite degrees of freedom, t interval and p-value, by hand."""
