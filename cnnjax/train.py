@@ -186,6 +186,10 @@ class Population:
     if len(set(self.workdirs)) != len(self.configs):
       raise ConfigError('a population needs one workdir per member')
 
+  def members(self) -> list[tuple[ml_collections.ConfigDict, str]]:
+    """(config, workdir) of each member."""
+    return list(zip(self.configs, self.workdirs, strict=True))
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -664,7 +668,7 @@ def _in_workdir(run: Run, workdir: str, overwrite: bool) -> TrainResult | list[b
   turned into one line and SIGTERM/SIGINT into a checkpoint, after checking that the workdirs hold no other
   config's run."""
   workdir = workdirs.resolve(workdir)  # a symbolic link is resolved once: the run stays in its target's tree
-  members = (list(zip(run.population.configs, run.population.workdirs, strict=True)) if run.population else [])
+  members = run.population.members() if run.population else []
   with contextlib.ExitStack() as stack:
     checkpoint_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)  # what is intact: asked when a write fails
     stack.enter_context(files.storage_errors('writing the run', lambda: checkpointing.intact(checkpoint_dir)))
@@ -681,8 +685,7 @@ def _in_workdir(run: Run, workdir: str, overwrite: bool) -> TrainResult | list[b
 def _start_writer(run: Run, workdir: str, start_step: int) -> writers.MultiWriter | writers.MemberWriters:
   """The run's writer from ``start_step`` on (a population's: one per member), after writing config.json and,
   on a fresh start, the hyper-parameters, to each workdir."""
-  runs = (list(zip(run.population.configs, run.population.workdirs, strict=True)) if run.population
-          else [(run.config, workdir)])
+  runs = run.population.members() if run.population else [(run.config, workdir)]
   members = []
   for config, directory in runs:
     members.append(writers.create_writer(directory, start_step))
