@@ -8,24 +8,32 @@ maps them over devices and places data:
 - ``shard_map``: ``jax.jit`` of ``jax.shard_map`` over a 1-D mesh of all devices; the state is replicated
   (``P()``) and a batch is one global array sharded on its first axis.
 
+A population (members stacked on a leading axis, ``train.Population``) always runs on ``PopulationBackend``: a
+``jax.jit`` of ``jax.shard_map`` over a 2-D mesh (``MEMBER_AXIS``, ``AXIS``), the members sharded over the first
+axis and each member's batch over the second.
+
 Checkpoints hold the state replicated over the mesh of all devices, whichever back-end wrote them.
 Placement uses ``jax.device_put`` with shardings and ``jax.make_array_from_process_local_data``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cnnjax.config import check_choice
 
 AXIS = 'batch'  # the data-parallel axis name used in every collective
+MEMBER_AXIS = 'member'  # a population's member axis (PopulationBackend); no collective runs over it
 BACKENDS = ('pmap', 'shard_map')
 
 PyTree = Any
@@ -76,10 +84,23 @@ def first(x: Any) -> float:
   return float(local_value(x).reshape(-1)[0])
 
 
+def gathered(x: Any) -> np.ndarray:
+  """The whole value of ``x`` on the host, whichever devices and processes hold its shards."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def per_member(x: Any, members: int) -> np.ndarray:
-  """A population's metric that every device holds, one value per member, as this process's first device has
-  it."""
-  return local_value(x).reshape(-1, members)[0].astype(np.float64)
+  """A population's metric, one value per member (``PopulationBackend``'s outputs lead with the members)."""
+  return gathered(x).reshape(members).astype(np.float64)
+
+
+def member_groups(members: int, devices: int) -> int:
+  """Over how many groups of devices ``PopulationBackend`` shards ``members``: gcd(members, devices), the most
+  that give every device the same number of members without padding; each group's devices split the batches of
+  its members. 1 (every device takes a share of every member's batch) where they share no factor."""
+  return math.gcd(members, devices)
 
 
 class Backend:
@@ -117,6 +138,12 @@ class Backend:
     """``step(state, batch)`` mapped over devices; with ``replicated_input``, ``step(state, data, batch)`` with
     ``put_replicated``'s data."""
     raise NotImplementedError
+
+  def eval_rows(self) -> tuple[int, int, int]:
+    """How the device pipeline's evaluation batches are split (``device_pipeline.eval_indices``): (shares per
+    batch, the first share this process places, how many it places)."""
+    local = jax.local_device_count()
+    return jax.device_count(), jax.process_index() * local, local
 
 
 class PmapBackend(Backend):
@@ -169,6 +196,56 @@ class ShardMapBackend(Backend):
   def map_eval_step(self, step, replicated_input=False):
     specs = (P(), P(), P(AXIS)) if replicated_input else (P(), P(AXIS))
     return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=specs, out_specs=P()))
+
+
+class PopulationBackend(Backend):
+  """A population's steps: ``jax.jit`` of ``jax.shard_map`` over a 2-D mesh (MEMBER_AXIS, AXIS) of all devices
+  (``member_groups`` rows). The members' stacked state, their keys and their metrics are sharded over
+  MEMBER_AXIS, so each device holds members / groups of them; each member's batch is split over the AXIS
+  devices of its row, whose collectives (gradient and metric means, BatchNorm statistics) stay in the row. A
+  member's batches are those of its solo run (the device pipeline's positions do not depend on the number of
+  devices); its dropout masks are those of a solo run on ``data_devices`` devices."""
+
+  def __init__(self, members: int):
+    super().__init__()
+    groups = member_groups(members, jax.device_count())
+    self.mesh = Mesh(np.array(jax.devices()).reshape(groups, -1), (MEMBER_AXIS, AXIS))
+    self.data_devices = self.mesh.shape[AXIS]
+    self.member_sharding = NamedSharding(self.mesh, P(MEMBER_AXIS))
+    self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
+
+  def to_checkpoint(self, state):
+    return jax.device_put(state, self.checkpoint_sharding)
+
+  def from_checkpoint(self, state):
+    return jax.device_put(state, self.member_sharding)
+
+  def put_batch(self, batch):
+    """Places a batch every process holds whole ([data_devices, per-device batch, ...]: ``eval_rows``)."""
+    def put(x):
+      x = np.asarray(x).reshape(-1, *x.shape[2:])
+      return jax.make_array_from_callback(x.shape, self.batch_sharding, lambda index: x[index])
+    return jax.tree.map(put, batch)
+
+  def put_replicated(self, tree):
+    return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+  def map_train_step(self, step, replicated_input=True):
+    """The population step ``(state, data, member keys)``; its metrics, whose member axis comes last (after
+    the steps of a multi-step call), are returned with it first."""
+    def members_first(state, data, keys):
+      state, metrics = step(state, data, keys)
+      return state, jax.tree.map(lambda x: jnp.moveaxis(x, -1, 0), metrics)
+    specs = (P(MEMBER_AXIS), P(), P(MEMBER_AXIS))
+    return jax.jit(jax.shard_map(members_first, mesh=self.mesh, in_specs=specs,
+                                 out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS))), donate_argnums=(0,))
+
+  def map_eval_step(self, step, replicated_input=True):
+    specs = (P(MEMBER_AXIS), P(), P(AXIS))
+    return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=specs, out_specs=P(MEMBER_AXIS)))
+
+  def eval_rows(self):
+    return self.data_devices, 0, self.data_devices
 
 
 def validate(name: str) -> None:

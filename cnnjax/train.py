@@ -333,9 +333,7 @@ class Run:
     n_train, n_val, _ = data.split_sizes(self.config.data, self.num_examples)
     which = 'test' if split == 'test' else 'train'
     start, count = (0, len(self.arrays['test']['target'])) if split == 'test' else (n_train, n_val)
-    local = jax.local_device_count()
-    batches = device_pipeline.eval_indices(start, count, self.config.eval_batch_size, jax.device_count(),
-                                           jax.process_index() * local, local)
+    batches = device_pipeline.eval_indices(start, count, self.config.eval_batch_size, *self.backend.eval_rows())
     return batches, lambda state, batch: self.eval_step(state, self.placed(which), batch)
 
 
@@ -372,8 +370,10 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   num_examples = found.num_examples if found else data.num_examples(builder)
   head.check(features, config.data)
   info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
-  backend = parallel.get_backend(config.parallel)
-  microbatch_size, cpu_speedups = platform_choices(config, jax.device_count(), jax.default_backend())
+  backend = (parallel.PopulationBackend(len(population.configs)) if population is not None
+             else parallel.get_backend(config.parallel))
+  data_devices = getattr(backend, 'data_devices', jax.device_count())  # the devices that split a batch
+  microbatch_size, cpu_speedups = platform_choices(config, data_devices, jax.default_backend())
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
   step = functools.partial(train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
                            label_smoothing=config.label_smoothing)
@@ -400,7 +400,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   if pipeline == 'device':
     found = found or arrays.write(builder, directory)
     host_arrays, step, evaluation = _device_pipeline(config, spec, directory, found, head, step, evaluation,
-                                                     population is not None)
+                                                     data_devices, population is not None)
   device = pipeline == 'device'
   return Run(config, spec, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
              backend.map_train_step(step, device), backend.map_eval_step(evaluation, device), microbatch_size,
@@ -408,10 +408,11 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
 
 
 def _device_pipeline(config: ml_collections.ConfigDict, spec: data.DatasetSpec, directory: str, found: arrays.Info,
-                     head: heads.Head, step: Callable, evaluation: Callable, population: bool = False
-                     ) -> tuple[dict, Callable, Callable]:
-  """The device pipeline's host arrays and the train and eval steps that make their own batches from them (for a
-  population, the steps of every member, each making its batches from its own seed)."""
+                     head: heads.Head, step: Callable, evaluation: Callable, data_devices: int,
+                     population: bool = False) -> tuple[dict, Callable, Callable]:
+  """The device pipeline's host arrays and the train and eval steps that make their own batches from them, each
+  step's batch split over ``data_devices`` (for a population, the steps of every member, each making its batches
+  from its own seed)."""
   target = head.target_array(found.features, config.data)
   host = {}
   for name, split in (('train', spec.train_split), ('test', spec.test_split)):
@@ -425,7 +426,7 @@ def _device_pipeline(config: ml_collections.ConfigDict, spec: data.DatasetSpec, 
                                 random_erasing=d.random_erasing)
   batches = functools.partial(  # (data, step, device, seed=, key=) -> batch
       device_pipeline.train_batch, num_train=n_train, batch_size=config.batch_size,
-      per_device=config.batch_size // jax.device_count(), preprocess=augment)
+      per_device=config.batch_size // data_devices, preprocess=augment)
   evaluate = functools.partial(device_eval_step, evaluation=evaluation,
                                make_batch=functools.partial(device_pipeline.eval_batch, preprocess=preprocess))
   if population:
@@ -715,7 +716,7 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s%s.', jax.default_backend(),
                jax.device_count(), run.microbatch_size or 'the whole batch',
                f'on ({", ".join(speedups)})' if run.cpu_speedups else 'off',
-               f'; {members} members trained as one program' if members else '')
+               f'; {members} members trained as one program, mesh {dict(backend.mesh.shape)}' if members else '')
   image_shape = run.info.image_shape
   num_params = models.count_params(run.model, image_shape)
   widths = '-'.join(map(str, models.conv_features(config.model)))
@@ -808,17 +809,19 @@ def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_
                          diverged: set[int] | None = None) -> None:
   """Writes the mean of the pending calls' metrics (one host sync); stops on a non-finite loss. ``pending`` holds
   (last step, metrics) of each call, its metrics stacked over the call's steps when it ran several, with a
-  trailing member axis for a ``population``, whose member with a non-finite loss is added to ``diverged`` and
-  written no more, instead of stopping the others."""
-  local = jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), [m for _, m in pending]))  # one sync
+  leading member axis for a ``population`` (``parallel.PopulationBackend``), whose member with a non-finite loss
+  is added to ``diverged`` and written no more, instead of stopping the others."""
   members = len(population.configs) if population else 0
+  metrics = [m for _, m in pending]
+  local = (jax.tree.map(parallel.gathered, metrics) if members  # every member's, whichever devices hold it
+           else jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), metrics)))  # one sync
   losses_by_member = []
   for member in range(max(members, 1)):
     if diverged and member in diverged:
       continue
     rows, steps = [], []
     for (last, _), m in zip(pending, local, strict=True):
-      values = {k: np.asarray(v).reshape(-1, max(members, 1))[:, member] for k, v in m.items()}  # one per step
+      values = {k: v.reshape(max(members, 1), -1)[member] for k, v in m.items()}  # one per step
       count = len(values['loss'])
       rows += [{k: float(v[i]) for k, v in values.items()} for i in range(count)]
       steps += range(last - count + 1, last + 1)

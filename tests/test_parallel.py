@@ -1,6 +1,7 @@
 """Meshes, placement and the back-ends' names, on the 8 fake CPU devices of conftest.py."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -24,3 +25,29 @@ def test_backends_by_name():
   assert isinstance(parallel.get_backend('shard_map'), parallel.ShardMapBackend)
   with pytest.raises(ConfigError, match="--config.parallel='xmap' is unknown"):
     parallel.get_backend('xmap')
+
+
+@pytest.mark.parametrize('members,groups', [(15, 1), (2, 2), (12, 4), (16, 8)])
+def test_a_population_is_sharded_over_the_most_device_groups_that_divide_its_members(members, groups):
+  backend = parallel.PopulationBackend(members)
+  assert dict(backend.mesh.shape) == {parallel.MEMBER_AXIS: groups, parallel.AXIS: 8 // groups}
+  state = backend.from_checkpoint(backend.replicated(np.arange(members * 3.0).reshape(members, 3)))
+  assert {s.data.shape for s in state.addressable_shards} == {(members // groups, 3)}
+  np.testing.assert_array_equal(parallel.gathered(backend.to_checkpoint(state)), np.arange(members * 3.0)
+                                .reshape(members, 3))
+
+
+def test_a_population_step_averages_over_the_devices_of_its_members_only():
+  """Four members on a 4 x 2 mesh: each device adds its share's index (0 or 1) to its member's value; the mean
+  over AXIS gives value + 0.5 per member, not a mix of members; metrics come back members first."""
+  backend = parallel.PopulationBackend(4)
+  def step(state, data, keys):
+    mean = jax.lax.pmean(state + jax.lax.axis_index(parallel.AXIS), parallel.AXIS)
+    return state + keys, {'value': jnp.stack([mean, mean + data], -1)[:, 0, :].T}  # [2 steps, members here]
+  state = backend.from_checkpoint(backend.replicated(np.array([[0.0], [10.0], [20.0], [30.0]])))
+  keys = jax.device_put(np.ones((4, 1)), backend.member_sharding)
+  state, metrics = backend.map_train_step(step)(state, backend.put_replicated(np.float32(100.0)), keys)
+  np.testing.assert_array_equal(parallel.gathered(state).ravel(), [1, 11, 21, 31])
+  np.testing.assert_array_equal(parallel.gathered(metrics['value']), [[0.5, 100.5], [10.5, 110.5], [20.5, 120.5],
+                                                                       [30.5, 130.5]])
+  assert parallel.per_member(metrics['value'][:, 0], 4).tolist() == [0.5, 10.5, 20.5, 30.5]
