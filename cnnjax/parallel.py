@@ -13,7 +13,8 @@ A population (members stacked on a leading axis, ``train.Population``) always ru
 axis and each member's batch over the second.
 
 Checkpoints hold the state replicated over the mesh of all devices, whichever back-end wrote them.
-Placement uses ``jax.device_put`` with shardings and ``jax.make_array_from_process_local_data``.
+Placement uses ``jax.device_put`` with shardings, ``jax.make_array_from_process_local_data`` and
+``jax.make_array_from_callback``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Backend:
 
   def __init__(self):
     self.checkpoint_sharding = NamedSharding(global_mesh(), P())
+    self.data_devices = jax.device_count()  # the devices that split one run's batch
 
   def replicated(self, tree: PyTree) -> PyTree:
     """This process's values of ``tree`` placed replicated over all devices (the checkpoint layout)."""

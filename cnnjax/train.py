@@ -372,8 +372,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
   backend = (parallel.PopulationBackend(len(population.configs)) if population is not None
              else parallel.get_backend(config.parallel))
-  data_devices = getattr(backend, 'data_devices', jax.device_count())  # the devices that split a batch
-  microbatch_size, cpu_speedups = platform_choices(config, data_devices, jax.default_backend())
+  microbatch_size, cpu_speedups = platform_choices(config, backend.data_devices, jax.default_backend())
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
   step = functools.partial(train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
                            label_smoothing=config.label_smoothing)
@@ -400,7 +399,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   if pipeline == 'device':
     found = found or arrays.write(builder, directory)
     host_arrays, step, evaluation = _device_pipeline(config, spec, directory, found, head, step, evaluation,
-                                                     data_devices, population is not None)
+                                                     backend.data_devices, population is not None)
   device = pipeline == 'device'
   return Run(config, spec, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
              backend.map_train_step(step, device), backend.map_eval_step(evaluation, device), microbatch_size,
