@@ -457,13 +457,12 @@ def device_train_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: 
 def population_train_step(state: TrainState, data: PyTree, members: PyTree, *, step: Callable, batches: Callable
                           ) -> tuple[TrainState, Metrics]:
   """``device_train_step`` of every member (``jax.vmap`` over the leading axis of ``state`` and ``members``),
-  each on the batches of its own seed and data key, with its own dropout key; the metrics gain a trailing
-  member axis."""
+  each on the batches of its own seed and data key, with its own dropout key; each scalar metric becomes a
+  vector over the members (stacked over steps by ``multi_step``: [steps, members])."""
   def member(state, keys):
     make_batch = functools.partial(batches, seed=keys['seed'], key=keys['data'])
     return device_train_step(state, data, keys['dropout'], step=step, make_batch=make_batch)
-  state, metrics = jax.vmap(member)(state, members)
-  return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), metrics)
+  return jax.vmap(member)(state, members)
 
 
 def population_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluation: Callable) -> Metrics:
