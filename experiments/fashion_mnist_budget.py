@@ -1,0 +1,33 @@
+r"""The training budget of the Fashion-MNIST studies (pooling, stride, parameter counts), chosen on validation.
+
+  python launch.py --experiment=fashion_mnist_budget --workdir=/tmp/cnnjax/fm_budget \
+      --out=results/experiments/fashion_mnist_budget.json
+
+The studies' shared baseline point (the `small` CNN with 2x2 max pooling, Adam 3e-3) trained for 16 epochs at a
+constant learning rate after warm-up, 3 seeds, validation accuracy after every epoch. The rule: the budget is the
+first epoch from which the seeds' mean validation accuracy gains less than 0.2 point per epoch over the next two
+epochs (report.md, Budget). A constant rate separates "still learning" from the late gain of a decaying schedule;
+the studies then train their cosine schedule over that many epochs.
+"""
+
+import ml_collections
+
+from experiments import _ablation, fashion_mnist
+
+EPOCH = fashion_mnist.EPOCH
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = _ablation.get_config()
+  config.data.name = 'fashion_mnist'
+  config.optimizer.schedule = 'warmup_constant'
+  config.seeds = 3
+  config.lr_grid = ()
+  config.num_train_steps = 16 * EPOCH
+  config.eval_every_steps = EPOCH
+  config.checkpoint_every_steps = EPOCH
+  return config
+
+
+def get_sweep() -> list[dict]:
+  return [{'name': 'baseline'}]
