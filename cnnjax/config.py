@@ -20,6 +20,7 @@ from cnnjax.errors import ConfigError
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups (XLA:CPU's faster forms) and config.population
 T = TypeVar('T')
+LR_PICKS = ('run', 'point')  # config.lr_pick: whose validation picks a sweep point's learning rate
 TEST_CHECKPOINTS = ('last', 'best_val')  # config.test_checkpoint: the weights the test split evaluates
 
 
@@ -156,6 +157,7 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
   check_str('baseline_point', config.baseline_point)
   check_int('analysis.invariance_shifts', config.analysis.invariance_shifts, 0)
   check_int('lr_grid_extensions', config.lr_grid_extensions, 0)
+  check_choice('lr_pick', config.lr_pick, LR_PICKS)
   grid = config.lr_grid
   if not isinstance(grid, tuple | list) or not all(is_number(lr) and lr > 0 for lr in grid):
     raise ConfigError(f'--config.lr_grid={grid!r}: every learning rate must be a finite number > 0, e.g. '

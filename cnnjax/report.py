@@ -133,6 +133,41 @@ def _interval_cell(low: float, high: float) -> str:
   return '–' if np.isnan(low) else f'[{low:+.4f}, {high:+.4f}]'
 
 
+def _tests(groups: dict[str, list[Result]], base: str, metric: str) -> tuple[dict[str, dict[str, Any]], bool]:
+  """Each point's ``compare`` with the baseline plus 'decided_by' (its Holm-adjusted p-value when more than one
+  point is tested, else its p-value) and 'verdict'; and whether more than one was tested."""
+  tests = {name: compare(g, groups[base], metric) for name, g in groups.items() if name != base}
+  adjusted = dict(zip(tests, holm([t['p'] for t in tests.values()]), strict=True))
+  family = sum(not np.isnan(t['p']) for t in tests.values()) > 1
+  for name, t in tests.items():
+    t['decided_by'] = p = adjusted[name] if family else t['p']
+    t['verdict'] = ('no test' if np.isnan(p) else 'no significant difference' if p >= 1 - CONFIDENCE else
+                    'significantly ' + ('higher' if t['diff'] > 0 else 'lower'))
+  return tests, family
+
+
+def conclusion(results: Sequence[Result], baseline: str = '') -> str:
+  """Two sentences: what the comparisons with the baseline show (each verdict with its difference and p-value)
+  and what they do not (differences within the widest interval's half-width, other settings); '' without a
+  comparison over 2+ seeds."""
+  metric, groups = main_metric(results), _group(results)
+  base = baseline or next(iter(groups))
+  if base not in groups or min(len(g) for g in groups.values()) < 2 or len(groups) < 2:
+    return ''
+  tests, family = _tests(groups, base, metric)
+  said = [f'{name}: {t["verdict"]} ({t["diff"]:+.4f}, {"Holm " * family}p {t["decided_by"]:.2g})'
+          for name, t in tests.items() if t['verdict'] != 'no test']
+  halves = [(t['high'] - t['low']) / 2 for t in tests.values() if not np.isnan(t['low'])]
+  if not said:
+    return ''
+  seeds = sorted({len(g) for g in groups.values()})
+  return (f'Conclusion. Shows: against {base}, on this data, budget and learning-rate rule, over '
+          f'{"-".join(map(str, sorted({seeds[0], seeds[-1]})))} seeds, '
+          + '; '.join(said) + f' in {metric}. Does not show: a difference smaller than about '
+          f'{max(halves):.4f} (the widest 95 % interval\'s half-width) where it says "no significant difference", '
+          'nor whether these differences hold on other datasets, budgets, widths or optimisers.')
+
+
 def significance_table(results: Sequence[Result], baseline: str = '') -> str:
   """Each point's main metric (mean, 95 % interval over seeds) and its difference from the baseline point's
   (``baseline``, default the first): paired by seed where the points share seeds, with t and bootstrap 95 %
@@ -149,9 +184,7 @@ def significance_table(results: Sequence[Result], baseline: str = '') -> str:
               + ' |' for name, g in groups.items()]
     return ('One seed per point: no intervals and no significance tests, so these differences may be noise '
             '(--config.seeds=5 repeats each point).\n\n' + '\n'.join(lines))
-  tests = {name: compare(g, groups[base], metric) for name, g in groups.items() if name != base}
-  adjusted = dict(zip(tests, holm([t['p'] for t in tests.values()]), strict=True))
-  family = sum(not np.isnan(t['p']) for t in tests.values()) > 1
+  tests, family = _tests(groups, base, metric)
   lines = [f'| point | seeds | {metric} (mean ± 95 % interval) | difference from {base} | 95 % interval (t) | '
            '95 % interval (bootstrap) | test | p | Holm p | at 5 % |', '|' + ' --- |' * 10]
   for name, group in groups.items():
@@ -165,12 +198,9 @@ def significance_table(results: Sequence[Result], baseline: str = '') -> str:
              'the same difference on every seed' if t['test'].startswith('paired') else 'no spread over seeds')
       lines.append(f'{row} {t["diff"]:+.4f} | – | – | {t["test"]} | – | – | no test ({why}) |')
       continue
-    p = adjusted[name] if family else t['p']
-    verdict = ('no significant difference' if p >= 1 - CONFIDENCE else
-               'significantly ' + ('higher' if t['diff'] > 0 else 'lower'))
     lines.append(f'{row} {t["diff"]:+.4f} | {_interval_cell(t["low"], t["high"])} | '
                  f'{_interval_cell(t["boot_low"], t["boot_high"])} | {t["test"]} | {t["p"]:.3g} | '
-                 f'{p:.3g} | {verdict} |')
+                 f'{t["decided_by"]:.3g} | {t["verdict"]} |')
   return ('Each point against the baseline. Points that share seeds (the same data order, and the same initial '
           'weights where shapes match) are compared seed by seed: the mean paired difference with its 95 % '
           'interval from the t distribution and from a percentile bootstrap, and the paired t-test '
@@ -234,8 +264,47 @@ def grid_table(results: Sequence[Result]) -> str:
   note = (f'\n\nThe pick still lies on the edge of its grid, after the extensions allowed '
           f'(--config.lr_grid_extensions), for: {", ".join(edges)}; the best learning rate may lie outside it.'
           if edges else '\n\nEvery pick lies inside its grid.')
-  return ('Learning rate picked per run by its validation metric; the test metrics above are of the picks '
+  who = ('by the first seed of each point, whose pick the other seeds train at (--config.lr_pick=point)'
+         if any('lr_picked_by' in r for r in chosen) else 'per run')
+  return (f'Learning rate picked {who} by its validation metric; the test metrics above are of the picks '
           'only.\n\n' + '\n'.join(lines) + note)
+
+
+PLATEAU_GAIN = 0.002  # the plateau rule: the mean gain per evaluation over the next PLATEAU_SPAN ones falls below it
+PLATEAU_SPAN = 2
+
+
+def plateau(values: Sequence[float], min_gain: float = PLATEAU_GAIN, span: int = PLATEAU_SPAN) -> int | None:
+  """The index of the first of ``values`` (a metric at successive evaluations, higher is better) from which the
+  mean gain per evaluation over the next ``span`` falls below ``min_gain``; None when it never does within them."""
+  for i in range(len(values) - span):
+    if (values[i + span] - values[i]) / span < min_gain:
+      return i
+  return None
+
+
+def curve_table(results: Sequence[Result], histories: dict[str, list[dict[str, float]]]) -> str:
+  """Per point, validation accuracy at each periodic evaluation (mean over the seeds), and where it plateaus
+  (``plateau``): whether the budget let training converge. '' without periodic validation accuracy."""
+  curves = {}
+  for name, group in _group(results).items():
+    runs = [{r['step']: r['val_accuracy'] for r in histories.get(g['name'], []) if 'val_accuracy' in r} for g in group]
+    steps = sorted(set.intersection(*(set(run) for run in runs)))
+    if steps:
+      curves[name] = {step: float(np.mean([run[step] for run in runs])) for step in steps}
+  if not curves:
+    return ''
+  steps = sorted({step for curve in curves.values() for step in curve})
+  lines = ['| evaluation | step | ' + ' | '.join(curves) + ' |', '|' + ' --- |' * (len(curves) + 2)]
+  lines += [f'| {i + 1} | {step:,} | ' + ' | '.join(f'{c[step]:.4f}' if step in c else '–' for c in curves.values())
+            + ' |' for i, step in enumerate(steps)]
+  cells = []
+  for curve in curves.values():
+    at = plateau(list(curve.values()))
+    cells.append('not reached' if at is None else f'evaluation {steps.index(list(curve)[at]) + 1}')
+  lines.append('| plateau | | ' + ' | '.join(cells) + ' |')
+  return (f'Validation accuracy by evaluation (mean over seeds). Plateau: the first evaluation from which it gains '
+          f'less than {PLATEAU_GAIN * 100:g} point per evaluation over the next {PLATEAU_SPAN}.\n\n' + '\n'.join(lines))
 
 
 def _grid_cell(runs: Sequence[dict[float, float | None]], lr: float) -> str:
@@ -276,9 +345,10 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   the point the others are compared with (default the first)."""
   rows = summarize(results)
   comparisons, grids = significance_table(results, baseline), grid_table(results)
+  curves = curve_table(results, histories)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'points': list(results), 'summary': rows, 'comparisons': comparisons, 'learning_rates': grids}, f,
-              indent=1)
+    json.dump({'points': list(results), 'summary': rows, 'conclusion': conclusion(results, baseline),
+               'comparisons': comparisons, 'learning_rates': grids, 'curves': curves}, f, indent=1)
   _write_csv(os.path.join(workdir, 'results.csv'), results)
   metric = main_metric(results)
   bars = _error_bars(results, metric)
@@ -289,7 +359,7 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
     f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
             'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
             f'per image (closed form); steps/s is the median over the run.\n\n{markdown_table(rows)}\n\n')
-    for section in (comparisons, grids, invariance_table(results)):
+    for section in (conclusion(results, baseline), comparisons, grids, curves, invariance_table(results)):
       f.write(f'{section}\n\n' if section else '')
     f.writelines(f'![{p}]({p})\n\n' for p in plots if p)
 

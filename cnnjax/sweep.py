@@ -97,10 +97,14 @@ def finish_point(config: ml_collections.ConfigDict, point: Point, workdir: str, 
 
 
 def run_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[Point], workdir: str,
-               data_dir: str | None) -> None:
+               data_dir: str | None, lead: Point | None = None) -> None:
   """Trains the unfinished ``points`` (seeds of one setting), picks each one's learning rate
   (``pick_learning_rates``) and writes each one's result.json. Where ``train.population_on`` says so, the runs
-  of each round (every seed x learning rate; then the grids' extensions) train as one population."""
+  of each round (every seed x learning rate; then the grids' extensions) train as one population.
+
+  With ``lr_pick='point'`` and a grid, ``lead`` (the setting's first seed; default the first of ``points``) picks
+  from the grid, trained first if unfinished, and the other seeds train at its pick only."""
+  lead = lead or points[0]
   pending = []
   for point in points:
     if os.path.exists(os.path.join(workdir, point.name, RESULT_FILE)):
@@ -113,12 +117,30 @@ def run_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[P
     logging.info('Sweep point %s: %s', point.name, point.overrides)
   together = train.population_on(configs[pending[0].name], jax.default_backend())
   trainer = functools.partial(_train_together, workdir=workdir) if together else _train_alone
-  picks = pick_learning_rates({p.name: configs[p.name] for p in pending},
-                              {p.name: os.path.join(workdir, p.name) for p in pending},
-                              functools.partial(trainer, data_dir=data_dir))
-  for point in pending:
+  trainer = functools.partial(trainer, data_dir=data_dir)
+  shared = {}
+  if configs[lead.name].lr_pick == 'point' and configs[lead.name].lr_grid:
+    if not os.path.exists(os.path.join(workdir, lead.name, RESULT_FILE)):
+      _train_points(configs, [lead], workdir, trainer, {})
+    pending = [p for p in pending if p != lead]
+    picked = load_result(os.path.join(workdir, lead.name))['picked_lr']
+    configs = {**configs, **{p.name: apply_overrides(configs[p.name], {'lr_grid': (picked,)}) for p in pending}}
+    shared = {'lr_picked_by': lead.name}
+    if pending:
+      logging.info('Learning rate %g, picked by %s, for %s.', picked, lead.name, ', '.join(p.name for p in pending))
+  _train_points(configs, pending, workdir, trainer, shared)
+
+
+def _train_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[Point], workdir: str,
+                  trainer: Callable, extra: dict[str, Any]) -> None:
+  """Trains ``points`` over their grids, picks each one's rate and writes each one's result.json (plus ``extra``)."""
+  if not points:
+    return
+  picks = pick_learning_rates({p.name: configs[p.name] for p in points},
+                              {p.name: os.path.join(workdir, p.name) for p in points}, trainer)
+  for point in points:
     trained, choice, seconds = picks[point.name]
-    finish_point(configs[point.name], point, workdir, trained, choice, seconds)
+    finish_point(configs[point.name], point, workdir, trained, {**choice, **extra}, seconds)
 
 
 Trial = tuple[ml_collections.ConfigDict, str, float | None]  # (config, workdir, learning rate or None: no grid)
@@ -345,7 +367,8 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
   if not report_only:
     todo = [p for i, p in enumerate(points) if sweep_index is None or i == sweep_index]
     for group in dict.fromkeys(p.group for p in todo):
-      run_points(configs, [p for p in todo if p.group == group], workdir, data_dir)
+      run_points(configs, [p for p in todo if p.group == group], workdir, data_dir,
+                 lead=next(p for p in points if p.group == group))
   if sweep_index is None and jax.process_index() == 0:
     done = [p for p in points if os.path.exists(os.path.join(workdir, p.name, RESULT_FILE))]
     if not done:
@@ -406,10 +429,10 @@ def check_out(path: str) -> None:
 def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResult, workdir: str,
               seconds: float) -> None:
   """Writes what a finished experiment measured to ``path`` as JSON, stamped (``stamp.stamp``) with the command,
-  commit, date, machine and versions: a single run's final metrics, or a sweep's summary rows, comparisons and
-  learning rates (report.md's tables, from WORKDIR/results.json) and the sum of its points' wall times (which
-  ``wall_seconds`` is not after --report_only). So a number quoted from results/ names the command that
-  regenerates it."""
+  commit, date, machine and versions: a single run's final metrics, or a sweep's summary rows, comparisons,
+  learning rates and validation curves (report.md's tables, from WORKDIR/results.json) and the sum of its points'
+  wall times (which ``wall_seconds`` is not after --report_only). So a number quoted from results/ names the
+  command that regenerates it."""
   record = {**stamp.stamp(), 'experiment': experiment, 'workdir': workdirs.resolve(workdir),
             'wall_seconds': round(seconds, 1)}
   if isinstance(outcome, train.TrainResult):
@@ -417,8 +440,9 @@ def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResu
   else:
     summary = files.read_json(os.path.join(workdirs.resolve(workdir), 'results.json'),
                               're-run with --report_only to rebuild it')
-    record.update(points=len(outcome), summary=summary['summary'], comparisons=summary.get('comparisons'),
-                  learning_rates=summary.get('learning_rates'),
+    record.update(points=len(outcome), summary=summary['summary'], conclusion=summary.get('conclusion'),
+                  comparisons=summary.get('comparisons'),
+                  learning_rates=summary.get('learning_rates'), curves=summary.get('curves'),
                   runs_wall_seconds=round(sum(r.get('wall_time_s', 0) for r in summary['points']), 1))
   with files.storage_errors(f'writing --out={path}', f'the run in {workdir} is intact', '--out'):
     files.write_json(path, record)

@@ -29,7 +29,7 @@ LOCK_FILE = 'lock'
 # Fields that change how a run is watched, not what it computes: a resumed run may change them.
 OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'eval_batch_size', 'seeds', 'data.cache', 'data.prefetch', 'data.download_timeout_s', 'data.source_dir',
-               'analysis.invariance_shifts', 'baseline_point')
+               'analysis.invariance_shifts', 'baseline_point', 'lr_pick')
 _HELD: set[str] = set()  # the lock files this process holds
 
 

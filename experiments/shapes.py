@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_grid = ()
   # While the pick lies on the grid's edge, train the next value beyond it (the grid's ratio), up to this often.
   config.lr_grid_extensions = 2
+  # Whose validation picks a sweep point's rate: run (every seed picks its own from the grid) | point (the first
+  # seed picks, then the other seeds train at its pick only: ~1/len(grid) of the other seeds' cost).
+  config.lr_pick = 'run'
   config.skip_nonfinite = False  # True: skip updates whose gradients are NaN/Inf instead of stopping the run
   config.head = 'multiclass'  # multiclass (softmax CE) | binary (sigmoid BCE) | regression (linear, MSE)
   config.label_smoothing = 0.0  # classification heads: train on targets mixed with this much of uniform

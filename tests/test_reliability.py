@@ -295,6 +295,7 @@ VALID = {
     'eval_batch_size': set(),
     'eval_every_steps': set(), 'eval_flip': {True}, 'head': set(), 'keep_checkpoints': set(),
     'label_smoothing': {0, 0.5}, 'log_every_steps': set(), 'lr_grid': set(), 'lr_grid_extensions': {0},
+    'lr_pick': set(),
     'microbatch_size': {0},
     'model.activation': set(), 'model.conv_impl': set(), 'model.dense': set(), 'model.dilation': set(),
     'model.dropout': {0, 0.5}, 'model.dtype': set(), 'model.features': set(), 'model.first_layer': set(),

@@ -68,6 +68,12 @@ def test_significance_table_names_the_verdicts(tmp_path):
   assert '| pool=same | 3 | 0.8100 ± 0.0248 | -0.1000 | – | – | paired t (3 seeds) | – | – | no test (the same ' \
          'difference on every seed) |' in text
   assert '| pool=max | 3 | 0.9100 ± 0.0248 | -0.1000 |' not in report.significance_table(results, 'pool=avg')
+  # The two sentences: avg's paired differences -0.10, -0.09, -0.11 give t = -0.1 / (0.01 / sqrt 3), p 0.0033 on 2
+  # degrees of freedom, 0.0066 by Holm over the two tested points; none's (-0.01, 0.02, -0.01) a half-width of
+  # t(0.975, 2) 4.303 x 0.01732 / sqrt 3 = 0.0430.
+  said = report.conclusion(results)
+  assert 'pool=avg: significantly lower (-0.1000, Holm p 0.0066); pool=none: no significant difference' in said
+  assert 'over 3 seeds' in said and 'smaller than about 0.0430' in said and 'pool=same' not in said
 
 def test_the_grid_table_names_each_points_own_selection_metric():
   """A sweep whose points pick by different metrics (classification: accuracy; regression: loss), as the
@@ -167,3 +173,25 @@ def test_plots_are_wide_enough_for_their_titles(tmp_path):
                                         (1_611_146, '1.61M')])
 def test_log_axis_labels_are_plain_numbers(value, text):
   assert report._human(value) == text
+
+
+def test_plateau_is_the_first_evaluation_whose_next_two_gain_less_than_the_threshold():
+  rising = [0.80, 0.85, 0.88, 0.89, 0.895, 0.897]  # mean gains over the next two: .04 .02 .0075 .0035
+  assert report.plateau(rising) is None
+  assert report.plateau([*rising, 0.898]) == 4  # (0.898 - 0.895) / 2 = 0.0015 < 0.002
+  assert report.plateau([0.5, 0.6, 0.59, 0.58]) == 1  # a decline counts
+  assert report.plateau([0.5, 0.6, 0.59, 0.58], min_gain=-0.1) is None
+
+
+def test_curve_table_averages_seeds_per_evaluation_and_marks_the_plateau():
+  results = [{'name': f'a,seed={s}', 'point': 'a'} for s in (0, 1)] + [{'name': 'b', 'point': 'b'}]
+  histories = {'a,seed=0': [{'step': 10, 'val_accuracy': 0.5}, {'step': 10, 'train_loss': 1.0},
+                            {'step': 20, 'val_accuracy': 0.7}, {'step': 30, 'val_accuracy': 0.7},
+                            {'step': 40, 'val_accuracy': 0.69}],
+               'a,seed=1': [{'step': 10, 'val_accuracy': 0.7}, {'step': 20, 'val_accuracy': 0.7},
+                            {'step': 30, 'val_accuracy': 0.71}, {'step': 40, 'val_accuracy': 0.71}],
+               'b': [{'step': 10, 'val_accuracy': 0.1}, {'step': 20, 'val_accuracy': 0.2}]}
+  table = report.curve_table(results, histories)
+  assert '| 1 | 10 | 0.6000 | 0.1000 |' in table and '| 3 | 30 | 0.7050 | – |' in table
+  # a: 0.6, 0.7, 0.705, 0.7 gains (0.705 - 0.6) / 2 over the next two from evaluation 1, (0.7 - 0.7) / 2 from 2
+  assert '| plateau | | evaluation 2 | not reached |' in table

@@ -181,3 +181,29 @@ def test_a_sweep_with_population_on_gives_the_runs_of_population_off(config, dat
     assert on['test_accuracy'] == pytest.approx(off['test_accuracy'], abs=2e-3)
     assert on['val_accuracy_by_lr'] == pytest.approx(off['val_accuracy_by_lr'], abs=2e-3)
   assert not os.listdir(tmp_path / 'on' / sweep.POPULATIONS_DIR)
+
+
+def test_lr_pick_point_lets_the_first_seed_pick_and_the_others_train_its_pick_only(config, tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(train, 'train_and_evaluate', _fake_training({1e-3: 0.5, 3e-3: 0.7, 1e-2: 0.6}, calls))
+
+  def finish(config, point, workdir, trained, choice, seconds):
+    os.makedirs(os.path.join(workdir, point.name), exist_ok=True)
+    with open(os.path.join(workdir, point.name, sweep.RESULT_FILE), 'w') as f:
+      json.dump({'name': point.name, **choice}, f)
+
+  monkeypatch.setattr(sweep, 'finish_point', finish)
+  config.seeds, config.lr_grid, config.lr_grid_extensions, config.lr_pick = 3, (1e-3, 3e-3, 1e-2), 2, 'point'
+
+  def get_sweep():
+    return [{'model.pool': 'avg'}]
+
+  sweep.run(config, get_sweep, str(tmp_path), sweep_index=2)  # seed 2 alone: seed 0 picks first
+  assert calls == [1e-3, 3e-3, 1e-2, 3e-3]
+  sweep.run(config, get_sweep, str(tmp_path), sweep_index=1)
+  assert calls[4:] == [3e-3]
+  lead = sweep.load_result(str(tmp_path / 'pool=avg,seed=0'))
+  assert (lead['picked_lr'], lead['lr_grid'], 'lr_picked_by' in lead) == (3e-3, [1e-3, 3e-3, 1e-2], False)
+  for seed in (1, 2):
+    other = sweep.load_result(str(tmp_path / f'pool=avg,seed={seed}'))
+    assert (other['picked_lr'], other['lr_grid'], other['lr_picked_by']) == (3e-3, [3e-3], 'pool=avg,seed=0')
