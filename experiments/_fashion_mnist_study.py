@@ -12,7 +12,7 @@ plateaus, so a reader can see which points the budget left still learning.
 The baseline point (the `small` CNN with max pooling, stride 1, a learned first layer) is the same config in
 the pooling, stride, parameter and filter studies; train it once by copying its runs between the studies'
 workdirs (the resume checks that the config is the same), e.g. for the stride study:
-  for s in 0 1 2 3 4; do mkdir -p STRIDE/stride=1,seed=$s; cp -r POOLING/pool=max,seed=$s/lr=* STRIDE/stride=1,seed=$s/; done
+  for s in 0 1 2 3 4; do d=STRIDE/stride=1,seed=$s; mkdir -p $d; cp -r POOLING/pool=max,seed=$s/lr=* $d/; done
 """
 
 import ml_collections

@@ -6,8 +6,9 @@ r"""The training budget of the Fashion-MNIST studies (pooling, stride, parameter
 The studies' shared baseline point (the `small` CNN with 2x2 max pooling, Adam 3e-3) trained for 16 epochs at a
 constant learning rate after warm-up, 3 seeds, validation accuracy after every epoch. The rule: the budget is the
 first epoch from which the seeds' mean validation accuracy gains less than 0.2 point per epoch over the next two
-epochs (report.md's validation-curve table, row "plateau"; report.plateau). A constant rate separates "still learning" from the late gain of a decaying schedule;
-the studies then train their cosine schedule over that many epochs.
+epochs (report.md's validation-curve table, row "plateau"; report.plateau). A constant rate separates "still
+learning" from the late gain of a decaying schedule; the studies then train their cosine schedule over that many
+epochs. Measured: the plateau is epoch 3 (0.9177, then 0.9203, 0.9198); later epochs overfit (0.9174 at 16).
 """
 
 import ml_collections
