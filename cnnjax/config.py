@@ -154,6 +154,7 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
   check_choice('rng_impl', config.rng_impl, RNG_IMPLS)
   for flag in ('skip_nonfinite', 'eval_flip'):
     check_bool(flag, config[flag])
+  check_int('eval_translate', config.eval_translate, 0)
   check_str('baseline_point', config.baseline_point)
   check_int('analysis.invariance_shifts', config.analysis.invariance_shifts, 0)
   check_int('lr_grid_extensions', config.lr_grid_extensions, 0)

@@ -439,6 +439,15 @@ def get_pool(name: str) -> Callable[..., jax.Array] | None:
 # ---------------------------------------------------------------------------------------------------------
 # Fixed filters.
 
+def shift_reflect(images: jax.Array, pixels: int) -> jax.Array:
+  """NHWC ``images`` moved ``pixels`` down and right (negative: up and left), the uncovered border filled by
+  reflection (not repeating the edge): test-time translations that keep the image's statistics."""
+  t = abs(pixels)
+  padded = jnp.pad(images, ((0, 0), (t, t), (t, t), (0, 0)), mode='reflect')
+  start = 0 if pixels > 0 else 2 * t
+  return padded[:, start:start + images.shape[1], start:start + images.shape[2]]
+
+
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
   """A normalised 2-D Gaussian blur kernel.
 

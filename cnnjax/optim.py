@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import ml_collections
 import numpy as np
 import optax
@@ -9,7 +12,7 @@ import optax
 from cnnjax.config import check_bool, check_choice, check_int, check_number
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
-SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant', 'triangular')
 MAX_SKIPPED_STEPS = 100  # skip_nonfinite: after this many consecutive non-finite steps, updates apply again
 
 
@@ -24,6 +27,7 @@ def validate(opt: ml_collections.ConfigDict) -> None:
   for flag in ('weight_decay', 'grad_clip_norm'):
     check_number(f'optimizer.{flag}', opt[flag], 0)
   check_bool('optimizer.nesterov', opt.nesterov)
+  check_number('optimizer.ema_decay', opt.ema_decay, 0, 1, high_open=True, hint='e.g. 0.99, or 0 for none')
 
 
 def schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -36,6 +40,9 @@ def schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     return optax.cosine_decay_schedule(1.0, num_steps)
   if opt.schedule == 'warmup_cosine':
     return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(num_steps, warmup + 1))
+  if opt.schedule == 'triangular':  # up over the warm-up, then straight down to 0 at the end
+    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup),
+                                 optax.linear_schedule(1.0, 0.0, max(num_steps - warmup, 1))], [warmup])
   return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0)], [warmup])
 
 
@@ -59,8 +66,35 @@ def create_tx(config: ml_collections.ConfigDict, shape: optax.Schedule) -> optax
   """
   def make(learning_rate):
     tx = optimizer(config.optimizer, lambda count: learning_rate * shape(count))
+    if config.optimizer.ema_decay:
+      tx = optax.chain(tx, params_ema(config.optimizer.ema_decay))
     return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPPED_STEPS) if config.skip_nonfinite else tx
   return optax.inject_hyperparams(make)(learning_rate=config.optimizer.learning_rate)
+
+
+class ParamsEMAState(NamedTuple):
+  ema: optax.Params
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+  """Passes updates through and keeps, in its state, an exponential moving average of the parameters they
+  produce: ema <- decay * ema + (1 - decay) * (params + updates), from the initial parameters (no bias
+  correction). Evaluations use it (``eval_params``): averaged weights generalise better late in training."""
+  def init(params):
+    return ParamsEMAState(ema=jax.tree.map(lambda p: p.copy(), params))
+
+  def update(updates, state, params=None):
+    new = optax.apply_updates(params, updates)
+    return updates, ParamsEMAState(ema=jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema, new))
+
+  return optax.GradientTransformation(init, update)
+
+
+def eval_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params:
+  """The parameters evaluations use: the optimizer's moving average (``params_ema``) where it keeps one, else
+  ``params``."""
+  ema = optax.tree_utils.tree_get(opt_state, 'ema')
+  return params if ema is None else ema
 
 
 def learning_rate(opt_state: optax.OptState, shape: optax.Schedule, step) -> float:

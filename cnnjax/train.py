@@ -37,6 +37,7 @@ from cnnjax import (
   files,
   heads,
   models,
+  ops,
   optim,
   parallel,
   workdirs,
@@ -377,7 +378,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   step = functools.partial(train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
                            label_smoothing=config.label_smoothing)
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_speedups)
-  evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip)
+  evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip, translate=config.eval_translate)
   pipeline = data.pipeline(config.data, num_examples) if prepare else 'host'
   num_steps = steps_per_dispatch(config, pipeline)
   if prepare and pipeline == 'host' and config.data.pipeline == 'auto':  # an explicit host was checked above
@@ -562,18 +563,28 @@ def _grads(state: TrainState, images: jax.Array, targets: jax.Array, rng: jax.Ar
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Head, flip: bool = False,
-              axis_name: str = parallel.AXIS) -> Metrics:
-  """Sums of the task metrics over the real (mask=True) examples of the batch, over all devices.
+              translate: int = 0, axis_name: str = parallel.AXIS) -> Metrics:
+  """Sums of the task metrics over the real (mask=True) examples of the batch, over all devices, for the
+  evaluated weights (``optim.eval_params``: the moving average where the optimizer keeps one).
 
   With ``flip`` (``--config.eval_flip``), the outputs are the mean of the model's outputs on each image and on
-  its left-right mirror (test-time augmentation for models trained with flips).
+  its left-right mirror (test-time augmentation for models trained with flips). With ``translate`` > 0
+  (``--config.eval_translate``), they are half those of the image plus a quarter of those of each of its shifts
+  by that many pixels down-right and up-left (``ops.shift_reflect``), each flipped too under ``flip``.
 
   Returns:
     {metric: sum over examples, 'count': number of examples}; divide to get means.
   """
-  outputs = state.apply_fn(state.variables(), batch['image'], train=False)
-  if flip:
-    outputs = (outputs + state.apply_fn(state.variables(), batch['image'][:, :, ::-1], train=False)) / 2
+  variables = state.variables(optim.eval_params(state.opt_state, state.params))
+
+  def view(images):
+    out = state.apply_fn(variables, images, train=False)
+    return (out + state.apply_fn(variables, images[:, :, ::-1], train=False)) / 2 if flip else out
+
+  outputs = view(batch['image'])
+  if translate:
+    shifted = [view(ops.shift_reflect(batch['image'], t)) for t in (translate, -translate)]
+    outputs = outputs / 2 + (shifted[0] + shifted[1]) / 4
   mask = batch['mask'].astype(jnp.float32)
   sums = {k: (v * mask).sum() for k, v in head.metrics(outputs, batch['target']).items()}
   return jax.lax.psum({**sums, 'count': mask.sum()}, axis_name)

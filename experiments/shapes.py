@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Evaluate on each image and its left-right mirror, averaging the outputs (test-time augmentation; for models
   # trained with data.augment_flip).
   config.eval_flip = False
+  # Also evaluate on each image shifted by this many pixels diagonally both ways (reflected borders): outputs are
+  # half the unshifted ones plus a quarter of each shifted one's (0 = off; test-time augmentation).
+  config.eval_translate = 0
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'shapes'  # shapes | digits (offline) | mnist | fashion_mnist | cifar10 | cats_vs_dogs
@@ -85,12 +88,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adam'  # sgd | momentum | adam | adamw
   config.optimizer.learning_rate = 3e-3
-  config.optimizer.schedule = 'warmup_cosine'  # constant | cosine | warmup_cosine | warmup_constant
+  # constant | cosine | warmup_cosine | warmup_constant | triangular (up over the warm-up, then linearly to 0)
+  config.optimizer.schedule = 'warmup_cosine'
   config.optimizer.warmup_steps = 50
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
   config.optimizer.weight_decay = 1e-4
   config.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
+  # Evaluate an exponential moving average of the weights, updated after every step with this decay (0 = none).
+  config.optimizer.ema_decay = 0.0
 
   config.parallel = 'pmap'  # pmap (jax.pmap over local devices) | shard_map (jax.jit of jax.shard_map, 1-D mesh)
   config.batch_size = 128  # global: split over all devices

@@ -271,3 +271,11 @@ def test_channel_sum_and_the_batch_norm_gradient_against_float64():
   np.testing.assert_allclose(fast(*f32), want_y, rtol=1e-4)
   for got, w in zip(jax.grad(fast, (0, 1, 2))(*f32), want, strict=True):
     np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
+
+
+def test_shift_reflect_moves_the_image_and_reflects_the_border():
+  """By hand: reflecting [[1,2,3],[4,5,6],[7,8,9]] one pixel outwards gives rows 5 4 5 6 5 / 2 1 2 3 2 / ...;
+  the down-right shift is that padded image's top-left 3x3, the up-left its bottom-right."""
+  x = jnp.arange(1.0, 10.0).reshape(1, 3, 3, 1)
+  np.testing.assert_array_equal(ops.shift_reflect(x, 1)[0, ..., 0], [[5, 4, 5], [2, 1, 2], [5, 4, 5]])
+  np.testing.assert_array_equal(ops.shift_reflect(x, -1)[0, ..., 0], [[5, 6, 5], [8, 9, 8], [5, 6, 5]])

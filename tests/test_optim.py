@@ -18,7 +18,8 @@ def test_schedules_peak_at_one_and_follow_their_closed_forms(config, name):
   want = {'constant': lambda t: 1.0,
           'cosine': lambda t: 0.5 * (1 + math.cos(math.pi * t / 110)),
           'warmup_cosine': lambda t: t / 10 if t < 10 else 0.5 * (1 + math.cos(math.pi * (t - 10) / 100)),
-          'warmup_constant': lambda t: min(t / 10, 1.0)}[name]
+          'warmup_constant': lambda t: min(t / 10, 1.0),
+          'triangular': lambda t: t / 10 if t < 10 else (110 - t) / 100}[name]
   for t in (0, 5, 10, 60, 109):
     np.testing.assert_allclose(float(shape(t)), want(t), atol=1e-6)
 
@@ -51,3 +52,21 @@ def test_bad_optimizer_settings_name_the_flag(config):
   config.optimizer.learning_rate = 0.0
   with pytest.raises(ConfigError, match='--config.optimizer.learning_rate'):
     optim.validate(config.optimizer)
+
+
+def test_the_weights_moving_average_follows_its_recurrence(config):
+  """ema_decay 0.5, SGD at 0.1 with gradient 1: the weights go 1, 0.9, 0.8, 0.7 and the average
+  0.5 * previous + 0.5 * new goes 1, 0.95, 0.875, 0.7875; without it evaluations use the weights."""
+  config.optimizer.name, config.optimizer.schedule, config.optimizer.grad_clip_norm = 'sgd', 'constant', 0.0
+  config.optimizer.learning_rate, config.optimizer.ema_decay = 0.1, 0.5
+  tx = optim.create_tx(config, optim.schedule(config.optimizer, 10))
+  params = {'w': jnp.ones(2)}
+  state = tx.init(params)
+  for want in (0.95, 0.875, 0.7875):
+    updates, state = tx.update({'w': jnp.ones(2)}, state, params)
+    params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(optim.eval_params(state, params)['w'], want, rtol=1e-6)
+  np.testing.assert_allclose(params['w'], 0.7, rtol=1e-6)
+  config.optimizer.ema_decay = 0.0
+  plain = optim.create_tx(config, optim.schedule(config.optimizer, 10))
+  assert optim.eval_params(plain.init(params), params) is params

@@ -293,7 +293,8 @@ VALID = {
     'data.regression_target': {'abc'},  # a feature name; the regression head refuses one its dataset lacks
     'data.pipeline': set(), 'data.shuffle_buffer': set(), 'data.source_dir': set(), 'data.val_fraction': {0, 0.5},
     'eval_batch_size': set(),
-    'eval_every_steps': set(), 'eval_flip': {True}, 'head': set(), 'keep_checkpoints': set(),
+    'eval_every_steps': set(), 'eval_flip': {True}, 'eval_translate': {0}, 'head': set(),
+    'keep_checkpoints': set(),
     'label_smoothing': {0, 0.5}, 'log_every_steps': set(), 'lr_grid': set(), 'lr_grid_extensions': {0},
     'lr_pick': set(),
     'microbatch_size': {0},
@@ -302,6 +303,7 @@ VALID = {
     'model.flip_kernel': {True}, 'model.kernel_size': set(), 'model.norm': set(), 'model.norm_groups': set(),
     'model.padding': set(), 'model.pool': set(), 'model.pool_stride': set(), 'model.pool_window': set(),
     'model.stride': set(), 'model.variant': set(), 'num_train_steps': set(), 'optimizer.grad_clip_norm': {0, 0.5},
+    'optimizer.ema_decay': {0, 0.5},
     'optimizer.learning_rate': {0.5}, 'optimizer.momentum': {0, 0.5}, 'optimizer.name': set(),
     'optimizer.nesterov': {True}, 'optimizer.schedule': set(), 'optimizer.warmup_steps': {0},
     'optimizer.weight_decay': {0, 0.5}, 'parallel': set(), 'population': set(), 'rng_impl': set(), 'seed': {0},

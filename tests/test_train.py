@@ -13,7 +13,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from cnnjax import parallel, train
+from cnnjax import optim, parallel, train
 from cnnjax.cli import load_experiment
 from cnnjax.config import ConfigError, apply_overrides
 
@@ -120,10 +120,11 @@ def test_train_step_equals_a_plain_grad_and_optax_update(config, data_dir):
   np.testing.assert_allclose(parallel.first(metrics['grad_norm']), optax.global_norm(grads), rtol=1e-5)
 
 
-def test_eval_flip_averages_the_outputs_of_each_image_and_its_mirror(config, data_dir):
+@pytest.mark.parametrize('translate', [0, 1])
+def test_eval_flip_and_translate_average_the_outputs_of_the_views(config, data_dir, translate):
   """--config.eval_flip: the loss and accuracy sums of eval_step equal those of the mean of the logits of each
-  image and its left-right mirror, computed here, and differ from those of the image alone."""
-  config.eval_flip = True
+  image and its left-right mirror, computed here, and differ from those of the image alone;
+  --config.eval_translate=1 weighs those of the image 1/2 and of its two 1-pixel shifts 1/4 each."""
   run, state, batches = _three_steps_setup(config, data_dir)
   batch = {**batches[0], 'mask': np.ones((1, 64), bool)}
   images, labels = batch['image'][0], batch['target'][0]
@@ -131,13 +132,41 @@ def test_eval_flip_averages_the_outputs_of_each_image_and_its_mirror(config, dat
   one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
   sums = {}
   for flip in (True, False):
-    step = jax.pmap(functools.partial(train.eval_step, head=run.head, flip=flip), axis_name=parallel.AXIS)
+    step = jax.pmap(functools.partial(train.eval_step, head=run.head, flip=flip, translate=translate),
+                    axis_name=parallel.AXIS)
     sums[flip] = jax.tree.map(parallel.first, step(parallel.replicate(state, one), batch))
-  logits = (run.model.apply(variables, images) + run.model.apply(variables, images[:, :, ::-1])) / 2
+
+  def mirrored(x):
+    return (run.model.apply(variables, x) + run.model.apply(variables, x[:, :, ::-1])) / 2
+
+  logits = mirrored(images)
+  if translate:
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+    logits = logits / 2 + (mirrored(padded[:, :-2, :-2]) + mirrored(padded[:, 2:, 2:])) / 4
   np.testing.assert_allclose(sums[True]['loss'], optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum(),
                              rtol=1e-5)
   assert sums[True]['accuracy'] == np.sum(np.argmax(logits, -1) == labels) and sums[True]['count'] == 64
   assert sums[True]['loss'] != sums[False]['loss']
+
+
+def test_an_ema_of_the_weights_is_what_evaluation_uses(config, data_dir):
+  """--config.optimizer.ema_decay: after three steps, eval_step's loss is that of the optimizer's moving average
+  (optim.eval_params), not of the trained weights, which differ from it."""
+  config.optimizer.ema_decay = 0.5
+  run, state, batches = _three_steps_setup(config, data_dir)
+  one = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (parallel.AXIS,))
+  s, step_fn = parallel.replicate(state, one), jax.pmap(_step(run), axis_name=parallel.AXIS, in_axes=(0, 0, None))
+  for batch in batches:
+    s, _ = step_fn(s, parallel.shard(batch, one), jax.random.key(1))
+  host = jax.tree.map(lambda x: np.asarray(parallel.local_value(x)[0]), s)
+  ema = optim.eval_params(host.opt_state, host.params)
+  assert not np.allclose(ema['block0']['kernel'], host.params['block0']['kernel'])
+  batch = {**batches[0], 'mask': np.ones((1, 64), bool)}
+  step = jax.pmap(functools.partial(train.eval_step, head=run.head), axis_name=parallel.AXIS)
+  sums = jax.tree.map(parallel.first, step(s, batch))
+  logits = run.model.apply(host.variables(ema), batch['image'][0])
+  want = optax.softmax_cross_entropy_with_integer_labels(logits, batch['target'][0]).sum()
+  np.testing.assert_allclose(sums['loss'], want, rtol=1e-5)
 
 
 @pytest.mark.parametrize('backend,norm', [('pmap', 'none'), ('shard_map', 'none'), ('pmap', 'batch'),
