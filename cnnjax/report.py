@@ -264,10 +264,10 @@ def grid_table(results: Sequence[Result]) -> str:
   note = (f'\n\nThe pick still lies on the edge of its grid, after the extensions allowed '
           f'(--config.lr_grid_extensions), for: {", ".join(edges)}; the best learning rate may lie outside it.'
           if edges else '\n\nEvery pick lies inside its grid.')
-  who = ('by the first seed of each point, whose pick the other seeds train at (--config.lr_pick=point)'
-         if any('lr_picked_by' in r for r in chosen) else 'per run')
-  return (f'Learning rate picked {who} by its validation metric; the test metrics above are of the picks '
-          'only.\n\n' + '\n'.join(lines) + note)
+  who = ("by each point's first seed on its validation metric (--config.lr_pick=point: the other seeds train at "
+         'that pick)' if any('lr_picked_by' in r for r in chosen) else 'per run by its validation metric')
+  return (f'Learning rate picked {who}; the test metrics above are of the picks only.\n\n' + '\n'.join(lines)
+          + note)
 
 
 PLATEAU_GAIN = 0.002  # the plateau rule: the mean gain per evaluation over the next PLATEAU_SPAN ones falls below it
@@ -300,11 +300,15 @@ def curve_table(results: Sequence[Result], histories: dict[str, list[dict[str, f
             + ' |' for i, step in enumerate(steps)]
   cells = []
   for curve in curves.values():
-    at = plateau(list(curve.values()))
-    cells.append('not reached' if at is None else f'evaluation {steps.index(list(curve)[at]) + 1}')
+    values, at = list(curve.values()), plateau(list(curve.values()))
+    span = min(PLATEAU_SPAN, len(values) - 1)
+    cells.append(f'evaluation {steps.index(list(curve)[at]) + 1}' if at is not None else
+                 f'rising at the end ({(values[-1] - values[-1 - span]) / max(span, 1) * 100:+.2f} point per '
+                 f'evaluation over the last {span})')
   lines.append('| plateau | | ' + ' | '.join(cells) + ' |')
   return (f'Validation accuracy by evaluation (mean over seeds). Plateau: the first evaluation from which it gains '
-          f'less than {PLATEAU_GAIN * 100:g} point per evaluation over the next {PLATEAU_SPAN}.\n\n' + '\n'.join(lines))
+          f'less than {PLATEAU_GAIN * 100:g} point per evaluation over the next {PLATEAU_SPAN}. (A decaying '
+          'schedule gains until its end by design: there the row says how steeply.)\n\n' + '\n'.join(lines))
 
 
 def _grid_cell(runs: Sequence[dict[float, float | None]], lr: float) -> str:

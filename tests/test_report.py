@@ -194,4 +194,4 @@ def test_curve_table_averages_seeds_per_evaluation_and_marks_the_plateau():
   table = report.curve_table(results, histories)
   assert '| 1 | 10 | 0.6000 | 0.1000 |' in table and '| 3 | 30 | 0.7050 | – |' in table
   # a: 0.6, 0.7, 0.705, 0.7 gains (0.705 - 0.6) / 2 over the next two from evaluation 1, (0.7 - 0.7) / 2 from 2
-  assert '| plateau | | evaluation 2 | not reached |' in table
+  assert '| plateau | | evaluation 2 | rising at the end (+10.00 point per evaluation over the last 1) |' in table
