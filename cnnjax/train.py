@@ -689,7 +689,10 @@ def _in_workdir(run: Run, workdir: str, overwrite: bool) -> TrainResult | list[b
     workdirs.check(run.config, workdir, overwrite)
     for config, directory in members:
       workdirs.check(config, directory, False)
-    return _train_and_evaluate(run, workdir, preemption)
+    outcome = _train_and_evaluate(run, workdir, preemption)
+    if preemption.requested is not None:  # it came after the last step (or while a finished run was evaluated):
+      raise workdirs.Preempted(run.config.num_train_steps, workdir)  # stop a sweep here too, not at its next run
+    return outcome
 
 
 def _start_writer(run: Run, workdir: str, start_step: int) -> writers.MultiWriter | writers.MemberWriters:

@@ -108,6 +108,20 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tm
   _assert_each_step_once(os.path.join(preempted, 'metrics.jsonl'), sorted(logged))
 
 
+def test_a_signal_while_a_finished_run_is_evaluated_still_stops(config, data_dir, tmp_path, monkeypatch):
+  """A sweep resumes its finished runs (evaluating them); SIGTERM then must stop it, not only that run."""
+  train.train_and_evaluate(config, str(tmp_path), data_dir)
+  evaluate = train.evaluate
+
+  def evaluate_and_signal(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread before the next bytecode
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(train, 'evaluate', evaluate_and_signal)
+  with pytest.raises(workdirs.Preempted, match='saved a checkpoint at step 20'):
+    train.train_and_evaluate(config, str(tmp_path), data_dir)
+
+
 def test_a_finished_run_launched_again_writes_no_row_twice(config, data_dir, tmp_path):
   first = train.train_and_evaluate(config, str(tmp_path), data_dir)
   again = train.train_and_evaluate(config, str(tmp_path), data_dir)  # re-evaluates what the run left
