@@ -1,0 +1,32 @@
+r"""The recipe's ablation ladder: fashion_mnist_recipe, then one training or evaluation practice from fast CIFAR-10
+training (KellerJordan's airbench) added at each rung, each rung keeping the ones before it, 3 seeds each.
+
+  python launch.py --experiment=fashion_mnist_recipe_ladder --workdir=/tmp/cnnjax/fm_ladder \
+      --out=results/experiments/fashion_mnist_recipe_ladder.json
+
+Rungs: recipe (3 BN conv blocks, flips, label smoothing 0.1, Adam 3e-3 cosine, 20 epochs) -> + an EMA of the
+weights (decay 0.998, a horizon of ~500 steps) -> + test-time flips and 1-pixel translations -> + label
+smoothing 0.2 -> + twice the conv widths (64-128-256). Each rung's learning rate is picked on validation by its
+first seed from (1e-3, 3e-3), extended while on the edge; its tested epoch is the best on validation. The report
+compares every rung with the recipe seed by seed: what each practice adds, with its interval.
+"""
+
+import ml_collections
+
+from experiments import fashion_mnist_recipe
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = fashion_mnist_recipe.get_config()
+  config.seeds = 3
+  config.lr_grid = (1e-3, 3e-3)
+  config.lr_pick = 'point'
+  return config
+
+
+def get_sweep() -> list[dict]:
+  ema = {'optimizer.ema_decay': 0.998}
+  tta = {**ema, 'eval_flip': True, 'eval_translate': 1}
+  smooth = {**tta, 'label_smoothing': 0.2}
+  return [{'name': 'recipe'}, {'name': '+ema', **ema}, {'name': '+tta', **tta}, {'name': '+ls0.2', **smooth},
+          {'name': '+wide', **smooth, 'model.features': (64, 128, 256)}]
