@@ -6,9 +6,10 @@ results/experiments/fashion_mnist_budget.json): at a constant rate this baseline
 gaining 0.2 point per epoch at epoch 3; under the studies' cosine schedule, the smallest of 3, 6 and 12 epochs
 whose doubling gains less than 0.2 point of validation accuracy is 6 (3 -> 6: +0.51, 6 -> 12: -0.02). Each
 point's learning rate is picked from (1e-3, 3e-3, 1e-2), extended past its edge while the pick lies there, by its
-first seed's validation accuracy; the other four seeds train at that rate (--config.lr_pick=point). Every report compares each point with the
-baseline seed by seed (paired t, Holm-adjusted) and ends its validation-curve table with where each point
-plateaus, so a reader can see which points the budget left still learning.
+first seed's validation accuracy; the other four seeds train at that rate (--config.lr_pick=point). Every
+report compares each point with the baseline seed by seed (paired t, Holm-adjusted) and ends its
+validation-curve table with where each point plateaus, so a reader can see which points the budget left still
+learning.
 
 The baseline point (the `small` CNN with max pooling, stride 1, a learned first layer) is the same config in
 the pooling, stride, parameter and filter studies; train it once by copying its runs between the studies'
