@@ -108,6 +108,22 @@ def test_check_refuses_another_config_and_names_an_unreadable_config_json(tmp_pa
   assert not (tmp_path / 'config.json').exists()
 
 
+def test_a_run_from_before_a_field_existed_resumes_under_its_neutral_value(tmp_path):
+  """config.json without a field added since (workdirs.ADDED_FIELDS) matches the field's neutral value, which is
+  the base config's default, and no other value."""
+  config = load_experiment('shapes').get_config()
+  for field, value in workdirs.ADDED_FIELDS.items():
+    section, _, name = field.rpartition('.')
+    assert (config[section] if section else config)[name] == value
+  written = config.to_dict()
+  del written['optimizer']['ema_decay'], written['eval_translate']
+  (tmp_path / 'config.json').write_text(json.dumps(written))
+  workdirs.check(config, str(tmp_path), overwrite=False)
+  config.optimizer.ema_decay = 0.5
+  with pytest.raises(ConfigError, match=r'different config \(optimizer.ema_decay: 0.0 -> 0.5\)'):
+    workdirs.check(config, str(tmp_path), overwrite=False)
+
+
 def test_write_config_writes_the_whole_config_atomically(tmp_path):
   config = load_experiment('shapes').get_config()
   workdirs.write_config(config, str(tmp_path))
