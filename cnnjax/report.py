@@ -300,8 +300,8 @@ def curve_table(results: Sequence[Result], histories: dict[str, list[dict[str, f
             + ' |' for i, step in enumerate(steps)]
   cells = []
   for curve in curves.values():
-    values, at = list(curve.values()), plateau(list(curve.values()))
-    span = min(PLATEAU_SPAN, len(values) - 1)
+    values = list(curve.values())
+    at, span = plateau(values), min(PLATEAU_SPAN, len(values) - 1)
     cells.append(f'evaluation {steps.index(list(curve)[at]) + 1}' if at is not None else
                  f'rising at the end ({(values[-1] - values[-1 - span]) / max(span, 1) * 100:+.2f} point per '
                  f'evaluation over the last {span})')
@@ -349,10 +349,10 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   the point the others are compared with (default the first)."""
   rows = summarize(results)
   comparisons, grids = significance_table(results, baseline), grid_table(results)
-  curves = curve_table(results, histories)
+  said, curves = conclusion(results, baseline), curve_table(results, histories)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'points': list(results), 'summary': rows, 'conclusion': conclusion(results, baseline),
-               'comparisons': comparisons, 'learning_rates': grids, 'curves': curves}, f, indent=1)
+    json.dump({'points': list(results), 'summary': rows, 'conclusion': said, 'comparisons': comparisons,
+               'learning_rates': grids, 'curves': curves}, f, indent=1)
   _write_csv(os.path.join(workdir, 'results.csv'), results)
   metric = main_metric(results)
   bars = _error_bars(results, metric)
@@ -363,7 +363,7 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
     f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
             'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
             f'per image (closed form); steps/s is the median over the run.\n\n{markdown_table(rows)}\n\n')
-    for section in (conclusion(results, baseline), comparisons, grids, curves, invariance_table(results)):
+    for section in (said, comparisons, grids, curves, invariance_table(results)):
       f.write(f'{section}\n\n' if section else '')
     f.writelines(f'![{p}]({p})\n\n' for p in plots if p)
 

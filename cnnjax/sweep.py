@@ -97,14 +97,13 @@ def finish_point(config: ml_collections.ConfigDict, point: Point, workdir: str, 
 
 
 def run_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[Point], workdir: str,
-               data_dir: str | None, lead: Point | None = None) -> None:
+               data_dir: str | None, lead: Point) -> None:
   """Trains the unfinished ``points`` (seeds of one setting), picks each one's learning rate
   (``pick_learning_rates``) and writes each one's result.json. Where ``train.population_on`` says so, the runs
   of each round (every seed x learning rate; then the grids' extensions) train as one population.
 
-  With ``lr_pick='point'`` and a grid, ``lead`` (the setting's first seed; default the first of ``points``) picks
+  With ``lr_pick='point'`` and a grid, ``lead`` (the setting's first seed, whether or not among ``points``) picks
   from the grid, trained first if unfinished, and the other seeds train at its pick only."""
-  lead = lead or points[0]
   pending = []
   for point in points:
     if os.path.exists(os.path.join(workdir, point.name, RESULT_FILE)):
