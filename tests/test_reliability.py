@@ -385,11 +385,10 @@ def test_a_disk_that_fills_up_mid_run_stops_in_one_line_and_the_run_resumes(data
   workdir, steps = disk / 'run', '--config.num_train_steps=400'  # long enough to be running when the disk fills
   proc = _start(str(workdir), data_dir, steps)
   _wait_for_checkpoint(str(workdir), proc, 10)
-  with open(disk / 'filler', 'wb') as f:  # another program takes the rest of the disk
-    with pytest.raises(OSError):
+  with open(disk / 'filler', 'wb', buffering=0) as f:  # another program takes the rest of the disk; unbuffered,
+    with pytest.raises(OSError, match='No space left'):  # so closing it has no partial write left to fail on
       while True:
         f.write(b'\0' * 65536)
-        f.flush()
   assert proc.wait(timeout=300) == 1
   stderr = proc.stderr.read()
   stops = [line for line in stderr.splitlines() if line.startswith('Stopped:')]
