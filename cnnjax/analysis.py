@@ -3,7 +3,8 @@ count of a dense layer with the same input and output sizes; XLA's FLOP count; s
 
 The closed forms count a multiply-add as 2 FLOPs: conv 2·k²·C_in·C_out·H_out·W_out, dense 2·in·out, and a
 pooling window k² operations per output (normalisation layers' FLOPs are not counted). A conv has k²·C_in·C_out
-weights and C_out biases, or, when normalised, a scale and a bias per channel in the norm instead. The
+weights and C_out biases, or, when normalised, a scale (unless model.norm_scale is False) and a bias per
+channel in the norm instead. The
 receptive field follows r ← r + (k_eff - 1)·j, j ← j·s.
 """
 
@@ -41,7 +42,8 @@ def analyze(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int
     rf, jump = rf + layer.dilation * (k - 1) * jump, jump * layer.stride
     if layer.kind == 'conv':
       weights = 0 if layer.fixed else k * k * c * c2
-      params = weights + (2 * c2 if layer.norm != 'none' else 0 if layer.fixed else c2)  # norm scale + bias, or bias
+      norm_params = (1 + model_config.norm_scale) * c2  # the norm's bias, and its scale unless fixed at 1
+      params = weights + (norm_params if layer.norm != 'none' else 0 if layer.fixed else c2)
       flops = 2 * k * k * c * c2 * h2 * w2
     else:
       params, flops = 0, k * k * h2 * w2 * c2

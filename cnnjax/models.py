@@ -48,6 +48,8 @@ class BlockSpec:
   conv_impl: str = 'xla'  # ops.CONVS: how the convolution is computed (same result)
   norm: str = 'none'  # NORMS: after the conv, before the activation
   norm_groups: int = 8  # norm='group': channel groups
+  norm_scale: bool = True  # False: the norm has a bias only (its scale fixed at 1, as airbench's BatchNorm)
+  init: str = 'lecun_normal'  # INITS: of the learned kernel
 
 
 class BatchNorm(nn.Module):
@@ -59,13 +61,15 @@ class BatchNorm(nn.Module):
   epsilon: float = 1e-5
   axis_name: str | None = None
   dtype: jnp.dtype | None = None
+  use_scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = (x.shape[-1],)
     ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), features)
     ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), features)
-    scale = self.param('scale', nn.initializers.ones, features, jnp.float32)
+    scale = (self.param('scale', nn.initializers.ones, features, jnp.float32) if self.use_scale
+             else jnp.ones(features, jnp.float32))
     bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
     dtype = x.dtype if self.dtype is None else self.dtype
     if self.use_running_average:
@@ -78,7 +82,8 @@ class BatchNorm(nn.Module):
     return y.astype(dtype)
 
 
-# Normalisation layers, by --config.model.norm: (train, groups, axis_name, dtype, cpu_speedups) -> module. BatchNorm
+# Normalisation layers, by --config.model.norm: (train, groups, axis_name, dtype, cpu_speedups, use_scale) -> module
+# (use_scale=False: a bias only, the scale fixed at 1). BatchNorm
 # normalises over the batch and the map (statistics averaged over the devices of axis_name while training,
 # running averages in eval, momentum 0.9 as in flax/examples/imagenet; flax's layer, or with cpu_speedups the
 # BatchNorm above); LayerNorm over each example's map and channels; GroupNorm over each example's map and
@@ -86,14 +91,33 @@ class BatchNorm(nn.Module):
 Norm = Callable[[bool], nn.Module]
 NORMS: dict[str, Callable[..., nn.Module] | None] = {
     'none': None,
-    'batch': lambda train, groups, axis_name, dtype=None, cpu_speedups=False: (BatchNorm if cpu_speedups
-                                                                              else nn.BatchNorm)(
+    'batch': lambda train, groups, axis_name, dtype=None, cpu_speedups=False, use_scale=True: (
+        BatchNorm if cpu_speedups else nn.BatchNorm)(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name if train else None,
-        dtype=dtype),
-    'layer': lambda train, groups, axis_name, dtype=None, cpu_speedups=False: nn.LayerNorm(
-        epsilon=1e-5, reduction_axes=(-3, -2, -1), dtype=dtype),
-    'group': lambda train, groups, axis_name, dtype=None, cpu_speedups=False: nn.GroupNorm(
-        num_groups=groups, epsilon=1e-5, dtype=dtype),
+        dtype=dtype, use_scale=use_scale),
+    'layer': lambda train, groups, axis_name, dtype=None, cpu_speedups=False, use_scale=True: nn.LayerNorm(
+        epsilon=1e-5, reduction_axes=(-3, -2, -1), dtype=dtype, use_scale=use_scale),
+    'group': lambda train, groups, axis_name, dtype=None, cpu_speedups=False, use_scale=True: nn.GroupNorm(
+        num_groups=groups, epsilon=1e-5, dtype=dtype, use_scale=use_scale),
+}
+
+
+def dirac(base: nn.initializers.Initializer) -> nn.initializers.Initializer:
+  """``base``, with the first min(C_in, C_out) filters the identity (1 at the centre tap of their own input
+  channel, 0 elsewhere): such a conv passes its input through those channels at initialisation (airbench's
+  ``dirac_`` of ``weight[:C_in]``). Kernels are [k, k, C_in, C_out]; k is odd."""
+  def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    k, _, c_in, c_out = shape
+    n = min(c_in, c_out)
+    identity = jnp.zeros((k, k, c_in, n), dtype).at[k // 2, k // 2, jnp.arange(n), jnp.arange(n)].set(1)
+    return base(key, shape, dtype).at[..., :n].set(identity)
+  return init
+
+
+# Initialisations of the learned conv kernels, by --config.model.conv_init.
+INITS: dict[str, nn.initializers.Initializer] = {
+    'lecun_normal': nn.initializers.lecun_normal(),
+    'dirac': dirac(nn.initializers.lecun_normal()),
 }
 
 
@@ -110,6 +134,7 @@ class ConvBlock(nn.Module):
     activation: elementwise function.
     pool: ``x -> pooled x`` or None for no pooling.
     fixed_filters: if set, the kernel is the frozen ``ops.fixed_filter_bank`` of that name and has no bias.
+    kernel_init: the learned kernel's initialiser (INITS).
   """
   features: int
   kernel_size: int = 3
@@ -119,6 +144,7 @@ class ConvBlock(nn.Module):
   activation: Callable[[jax.Array], jax.Array] = nn.relu
   pool: Callable[[jax.Array], jax.Array] | None = ops.max_pool
   fixed_filters: str = ''
+  kernel_init: nn.initializers.Initializer = INITS['lecun_normal']
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -127,7 +153,7 @@ class ConvBlock(nn.Module):
       y = self.conv(x, kernel)
     else:
       k = self.kernel_size
-      kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+      kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
       y = self.conv(x, kernel.astype(x.dtype))
       if self.norm is None:
         y = self.add_bias(y, self.param('bias', nn.initializers.zeros_init(), (self.features,)).astype(x.dtype))
@@ -149,10 +175,12 @@ def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None =
   conv_kwargs = {'cpu_speedups': cpu_speedups} if spec.conv_impl == 'xla' else {}  # im2col's are matmuls
   return ConvBlock(
       features=spec.features, kernel_size=spec.kernel_size, name=name, fixed_filters=spec.fixed_filters,
+      kernel_init=INITS[spec.init],
       conv=functools.partial(ops.get_conv(spec.conv_impl), stride=spec.stride, padding=spec.padding,
                              dilation=spec.dilation, flip_kernel=spec.flip_kernel, **conv_kwargs),
       norm=None if norm is None else functools.partial(norm, groups=spec.norm_groups, axis_name=axis_name,
-                                                       dtype=dtype, cpu_speedups=cpu_speedups),
+                                                       dtype=dtype, cpu_speedups=cpu_speedups,
+                                                       use_scale=spec.norm_scale),
       add_bias=functools.partial(ops.add_bias, cpu_speedups=cpu_speedups),
       activation=ops.get_activation(spec.activation),
       pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride))
@@ -208,7 +236,8 @@ def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...
                 activation=model_config.activation, pool=model_config.pool,
                 pool_window=model_config.pool_window, pool_stride=model_config.pool_stride,
                 flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == LEARNED) else first,
-                conv_impl=model_config.conv_impl, norm=model_config.norm, norm_groups=model_config.norm_groups)
+                conv_impl=model_config.conv_impl, norm=model_config.norm, norm_groups=model_config.norm_groups,
+                norm_scale=model_config.norm_scale, init=model_config.conv_init)
       for i, f in enumerate(conv_features(model_config)))
 
 
@@ -236,6 +265,11 @@ def validate(model_config: ml_collections.ConfigDict, image_shape: tuple[int, in
   check_ints('model.features', model_config.features, 1, '(32,64)')
   check_ints('model.dense', model_config.dense, 1, '(256,)')
   check_bool('model.flip_kernel', model_config.flip_kernel)
+  check_bool('model.norm_scale', model_config.norm_scale)
+  check_choice('model.conv_init', model_config.conv_init, INITS)
+  if model_config.conv_init == 'dirac' and model_config.kernel_size % 2 == 0:
+    raise ConfigError(f'--config.model.conv_init=dirac needs an odd --config.model.kernel_size (a centre tap), '
+                      f'got {model_config.kernel_size}')
   check_str('model.padding', model_config.padding)
   check_choice('model.activation', model_config.activation, ops.ACTIVATIONS)
   check_choice('model.pool', model_config.pool, ops.POOLS)

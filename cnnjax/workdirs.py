@@ -32,7 +32,8 @@ OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 
                'analysis.invariance_shifts', 'baseline_point', 'lr_pick')
 # Fields added to the config after runs were first written, each with the value under which a run trains as runs
 # did before the field existed: a run whose config.json lacks one resumes under a config with that value.
-ADDED_FIELDS = {'optimizer.ema_decay': 0.0, 'eval_translate': 0}
+ADDED_FIELDS = {'optimizer.ema_decay': 0.0, 'eval_translate': 0, 'model.norm_scale': True,
+                'model.conv_init': 'lecun_normal'}
 _HELD: set[str] = set()  # the lock files this process holds
 
 

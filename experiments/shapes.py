@@ -82,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.first_layer = 'learned'  # learned | gaussian | sobel | gaussian_sobel (frozen filters)
   config.model.norm = 'none'  # none | batch | layer | group: after each conv, before its activation
   config.model.norm_groups = 8  # norm=group: channel groups (must divide every conv width)
+  config.model.norm_scale = True  # False: the norm learns a bias only, its scale fixed at 1 (airbench's BatchNorm)
+  # Learned conv kernels: lecun_normal | dirac (the first min(C_in, C_out) filters start as the identity, airbench's)
+  config.model.conv_init = 'lecun_normal'
   config.model.dropout = 0.0
   config.model.dtype = 'float32'
 

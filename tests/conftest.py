@@ -8,6 +8,7 @@ import subprocess
 from cnnjax import compiler
 
 compiler.set_default_xla_flags()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # tf.data's C++ notices, quieted as launch.py quiets them
 
 import jax  # noqa: E402
 

@@ -153,3 +153,52 @@ def test_norms_against_a_hand_computation(norm, axes, cpu_speedups):
 def test_norm_settings_that_cannot_train_are_refused(config, overrides, message):
   with pytest.raises(ConfigError, match=message):
     train.validate(apply_overrides(config, overrides), 8)
+
+
+def test_dirac_init_passes_the_input_through_its_first_channels():
+  """A 3x3 SAME conv whose first min(C_in, C_out) filters are the identity returns its input there, by hand."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 7, 3)), jnp.float32)
+  for features in (5, 2):  # more outputs than inputs, and fewer
+    block = models.ConvBlock(features=features, kernel_size=3, conv=functools.partial(ops.conv2d, padding='SAME'),
+                             activation=ops.identity, pool=None, kernel_init=models.INITS['dirac'])
+    y, variables = block.init_with_output(jax.random.key(0), x)
+    n = min(3, features)
+    np.testing.assert_allclose(y[..., :n], x[..., :n], rtol=1e-6, atol=1e-6)  # bias 0 at initialisation
+    kernel = variables['params']['kernel']
+    assert np.count_nonzero(kernel[..., :n]) == n  # one tap each, the centre of its own channel
+    assert np.count_nonzero(kernel[..., n:]) == kernel[..., n:].size  # the rest as lecun_normal draws it
+
+
+def test_dirac_init_needs_an_odd_kernel(config):
+  config.model.conv_init, config.model.kernel_size = 'dirac', 4
+  with pytest.raises(ConfigError, match=r'--config.model.conv_init=dirac needs an odd --config.model.kernel_size'):
+    models.validate(config.model, (32, 32, 3))
+
+
+@pytest.mark.parametrize('norm', ['batch', 'layer', 'group'])
+def test_a_norm_without_scale_has_a_bias_only(config, norm):
+  # The small CNN normalised, with one parameter (a bias) per conv channel in its norms: 3*3*3*16 + 16 = 448 and
+  # 3*3*16*32 + 32 = 4640, the dense layers as before (131136 + 390).
+  config.model.variant, config.model.norm, config.model.norm_scale = 'small', norm, False
+  model = models.build_model(config.model, 6)
+  want = 448 + 4640 + 131136 + 390
+  assert models.count_params(model, (32, 32, 3)) == want
+  assert analysis.totals(analysis.analyze(config.model, (32, 32, 3), 6))['params'] == want
+
+
+@pytest.mark.parametrize('cpu_speedups', [False, True])
+def test_batch_norm_without_scale_against_a_hand_computation(cpu_speedups):
+  """(z - mean) / sqrt(var + eps) + bias, with a non-zero bias, and no scale to learn."""
+  x = jnp.asarray(np.random.default_rng(1).normal(1.0, 2.0, size=(5, 6, 6, 3)), jnp.float32)
+  block = models.ConvBlock(features=4, kernel_size=3, conv=functools.partial(ops.conv2d, padding='SAME'),
+                           norm=functools.partial(models.NORMS['batch'], groups=2, axis_name=None,
+                                                  cpu_speedups=cpu_speedups, use_scale=False),
+                           activation=ops.identity, pool=None)
+  variables = block.init(jax.random.key(0), x)
+  assert set(variables['params']['BatchNorm_0']) == {'bias'}
+  bias = np.arange(4, dtype=np.float32) - 1.5
+  variables['params']['BatchNorm_0']['bias'] = jnp.asarray(bias)
+  y, _ = block.apply(variables, x, train=True, mutable=['batch_stats'])
+  z = np.asarray(ops.conv2d(x, variables['params']['kernel'], padding='SAME'), np.float64)
+  want = (z - z.mean(axis=(0, 1, 2))) / np.sqrt(z.var(axis=(0, 1, 2)) + 1e-5) + bias
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)

@@ -315,6 +315,7 @@ VALID = {
     'model.activation': set(), 'model.conv_impl': set(), 'model.dense': set(), 'model.dilation': set(),
     'model.dropout': {0, 0.5}, 'model.dtype': set(), 'model.features': set(), 'model.first_layer': set(),
     'model.flip_kernel': {True}, 'model.kernel_size': set(), 'model.norm': set(), 'model.norm_groups': set(),
+    'model.norm_scale': {True}, 'model.conv_init': set(),
     'model.padding': set(), 'model.pool': set(), 'model.pool_stride': set(), 'model.pool_window': set(),
     'model.stride': set(), 'model.variant': set(), 'num_train_steps': set(), 'optimizer.grad_clip_norm': {0, 0.5},
     'optimizer.ema_decay': {0, 0.5},
