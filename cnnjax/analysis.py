@@ -4,8 +4,7 @@ count of a dense layer with the same input and output sizes; XLA's FLOP count; s
 The closed forms count a multiply-add as 2 FLOPs: conv 2·k²·C_in·C_out·H_out·W_out, dense 2·in·out, and a
 pooling window k² operations per output (normalisation layers' FLOPs are not counted). A conv has k²·C_in·C_out
 weights and C_out biases, or, when normalised, a scale (unless model.norm_scale is False) and a bias per
-channel in the norm instead. The
-receptive field follows r ← r + (k_eff - 1)·j, j ← j·s.
+channel in the norm instead. The receptive field follows r ← r + (k_eff - 1)·j, j ← j·s.
 """
 
 from __future__ import annotations
