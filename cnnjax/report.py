@@ -140,10 +140,14 @@ def _tests(groups: dict[str, list[Result]], base: str, metric: str) -> tuple[dic
   adjusted = dict(zip(tests, holm([t['p'] for t in tests.values()]), strict=True))
   family = sum(not np.isnan(t['p']) for t in tests.values()) > 1
   for name, t in tests.items():
-    t['decided_by'] = p = adjusted[name] if family else t['p']
-    t['verdict'] = ('no test' if np.isnan(p) else 'no significant difference' if p >= 1 - CONFIDENCE else
-                    'significantly ' + ('higher' if t['diff'] > 0 else 'lower'))
+    t['decided_by'] = adjusted[name] if family else t['p']
+    t['verdict'] = _verdict(t['decided_by'], t['diff'])
   return tests, family
+
+
+def _verdict(p: float, diff: float) -> str:
+  return ('no test' if np.isnan(p) else 'no significant difference' if p >= 1 - CONFIDENCE else
+          'significantly ' + ('higher' if diff > 0 else 'lower'))
 
 
 def conclusion(results: Sequence[Result], baseline: str = '') -> str:
@@ -209,23 +213,50 @@ def significance_table(results: Sequence[Result], baseline: str = '') -> str:
              if family else 'One comparison: no adjustment.') + '\n\n' + '\n'.join(lines))
 
 
-def invariance_table(results: Sequence[Result]) -> str:
-  """At the largest measured shift, per point (mean over seeds): accuracy, agreement with the unshifted
-  predictions, and correct both unshifted and shifted; '' when no run measured invariance."""
-  groups = {n: [r['invariance'] for r in g if 'invariance' in r] for n, g in _group(results).items()}
+def invariance_table(results: Sequence[Result], baseline: str = '') -> str:
+  """Shift tolerance: at the largest measured shift, per point (mean over seeds), accuracy, agreement with the
+  unshifted predictions and correct both unshifted and shifted; then the images correct both unshifted and
+  shifted by each 1..K pixels (mean ± 95 % interval over seeds) and each point's difference from the baseline
+  point's (``baseline``, default the first) at the same shift, paired by seed (``compare``), with Holm-adjusted
+  p-values over every point and shift; '' when no run measured invariance."""
+  groups = {n: [r for r in g if 'invariance' in r] for n, g in _group(results).items()}
   groups = {n: runs for n, runs in groups.items() if runs}
   if not groups:
     return ''
-  shift = next(iter(groups.values()))[0]['shift'][-1]
+  base = baseline if baseline in groups else next(iter(groups))
+  shifts = groups[base][0]['invariance']['shift']
   keys = ('accuracy', 'agreement', 'consistent_correct')
-  header = ' | '.join(f'{k} at {shift} px' for k in keys)
+  header = ' | '.join(f'{k} at {shifts[-1]} px' for k in keys)
   lines = [f'| point | accuracy at 0 px | {header} |', '|' + ' --- |' * 5]
   for name, runs in groups.items():
-    cells = [np.mean([r['accuracy'][0] for r in runs])]
-    cells += [np.mean([r.get(k, [np.nan])[-1] for r in runs]) for k in keys]
+    cells = [np.mean([r['invariance']['accuracy'][0] for r in runs])]
+    cells += [np.mean([r['invariance'].get(k, [np.nan])[-1] for r in runs]) for k in keys]
     lines.append(f'| {name} | ' + ' | '.join(f'{c:.4f}' for c in cells) + ' |')
   return ('Shift invariance (diagonal shifts, wrapping; agreement alone would score a constant predictor 1, '
-          'consistent_correct cannot exceed the accuracy):\n\n' + '\n'.join(lines))
+          'consistent_correct cannot exceed the accuracy):\n\n' + '\n'.join(lines) + '\n\n'
+          + _shift_tolerance_tests(groups, base, shifts))
+
+
+def _shift_tolerance_tests(groups: dict[str, list[Result]], base: str, shifts: list[int]) -> str:
+  """The consistent_correct curve per point and its paired tests against ``base`` at each shift (Holm over
+  all points and shifts)."""
+  def at(runs: list[Result], k: int) -> list[Result]:
+    return [{'seed': r['seed'], 'cc': r['invariance']['consistent_correct'][k]} for r in runs]
+  curve = ['| point | ' + ' | '.join(f'{s} px' for s in shifts) + ' |', '|' + ' --- |' * (len(shifts) + 1)]
+  curve += [f'| {name} | ' + ' | '.join(_mean_cell([r['cc'] for r in at(runs, k)]) for k in range(len(shifts)))
+            + ' |' for name, runs in groups.items()]
+  tests = {(name, k): compare(at(runs, k), at(groups[base], k), 'cc')
+           for name, runs in groups.items() if name != base for k in range(1, len(shifts))}
+  adjusted = holm([t['p'] for t in tests.values()])
+  rows = ['| point | shift | difference from ' + base + ' | 95 % interval (t) | test | p | Holm p | at 5 % |',
+          '|' + ' --- |' * 8]
+  for ((name, k), t), p in zip(tests.items(), adjusted, strict=True):
+    tested = f'{t["p"]:.3g} | {p:.3g}' if not np.isnan(p) else '– | –'
+    rows.append(f'| {name} | {shifts[k]} px | {t["diff"]:+.4f} | {_interval_cell(t["low"], t["high"])} | '
+                f'{t["test"]} | {tested} | {_verdict(p, t["diff"])} |')
+  return ('Correct both unshifted and shifted, per shift (mean ± 95 % interval over seeds; 0 px is the '
+          'accuracy):\n\n' + '\n'.join(curve) + '\n\nEach point against ' + base + ' at each shift, paired by '
+          'seed, Holm-adjusted over every point and shift:\n\n' + '\n'.join(rows))
 
 
 def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
@@ -350,9 +381,10 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   rows = summarize(results)
   comparisons, grids = significance_table(results, baseline), grid_table(results)
   said, curves = conclusion(results, baseline), curve_table(results, histories)
+  shifts = invariance_table(results, baseline)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump({'points': list(results), 'summary': rows, 'conclusion': said, 'comparisons': comparisons,
-               'learning_rates': grids, 'curves': curves}, f, indent=1)
+               'learning_rates': grids, 'curves': curves, 'invariance': shifts}, f, indent=1)
   _write_csv(os.path.join(workdir, 'results.csv'), results)
   metric = main_metric(results)
   bars = _error_bars(results, metric)
@@ -363,7 +395,7 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
     f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
             'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
             f'per image (closed form); steps/s is the median over the run.\n\n{markdown_table(rows)}\n\n')
-    for section in (said, comparisons, grids, curves, invariance_table(results)):
+    for section in (said, comparisons, grids, curves, shifts):
       f.write(f'{section}\n\n' if section else '')
     f.writelines(f'![{p}]({p})\n\n' for p in plots if p)
 

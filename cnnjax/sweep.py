@@ -429,9 +429,9 @@ def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResu
               seconds: float) -> None:
   """Writes what a finished experiment measured to ``path`` as JSON, stamped (``stamp.stamp``) with the command,
   commit, date, machine and versions: a single run's final metrics, or a sweep's summary rows, comparisons,
-  learning rates and validation curves (report.md's tables, from WORKDIR/results.json) and the sum of its points'
-  wall times (which ``wall_seconds`` is not after --report_only). So a number quoted from results/ names the
-  command that regenerates it."""
+  learning rates, validation curves and shift tolerance (report.md's tables, from WORKDIR/results.json) and
+  the sum of its points' wall times (which ``wall_seconds`` is not after --report_only). So a number quoted
+  from results/ names the command that regenerates it."""
   record = {**stamp.stamp(), 'experiment': experiment, 'workdir': workdirs.resolve(workdir),
             'wall_seconds': round(seconds, 1)}
   if isinstance(outcome, train.TrainResult):
@@ -442,6 +442,7 @@ def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResu
     record.update(points=len(outcome), summary=summary['summary'], conclusion=summary.get('conclusion'),
                   comparisons=summary.get('comparisons'),
                   learning_rates=summary.get('learning_rates'), curves=summary.get('curves'),
+                  invariance=summary.get('invariance'),
                   runs_wall_seconds=round(sum(r.get('wall_time_s', 0) for r in summary['points']), 1))
   with files.storage_errors(f'writing --out={path}', f'the run in {workdir} is intact', '--out'):
     files.write_json(path, record)

@@ -40,6 +40,7 @@ def test_report_from_fake_finished_runs(tmp_path):
   out = json.loads((tmp_path / 'out.json').read_text())
   assert (out['summary'], out['comparisons'], out['runs_wall_seconds']) == (written['summary'], written['comparisons'],
                                                                             12.0)
+  assert out['invariance'] == written['invariance'] and '| pool=avg | 1 px | -0.1500 |' in out['invariance']
 
 def test_welch_interval_and_p_value_against_the_formulas():
   """Welch's difference, Welch-Satterthwaite degrees of freedom, t interval and p-value, by hand."""
@@ -140,6 +141,34 @@ def test_points_sharing_seeds_are_paired_and_several_comparisons_are_holm_adjust
   assert '| Welch t |' in odd  # seeds 7, 8: none shared with the baseline's 0..4
   raw, adjusted = (float(x) for x in avg.split('|')[8:10])
   assert adjusted == pytest.approx(3 * raw, rel=1e-2) and 'Holm-adjusted' in text  # the smallest of 3 p-values
+
+
+def test_shift_tolerance_is_paired_per_shift_and_holm_adjusted_over_points_and_shifts():
+  """consistent_correct at 1 and 2 px of two points against the baseline's, 3 seeds: scipy's paired t-test
+  per (point, shift) and Holm's adjustment of the four p-values by hand."""
+  import scipy.stats
+  curves = {'max': [[0.90, 0.80, 0.60], [0.91, 0.82, 0.63], [0.89, 0.79, 0.58]],
+            'avg': [[0.91, 0.83, 0.61], [0.92, 0.83, 0.66], [0.90, 0.81, 0.60]],
+            'none': [[0.92, 0.70, 0.40], [0.93, 0.74, 0.47], [0.91, 0.69, 0.41]]}
+  results = [{'point': f'pool={p}', 'seed': seed, 'test_accuracy': c[0],
+              'invariance': {'shift': [0, 1, 2], 'accuracy': c, 'agreement': [1.0, 0.9, 0.8], 'consistent_correct': c}}
+             for p, runs in curves.items() for seed, c in enumerate(runs)]
+  text = report.invariance_table(results)
+  base = np.asarray(curves['max'])
+  p = {(name, k): scipy.stats.ttest_rel(np.asarray(curves[name])[:, k], base[:, k]).pvalue
+       for name in ('avg', 'none') for k in (1, 2)}
+  order = sorted(p, key=p.get)
+  adjusted, running = {}, 0.0
+  for j, key in enumerate(order):  # Holm: the j-th smallest times (4 - j), running maximum
+    running = max(running, min(1.0, (4 - j) * p[key]))
+    adjusted[key] = running
+  for (name, k), q in adjusted.items():
+    diff = np.mean(np.asarray(curves[name])[:, k] - base[:, k])
+    assert f'| pool={name} | {k} px | {diff:+.4f} |' in text
+    assert f'| paired t (3 seeds) | {p[name, k]:.3g} | {q:.3g} |' in text
+  assert '| pool=none | 2 px | -0.1767 |' in text and 'significantly lower' in text
+  mean, half = report.interval([0.70, 0.74, 0.69])
+  assert f'| pool=none | 0.9200 ± 0.0248 | {mean:.4f} ± {half:.4f} |' in text  # the curve, 0 px then 1 px
 
 
 def test_a_one_seed_report_has_no_nan_and_says_why_it_has_no_intervals(tmp_path):
