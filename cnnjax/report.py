@@ -277,8 +277,9 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
 
 def grid_table(results: Sequence[Result]) -> str:
   """Per point, the validation metric it picked by (its head's: accuracy, or loss for regression) at each
-  learning rate tried (mean over the seeds that tried it; a grid is extended past its edge while the pick lies
-  there), and its final grid, as markdown; '' when no point chose a learning rate."""
+  learning rate tried, as the pick saw it: the mean over the runs that compared rates (every seed, or with
+  --config.lr_pick=point the first seed alone, not the other seeds' runs at the pick); a grid is extended past
+  its edge while the pick lies there; and its final grid, as markdown; '' when no point chose a learning rate."""
   chosen = [r for r in results if 'picked_lr' in r]
   if not chosen:
     return ''
@@ -288,7 +289,8 @@ def grid_table(results: Sequence[Result]) -> str:
   for name, group in _group(chosen).items():
     key = next(k for k in group[0] if k.endswith('_by_lr'))
     tried = sorted({lr for r in group for lr in r['lr_grid']})
-    cells = [_grid_cell([dict(zip(r['lr_grid'], r[key], strict=True)) for r in group], lr) for lr in rates]
+    pickers = [r for r in group if len(r['lr_grid']) > 1] or group  # lr_pick=point: the seed that compared rates
+    cells = [_grid_cell([dict(zip(r['lr_grid'], r[key], strict=True)) for r in pickers], lr) for lr in rates]
     lines.append(f'| {name} | {key[:-len("_by_lr")]} | {tried[0]:g} … {tried[-1]:g} ({len(tried)}) | '
                  + ' | '.join(cells) + ' |')
   edges = sorted({r['point'] for r in chosen if r['picked_on_edge']})

@@ -125,6 +125,16 @@ def test_holm_against_hand_computed_values():
   assert report.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
 
 
+def test_with_lr_pick_point_the_grid_table_shows_what_the_picking_seed_compared():
+  """Seed 0 compares the rates; seeds 1 and 2 train at its pick. Each cell is seed 0's validation metric, not
+  the mean of the three runs at the pick, so the picked rate's cell is the row's best."""
+  results = [{'point': 'a', 'seed': 0, 'lr_grid': [1e-3, 3e-3], 'val_accuracy_by_lr': [0.92, 0.91], 'picked_lr': 1e-3,
+              'picked_on_edge': False, 'lr_picked_by': 0},
+             *({'point': 'a', 'seed': s, 'lr_grid': [1e-3], 'val_accuracy_by_lr': [v], 'picked_lr': 1e-3,
+                'picked_on_edge': False, 'lr_picked_by': 0} for s, v in ((1, 0.90), (2, 0.90)))]
+  assert '| a | val_accuracy | 0.001 … 0.003 (2) | 0.92 | 0.91 |' in report.grid_table(results)
+
+
 def test_points_sharing_seeds_are_paired_and_several_comparisons_are_holm_adjusted():
   """A per-seed offset shared by both points (the same data order) hides a small, steady gain from Welch's
   test; the paired test finds it. With three comparisons the verdicts use Holm's p-values."""
