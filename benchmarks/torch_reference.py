@@ -21,9 +21,10 @@ def check_supported(config) -> None:
   from cnnjax import models
   m = config.model
   plain = {'stride': 1, 'dilation': 1, 'padding': 'SAME', 'activation': 'relu', 'first_layer': 'learned',
-           'flip_kernel': False, 'dtype': 'float32'}
+           'flip_kernel': False, 'dtype': 'float32', 'norm_scale': True, 'kernel_sizes': (), 'pool_blocks': (),
+           'pool_padding': 'VALID', 'block_dropout': 0.0, 'dense_norm': 'none'}
   for field, value in plain.items():
-    if m[field] != value:
+    if (tuple(m[field]) if isinstance(value, tuple) else m[field]) != value:
       raise ValueError(f'the PyTorch mirror needs --config.model.{field}={value} (got {m[field]!r})')
   if m.norm not in ('none', 'batch') or m.pool not in ('max', 'avg', 'none') or m.kernel_size % 2 == 0:
     raise ValueError('the PyTorch mirror needs norm none|batch, pool max|avg|none and an odd kernel_size')

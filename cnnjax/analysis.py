@@ -48,9 +48,11 @@ def analyze(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int
       params, flops = 0, k * k * h2 * w2 * c2
     rows.append(LayerStats(layer.name, (h2, w2, c2), params, flops, rf, h * w * c * h2 * w2 * c2))
   width = int(np.prod(rows[-1].output_shape)) if rows else int(np.prod(image_shape))
+  norm = 2 if model_config.dense_norm != 'none' else 0  # a scale and a bias per unit of a hidden layer's norm
   for name, out in [*((f'dense{i}', f) for i, f in enumerate(models.dense_widths(model_config))),
                     ('output', num_outputs)]:
-    rows.append(LayerStats(name, (out,), width * out + out, 2 * width * out, image_shape[0], width * out))
+    params = width * out + out + (norm * out if name != 'output' else 0)
+    rows.append(LayerStats(name, (out,), params, 2 * width * out, image_shape[0], width * out))
     width = out
   return rows
 

@@ -43,6 +43,8 @@ class BlockSpec:
   pool: str = 'max'
   pool_window: int = 2
   pool_stride: int = 2
+  pool_padding: str = 'VALID'  # VALID drops a last partial window; SAME keeps it (Keras' padding='same')
+  dropout: float = 0.0  # after the pool (a block without a pool has none)
   flip_kernel: bool = False
   fixed_filters: str = ''  # '' = learned; else a name for ops.fixed_filter_bank (frozen, no parameters)
   conv_impl: str = 'xla'  # ops.CONVS: how the convolution is computed (same result)
@@ -133,6 +135,7 @@ class ConvBlock(nn.Module):
     add_bias: ``(y, bias) -> y + bias``, e.g. ``ops.add_bias``.
     activation: elementwise function.
     pool: ``x -> pooled x`` or None for no pooling.
+    dropout: the rate of a dropout after the pool (training only; ignored without a pool).
     fixed_filters: if set, the kernel is the frozen ``ops.fixed_filter_bank`` of that name and has no bias.
     kernel_init: the learned kernel's initialiser (INITS).
   """
@@ -143,6 +146,7 @@ class ConvBlock(nn.Module):
   add_bias: Callable[[jax.Array, jax.Array], jax.Array] = ops.add_bias
   activation: Callable[[jax.Array], jax.Array] = nn.relu
   pool: Callable[[jax.Array], jax.Array] | None = ops.max_pool
+  dropout: float = 0.0
   fixed_filters: str = ''
   kernel_init: nn.initializers.Initializer = INITS['lecun_normal']
 
@@ -160,7 +164,9 @@ class ConvBlock(nn.Module):
     if self.norm is not None:
       y = self.norm(train)(y)
     y = self.activation(y)
-    return y if self.pool is None else self.pool(y)
+    if self.pool is None:
+      return y
+    return nn.Dropout(self.dropout, deterministic=not train)(self.pool(y))
 
 
 def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None = None, cpu_speedups: bool = False,
@@ -175,7 +181,7 @@ def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None =
   conv_kwargs = {'cpu_speedups': cpu_speedups} if spec.conv_impl == 'xla' else {}  # im2col's are matmuls
   return ConvBlock(
       features=spec.features, kernel_size=spec.kernel_size, name=name, fixed_filters=spec.fixed_filters,
-      kernel_init=INITS[spec.init],
+      kernel_init=INITS[spec.init], dropout=spec.dropout,
       conv=functools.partial(ops.get_conv(spec.conv_impl), stride=spec.stride, padding=spec.padding,
                              dilation=spec.dilation, flip_kernel=spec.flip_kernel, **conv_kwargs),
       norm=None if norm is None else functools.partial(norm, groups=spec.norm_groups, axis_name=axis_name,
@@ -183,7 +189,8 @@ def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None =
                                                        use_scale=spec.norm_scale),
       add_bias=functools.partial(ops.add_bias, cpu_speedups=cpu_speedups),
       activation=ops.get_activation(spec.activation),
-      pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride))
+      pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride,
+                                                       padding=spec.pool_padding))
 
 
 class CNN(nn.Module):
@@ -197,6 +204,7 @@ class CNN(nn.Module):
   num_outputs: int = 10
   dense_activation: str = 'relu'
   dropout: float = 0.0
+  dense_norm: str = 'none'  # DENSE_NORMS: after each hidden dense layer's activation, before its dropout
   dtype: jnp.dtype = jnp.float32  # of the activations; parameters stay float32, the output is float32
   axis_name: str | None = None  # the device axis BatchNorm averages its statistics over while training
   cpu_speedups: bool = False  # XLA:CPU's faster forms of the same values (see make_block)
@@ -210,6 +218,8 @@ class CNN(nn.Module):
     act = ops.get_activation(self.dense_activation)
     for i, width in enumerate(self.dense):
       x = act(nn.Dense(width, dtype=self.dtype, name=f'dense{i}')(x))
+      if self.dense_norm != 'none':
+        x = NORMS[self.dense_norm](train, 1, self.axis_name, self.dtype, self.cpu_speedups)(x)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_outputs, dtype=self.dtype, name='output')(x).astype(jnp.float32)
 
@@ -227,18 +237,31 @@ def dense_widths(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return tuple(model_config.dense) or lookup('model.variant', model_config.variant, VARIANTS)['dense']
 
 
+def kernel_sizes(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Kernel sides per block: ``config.model.kernel_sizes``, or ``kernel_size`` for every block when it is ()."""
+  return tuple(model_config.kernel_sizes) or (model_config.kernel_size,) * len(conv_features(model_config))
+
+
+def pooled(model_config: ml_collections.ConfigDict, block: int) -> bool:
+  """Whether ``block`` is followed by pooling: it is listed in ``config.model.pool_blocks``, or that is ()."""
+  return not model_config.pool_blocks or block in model_config.pool_blocks
+
+
 def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...]:
-  """The blocks of ``config.model``: per-block features, shared scalar settings, fixed filters first."""
+  """The blocks of ``config.model``: per-block features and kernel sides, shared scalar settings, pooling
+  (and the dropout after it) where ``pool_blocks`` says, fixed filters first."""
   first = model_config.first_layer
   return tuple(
-      BlockSpec(features=f, kernel_size=model_config.kernel_size, stride=model_config.stride,
+      BlockSpec(features=f, kernel_size=k, stride=model_config.stride,
                 padding=str(model_config.padding), dilation=model_config.dilation,
-                activation=model_config.activation, pool=model_config.pool,
+                activation=model_config.activation, pool=model_config.pool if pooled(model_config, i) else 'none',
                 pool_window=model_config.pool_window, pool_stride=model_config.pool_stride,
+                pool_padding=model_config.pool_padding,
+                dropout=model_config.block_dropout if pooled(model_config, i) else 0.0,
                 flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == LEARNED) else first,
                 conv_impl=model_config.conv_impl, norm=model_config.norm, norm_groups=model_config.norm_groups,
                 norm_scale=model_config.norm_scale, init=model_config.conv_init)
-      for i, f in enumerate(conv_features(model_config)))
+      for i, (f, k) in enumerate(zip(conv_features(model_config), kernel_sizes(model_config), strict=True)))
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_outputs: int, axis_name: str | None = None,
@@ -247,10 +270,13 @@ def build_model(model_config: ml_collections.ConfigDict, num_outputs: int, axis_
   training statistics over the devices of ``axis_name``; ``cpu_speedups``: see ``make_block``."""
   return CNN(blocks=block_specs(model_config), dense=dense_widths(model_config), num_outputs=num_outputs,
              dense_activation=model_config.activation, dropout=model_config.dropout,
-             dtype=jnp.dtype(model_config.dtype), axis_name=axis_name, cpu_speedups=cpu_speedups)
+             dense_norm=model_config.dense_norm, dtype=jnp.dtype(model_config.dtype), axis_name=axis_name,
+             cpu_speedups=cpu_speedups)
 
 
 DTYPES = ('float32', 'bfloat16', 'float16')  # config.model.dtype: the activations' (parameters stay float32)
+DENSE_NORMS = ('none', 'batch')  # config.model.dense_norm
+POOL_PADDINGS = ('VALID', 'SAME')  # config.model.pool_padding
 
 
 LEARNED = 'learned'  # config.model.first_layer: a learned first conv; else an ops.FIXED_FILTERS name
@@ -264,12 +290,14 @@ def validate(model_config: ml_collections.ConfigDict, image_shape: tuple[int, in
     check_int(f'model.{flag}', model_config[flag], 1)
   check_ints('model.features', model_config.features, 1, '(32,64)')
   check_ints('model.dense', model_config.dense, 1, '(256,)')
+  _check_per_block(model_config)
+  sizes = kernel_sizes(model_config)
   check_bool('model.flip_kernel', model_config.flip_kernel)
   check_bool('model.norm_scale', model_config.norm_scale)
   check_choice('model.conv_init', model_config.conv_init, INITS)
-  if model_config.conv_init == 'dirac' and model_config.kernel_size % 2 == 0:
-    raise ConfigError(f'--config.model.conv_init=dirac needs an odd --config.model.kernel_size (a centre tap), '
-                      f'got {model_config.kernel_size}')
+  if model_config.conv_init == 'dirac' and any(k % 2 == 0 for k in sizes):
+    raise ConfigError(f'--config.model.conv_init=dirac needs odd kernel sides (a centre tap), got {sizes} '
+                      '(--config.model.kernel_size, --config.model.kernel_sizes)')
   check_str('model.padding', model_config.padding)
   check_choice('model.activation', model_config.activation, ops.ACTIVATIONS)
   check_choice('model.pool', model_config.pool, ops.POOLS)
@@ -281,11 +309,14 @@ def validate(model_config: ml_collections.ConfigDict, image_shape: tuple[int, in
   first = model_config.first_layer
   check_choice('model.first_layer', first, (LEARNED, *ops.FIXED_FILTERS))
   size = ops.FIXED_FILTERS[first].size if first != LEARNED else None
-  if size not in (None, model_config.kernel_size):
-    raise ConfigError(f'--config.model.first_layer={first!r} needs --config.model.kernel_size={size}, got '
-                      f'{model_config.kernel_size}')
+  if size is not None and sizes and sizes[0] != size:
+    raise ConfigError(f'--config.model.first_layer={first!r} needs a first kernel side of {size}, got {sizes[0]} '
+                      '(--config.model.kernel_size, --config.model.kernel_sizes)')
   check_number('model.dropout', model_config.dropout, 0, 1, high_open=True)
+  check_number('model.block_dropout', model_config.block_dropout, 0, 1, high_open=True)
   check_choice('model.norm', model_config.norm, NORMS)
+  check_choice('model.dense_norm', model_config.dense_norm, DENSE_NORMS)
+  check_choice('model.pool_padding', model_config.pool_padding, POOL_PADDINGS)
   check_choice('model.dtype', model_config.dtype, DTYPES)
   if model_config.norm == 'group':
     bad = [f for f in conv_features(model_config) if f % model_config.norm_groups]
@@ -293,6 +324,21 @@ def validate(model_config: ml_collections.ConfigDict, image_shape: tuple[int, in
       raise ConfigError(f'--config.model.norm_groups={model_config.norm_groups} must divide every conv width; '
                         f'{bad} of {conv_features(model_config)} are not multiples of it')
   layers(block_specs(model_config), image_shape)
+
+
+def _check_per_block(model_config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless ``kernel_sizes`` has one side per block (or none) and ``pool_blocks`` names
+  blocks that exist (counted from 0)."""
+  blocks = len(conv_features(model_config))
+  check_ints('model.kernel_sizes', model_config.kernel_sizes, 1, '(5,5,3)')
+  check_ints('model.pool_blocks', model_config.pool_blocks, 0, '(1,3)')
+  if model_config.kernel_sizes and len(model_config.kernel_sizes) != blocks:
+    raise ConfigError(f'--config.model.kernel_sizes={tuple(model_config.kernel_sizes)} needs one side per conv '
+                      f'block ({blocks}), or () for --config.model.kernel_size everywhere')
+  missing = [b for b in model_config.pool_blocks if b >= blocks]
+  if missing:
+    raise ConfigError(f'--config.model.pool_blocks={tuple(model_config.pool_blocks)} names blocks {missing} of '
+                      f'a model with {blocks} (counted from 0)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,7 +367,7 @@ def layers(blocks: Sequence[BlockSpec], image_shape: tuple[int, int, int]) -> li
   for i, b in enumerate(blocks):
     c_out = ops.fixed_filter_bank(b.fixed_filters, c, b.kernel_size).shape[-1] if b.fixed_filters else b.features
     for kind, k, s, p, d in (('conv', b.kernel_size, b.stride, b.padding, b.dilation),
-                             ('pool', b.pool_window, b.pool_stride, 'VALID', 1)):
+                             ('pool', b.pool_window, b.pool_stride, b.pool_padding, 1)):
       if kind == 'pool' and ops.get_pool(b.pool) is None:
         continue
       name = f'block{i}.{kind}'

@@ -33,7 +33,8 @@ OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 
 # Fields added to the config after runs were first written, each with the value under which a run trains as runs
 # did before the field existed: a run whose config.json lacks one resumes under a config with that value.
 ADDED_FIELDS = {'optimizer.ema_decay': 0.0, 'eval_translate': 0, 'model.norm_scale': True,
-                'model.conv_init': 'lecun_normal'}
+                'model.conv_init': 'lecun_normal', 'model.kernel_sizes': (), 'model.pool_padding': 'VALID',
+                'model.pool_blocks': (), 'model.block_dropout': 0.0, 'model.dense_norm': 'none'}
 _HELD: set[str] = set()  # the lock files this process holds
 
 
@@ -62,7 +63,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> N
   old = _flat(files.read_json(path, 'restore it from a copy, or add --overwrite to move the old run aside and '
                                     'start again'))
   new = _flat(config.to_dict())
-  old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **old}
+  old = {**{k: v for k, v in _flat(ADDED_FIELDS).items() if k in new}, **old}
   diff = [f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
   if diff:
     raise ConfigError(f'--workdir={workdir} holds a run of a different config ({"; ".join(diff)}); use a new '

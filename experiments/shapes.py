@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.features = ()  # conv widths per block; () = the variant's
   config.model.dense = ()  # dense widths before the output layer; () = the variant's
   config.model.kernel_size = 3
+  config.model.kernel_sizes = ()  # one kernel side per conv block, e.g. (5, 5, 1); () = kernel_size everywhere
   config.model.stride = 1
   config.model.padding = 'SAME'  # SAME | VALID | an int such as '1'
   config.model.dilation = 1
@@ -77,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pool = 'max'  # max | avg | none
   config.model.pool_window = 2
   config.model.pool_stride = 2
+  config.model.pool_padding = 'VALID'  # VALID drops a last partial window (7 -> 3) | SAME keeps it (7 -> 4), as Keras'
+  config.model.pool_blocks = ()  # the conv blocks (from 0) that pool, e.g. (1, 3); () = every block
+  config.model.block_dropout = 0.0  # dropout after each pool
   config.model.conv_impl = 'xla'  # xla (lax.conv_general_dilated) | im2col (patches @ kernel; same result)
   config.model.flip_kernel = False  # True: true convolution (flipped kernel) instead of cross-correlation
   config.model.first_layer = 'learned'  # learned | gaussian | sobel | gaussian_sobel (frozen filters)
@@ -85,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.norm_scale = True  # False: the norm learns a bias only, its scale fixed at 1 (airbench's BatchNorm)
   # Learned conv kernels: lecun_normal | dirac (the first min(C_in, C_out) filters start as the identity, airbench's)
   config.model.conv_init = 'lecun_normal'
-  config.model.dropout = 0.0
+  config.model.dropout = 0.0  # after each hidden dense layer
+  config.model.dense_norm = 'none'  # none | batch: after each hidden dense layer's activation, before its dropout
   config.model.dtype = 'float32'
 
   config.optimizer = ml_collections.ConfigDict()

@@ -33,6 +33,10 @@ def test_the_mirror_follows_cnnjax_schedule_and_refuses_what_it_cannot_express()
   assert rates[200] == pytest.approx(3e-3) and rates[-1] == pytest.approx(0, abs=1e-9)
   with pytest.raises(ValueError, match='--config.model.stride=1'):
     torch_reference.check_supported(apply_overrides(config, {'model.stride': 2}))
+  for field, value in (('norm_scale', False), ('kernel_sizes', (3, 5)), ('pool_blocks', (0,)),
+                       ('pool_padding', 'SAME'), ('block_dropout', 0.25), ('dense_norm', 'batch')):
+    with pytest.raises(ValueError, match=f'--config.model.{field}='):
+      torch_reference.check_supported(apply_overrides(config, {f'model.{field}': value}))
 
 
 def test_mirror_steps_fit_a_fixed_batch():

@@ -171,7 +171,7 @@ def test_dirac_init_passes_the_input_through_its_first_channels():
 
 def test_dirac_init_needs_an_odd_kernel(config):
   config.model.conv_init, config.model.kernel_size = 'dirac', 4
-  with pytest.raises(ConfigError, match=r'--config.model.conv_init=dirac needs an odd --config.model.kernel_size'):
+  with pytest.raises(ConfigError, match=r'--config.model.conv_init=dirac needs odd kernel sides .* got \(4, 4\)'):
     models.validate(config.model, (32, 32, 3))
 
 
@@ -202,3 +202,93 @@ def test_batch_norm_without_scale_against_a_hand_computation(cpu_speedups):
   z = np.asarray(ops.conv2d(x, variables['params']['kernel'], padding='SAME'), np.float64)
   want = (z - z.mean(axis=(0, 1, 2))) / np.sqrt(z.var(axis=(0, 1, 2)) + 1e-5) + bias
   np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-block kernels and pooling, dropout after a pool, a norm after the dense layers: the published models of
+# experiments/fashion_mnist_table.py as configs.
+
+def _table_point(name):
+  from cnnjax.cli import load_experiment
+  experiment = load_experiment('fashion_mnist_table')
+  point = next(p for p in experiment.get_sweep() if p['name'] == name)
+  return apply_overrides(experiment.get_config(), point)
+
+
+@pytest.mark.parametrize('name, want', [
+    # khanguyen1207's notebook (its Keras summary: 1,694,186 trainable): 5*5*1*32+32 = 832; 5*5*32*32+32 = 25632;
+    # pool 14; 3*3*32*64+64 = 18496; 3*3*64*64+64 = 36928; pool 7; 7*7*64*512+512 = 1606144; BatchNorm(512)'s
+    # scale and bias 1024; 512*10+10 = 5130.
+    ('bn_4conv_source', 832 + 25632 + 18496 + 36928 + 1606144 + 1024 + 5130),
+    # umbertogriffo's model: 5*5*1*32+32 = 832; 5*5*32*64+64 = 51264; 1*1*64*128+128 = 8320; 'same' pools
+    # 28-14-7-4; 4*4*128*1024+1024 = 2098176; 1024*512+512 = 524800; 512*10+10 = 5130.
+    ('keras_3conv_pool_2fc_dropout', 832 + 51264 + 8320 + 2098176 + 524800 + 5130)])
+def test_the_published_models_parameter_counts_by_hand(name, want):
+  config = _table_point(name)
+  models.validate(config.model, (28, 28, 1))
+  assert want in (1_694_186, 2_688_522)
+  assert models.count_params(models.build_model(config.model, 10), (28, 28, 1)) == want
+  assert analysis.totals(analysis.analyze(config.model, (28, 28, 1), 10))['params'] == want
+
+
+def test_same_pooling_keeps_the_last_partial_window():
+  """A 2x2 'SAME' pool of 3x3 is 2x2 (the last row and column pooled alone); 'VALID' drops them (1x1)."""
+  x = jnp.arange(9, dtype=jnp.float32).reshape(1, 3, 3, 1) * jnp.array([1, -1, 1, -1, 1, -1, 1, -1, 1]).reshape(
+      1, 3, 3, 1)  # [[0, -1, 2], [-3, 4, -5], [6, -7, 8]]
+  np.testing.assert_array_equal(ops.max_pool(x, 2, padding='SAME')[0, ..., 0], [[4, 2], [6, 8]])
+  np.testing.assert_array_equal(ops.max_pool(x, 2)[0, ..., 0], [[4]])
+  spec = models.BlockSpec(features=1, pool_padding='SAME')
+  assert [layer.output_shape for layer in models.layers([spec] * 2, (7, 7, 1))][-1] == (2, 2, 1)  # 7-4-2
+  assert [layer.output_shape for layer in models.layers([spec], (7, 7, 1))][-1] == (4, 4, 1)
+
+
+def test_pool_blocks_pool_after_the_named_blocks_only(config):
+  config.model.features, config.model.kernel_sizes, config.model.pool_blocks = (4, 4, 8, 8), (5, 5, 3, 3), (1, 3)
+  stack = models.layers(models.block_specs(config.model), (32, 32, 3))
+  assert [(layer.name, layer.window, layer.output_shape) for layer in stack] == [
+      ('block0.conv', 5, (32, 32, 4)), ('block1.conv', 5, (32, 32, 4)), ('block1.pool', 2, (16, 16, 4)),
+      ('block2.conv', 3, (16, 16, 8)), ('block3.conv', 3, (16, 16, 8)), ('block3.pool', 2, (8, 8, 8))]
+  params = _params(models.build_model(config.model, 6), (32, 32, 3))
+  assert [params[f'block{i}']['kernel'].shape[0] for i in range(4)] == [5, 5, 3, 3]
+
+
+def test_block_dropout_follows_each_pool_in_training_only(config):
+  """At a rate near 1 every pooled activation is dropped: with no dense layers, the output is the output layer's
+  bias in training, and not in evaluation."""
+  config.model.features, config.model.dense, config.model.block_dropout = (4,), (), 1 - 1e-7
+  model = models.build_model(config.model, 6)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x)
+  variables['params']['output']['bias'] = jnp.arange(6.0)
+  trained = model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(2)})
+  np.testing.assert_array_equal(trained, np.broadcast_to(np.arange(6.0), (2, 6)))
+  assert not np.allclose(model.apply(variables, x), np.arange(6.0))
+
+
+@pytest.mark.parametrize('cpu_speedups', [False, True])
+def test_dense_norm_against_a_hand_computation(config, cpu_speedups):
+  """An MLP whose hidden layer is normalised after its ReLU: (h - mean) / sqrt(var + eps) * 1 + 0 over the batch,
+  then the output layer; a scale and a bias per hidden unit."""
+  config.model.variant, config.model.features, config.model.dense, config.model.dense_norm = 'mlp', (), (5,), 'batch'
+  model = models.build_model(config.model, 3, cpu_speedups=cpu_speedups)
+  x = jax.random.normal(jax.random.key(1), (8, 2, 2, 1))
+  variables = model.init(jax.random.key(0), x)
+  assert _count(variables['params']) == (4 * 5 + 5) + 2 * 5 + (5 * 3 + 3)
+  y, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables['params'])
+  h = np.maximum(np.asarray(x, np.float64).reshape(8, 4) @ p['dense0']['kernel'] + p['dense0']['bias'], 0)
+  h = (h - h.mean(axis=0)) / np.sqrt(h.var(axis=0) + 1e-5)
+  np.testing.assert_allclose(y, h @ p['output']['kernel'] + p['output']['bias'], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.kernel_sizes': (5, 3, 3)}, r'kernel_sizes=\(5, 3, 3\) needs one side per conv block \(2\)'),
+    ({'model.pool_blocks': (0, 2)}, r'pool_blocks=\(0, 2\) names blocks \[2\] of a model with 2'),
+    ({'model.pool_padding': 'same'}, r'pool_padding=.same. is unknown'),
+    ({'model.dense_norm': 'layer'}, r'dense_norm=.layer. is unknown'),
+    ({'model.kernel_sizes': (5, 4), 'model.conv_init': 'dirac'}, r'dirac needs odd kernel sides .*, got \(5, 4\)'),
+    ({'model.kernel_sizes': (5, 3), 'model.first_layer': 'sobel'}, r'needs a first kernel side of 3, got 5'),
+    ({'model.block_dropout': 1.0}, r'block_dropout=1.0 must be a finite number in \[0, 1\)')])
+def test_per_block_settings_are_refused_in_one_line(config, overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    models.validate(apply_overrides(config, overrides).model, (32, 32, 3))

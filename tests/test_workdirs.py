@@ -116,7 +116,9 @@ def test_a_run_from_before_a_field_existed_resumes_under_its_neutral_value(tmp_p
     section, _, name = field.rpartition('.')
     assert (config[section] if section else config)[name] == value
   written = config.to_dict()
-  del written['optimizer']['ema_decay'], written['eval_translate']
+  for field in workdirs.ADDED_FIELDS:
+    section, _, name = field.rpartition('.')
+    del (written[section] if section else written)[name]
   (tmp_path / 'config.json').write_text(json.dumps(written))
   workdirs.check(config, str(tmp_path), overwrite=False)
   config.optimizer.ema_decay = 0.5
