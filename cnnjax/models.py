@@ -237,6 +237,12 @@ def dense_widths(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return tuple(model_config.dense) or lookup('model.variant', model_config.variant, VARIANTS)['dense']
 
 
+def batch_normed(model_config: ml_collections.ConfigDict) -> bool:
+  """Whether any layer is BatchNorm (after the convs or the hidden dense layers), whose statistics are over the
+  whole per-device batch: a micro-batch split would change them."""
+  return 'batch' in (model_config.norm, model_config.dense_norm)
+
+
 def kernel_sizes(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """Kernel sides per block: ``config.model.kernel_sizes``, or ``kernel_size`` for every block when it is ()."""
   return tuple(model_config.kernel_sizes) or (model_config.kernel_size,) * len(conv_features(model_config))

@@ -93,8 +93,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f'is more than the device pipeline counts ({device_pipeline.MAX_POSITIONS:,} examples); use '
                       '--config.data.pipeline=host')
   per_device, size = config.batch_size // num_devices, config.microbatch_size
-  if config.model.norm == 'batch' and size != 'auto' and 0 < size < per_device:
-    raise ConfigError(f'--config.model.norm=batch takes its statistics over the whole per-device batch of '
+  if models.batch_normed(config.model) and size != 'auto' and 0 < size < per_device:
+    raise ConfigError(f'BatchNorm (--config.model.norm or dense_norm=batch) takes its statistics over the whole '
+                      f'per-device batch of '
                       f'{per_device}, which --config.microbatch_size={size} would split; set '
                       '--config.microbatch_size=0 (or auto)')
 
@@ -115,7 +116,7 @@ def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platfo
   size = config.microbatch_size
   if size == 'auto':
     per_device = config.batch_size // num_devices
-    whole = platform != 'cpu' or config.model.norm == 'batch'
+    whole = platform != 'cpu' or models.batch_normed(config.model)
     size = 0 if whole else largest_divisor(per_device, min(CPU_MICROBATCH, per_device))
     size = 0 if size == per_device else size  # 0: the whole batch at once
   return size, {'on': True, 'off': False}.get(config.cpu_speedups, platform == 'cpu')
@@ -722,8 +723,8 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   if start_step:
     logging.info('Resumed from %s at step %d.', workdir, start_step)
   writer = _start_writer(run, workdir, start_step)
-  speedups = ['two-step bias', 'NHWC/HWIO conv gradients'] + (['two-step BatchNorm'] if config.model.norm == 'batch'
-                                                                else [])
+  speedups = ['two-step bias', 'NHWC/HWIO conv gradients'] + (
+      ['two-step BatchNorm'] if models.batch_normed(config.model) else [])
   members = len(run.population.configs) if run.population else 0
   logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s%s.', jax.default_backend(),
                jax.device_count(), run.microbatch_size or 'the whole batch',

@@ -148,7 +148,8 @@ def test_norms_against_a_hand_computation(norm, axes, cpu_speedups):
 @pytest.mark.parametrize('overrides,message', [
     ({'model.norm': 'instance'}, r"--config.model.norm='instance' is unknown"),
     ({'model.norm': 'group', 'model.norm_groups': 3}, r'--config.model.norm_groups=3 must divide every conv width'),
-    ({'model.norm': 'batch', 'microbatch_size': 4}, r'--config.model.norm=batch .* set --config.microbatch_size=0'),
+    ({'model.norm': 'batch', 'microbatch_size': 4}, r'BatchNorm .* batch of 8, .* set --config.microbatch_size=0'),
+    ({'model.dense_norm': 'batch', 'microbatch_size': 4}, r'BatchNorm .* batch of 8, .*set --config.microbatch_size=0'),
 ])
 def test_norm_settings_that_cannot_train_are_refused(config, overrides, message):
   with pytest.raises(ConfigError, match=message):

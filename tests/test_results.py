@@ -7,8 +7,9 @@ import os
 import pytest
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results')
+RUNS = os.path.join(RESULTS, 'runs')  # run records (sweep workdirs without checkpoints), not stamped files
 FILES = sorted(os.path.join(root, name) for root, _, names in os.walk(RESULTS) for name in names
-               if name.endswith('.json'))
+               if name.endswith('.json') and not (root + os.sep).startswith(RUNS + os.sep))
 
 
 @pytest.mark.parametrize('path', FILES, ids=[os.path.relpath(p, RESULTS) for p in FILES])

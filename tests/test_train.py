@@ -298,8 +298,10 @@ def test_platform_choices():
   assert train.platform_choices(config, 8, 'cpu') == (0, True)  # per-device 16: the whole batch at once
   config.batch_size = 96
   assert train.platform_choices(config, 1, 'cpu') == (48, True)  # the largest divisor of 96 up to 64
-  config.model.norm = 'batch'
+  config.model.dense_norm = 'batch'
   assert train.platform_choices(config, 1, 'cpu') == (0, True)  # statistics over the whole batch
+  config.model.norm, config.model.dense_norm = 'batch', 'none'
+  assert train.platform_choices(config, 1, 'cpu') == (0, True)
   config.microbatch_size, config.cpu_speedups = 32, 'off'
   assert train.platform_choices(config, 1, 'tpu') == (32, False)
 
