@@ -1,7 +1,11 @@
 r"""The benchmark table of Fashion-MNIST's README, reproduced by configs only (one sweep point per row).
 
-  python launch.py --experiment=fashion_mnist_table --workdir=/tmp/cnnjax/fashion_mnist_table
+  python launch.py --experiment=fashion_mnist_table --workdir=results/runs/fashion_mnist_table \
+      --out=results/experiments/fashion_mnist_table.json
   python launch.py --experiment=fashion_mnist_table --workdir=DIR --sweep_index=9   # one run: row 4, seed 0
+
+results/runs/fashion_mnist_table holds the finished runs' records (no checkpoints): the first command trains only
+the runs missing there, then rebuilds the report (--report_only rebuilds it alone).
 
 Rows (published test accuracy), each the model its linked source builds; where the source does not pin a
 detail, the choice is stated. Every row: Adam with 200 warm-up steps and cosine decay over 15 epochs, batch 128,
