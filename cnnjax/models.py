@@ -262,8 +262,7 @@ def block_specs(model_config: ml_collections.ConfigDict) -> tuple[BlockSpec, ...
                 padding=str(model_config.padding), dilation=model_config.dilation,
                 activation=model_config.activation, pool=model_config.pool if pooled(model_config, i) else 'none',
                 pool_window=model_config.pool_window, pool_stride=model_config.pool_stride,
-                pool_padding=model_config.pool_padding,
-                dropout=model_config.block_dropout if pooled(model_config, i) else 0.0,
+                pool_padding=model_config.pool_padding, dropout=model_config.block_dropout,
                 flip_kernel=model_config.flip_kernel, fixed_filters='' if (i or first == LEARNED) else first,
                 conv_impl=model_config.conv_impl, norm=model_config.norm, norm_groups=model_config.norm_groups,
                 norm_scale=model_config.norm_scale, init=model_config.conv_init)

@@ -95,8 +95,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   per_device, size = config.batch_size // num_devices, config.microbatch_size
   if models.batch_normed(config.model) and size != 'auto' and 0 < size < per_device:
     raise ConfigError(f'BatchNorm (--config.model.norm or dense_norm=batch) takes its statistics over the whole '
-                      f'per-device batch of '
-                      f'{per_device}, which --config.microbatch_size={size} would split; set '
+                      f'per-device batch of {per_device}, which --config.microbatch_size={size} would split; set '
                       '--config.microbatch_size=0 (or auto)')
 
 
