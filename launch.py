@@ -77,8 +77,11 @@ def main(argv: list[str]) -> None:
   if not FLAGS.workdir and not (FLAGS.analyze or FLAGS.list_points):
     raise app.UsageError('--workdir is required (except with --analyze or --list_points)')
   # TensorFlow (tf.data only) logs C++ notices twice per process: oneDNN's, and tf.data's note that a run shorter
-  # than an epoch did not read its cache whole. Neither is the user's to act on; errors still show.
+  # than an epoch did not read its cache whole. Neither is the user's to act on; errors still show. TensorFlow
+  # 2.21 prints oneDNN's notice whatever TF_CPP_MIN_LOG_LEVEL says, so its oneDNN kernels are turned off: here
+  # TensorFlow only decodes and casts images (JAX computes the model), which oneDNN does not change.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   from cnnjax import compiler
   logging.info('XLA_FLAGS=%r', compiler.set_default_xla_flags(FLAGS.default_xla_flags))  # before any backend
   logging.info('Compilation cache: %r', compiler.set_compilation_cache(FLAGS.compilation_cache_dir))

@@ -9,6 +9,7 @@ from cnnjax import compiler
 
 compiler.set_default_xla_flags()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # tf.data's C++ notices, quieted as launch.py quiets them
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import jax  # noqa: E402
 

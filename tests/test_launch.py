@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _launch(*flags, env_devices=8):
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={env_devices}'}
+  env = {name: value for name, value in os.environ.items() if not name.startswith('TF_')}  # the launcher's own
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={env_devices}'
   return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *flags], capture_output=True, text=True,
                         env=env, cwd=ROOT, timeout=300)
 
@@ -34,6 +35,7 @@ def test_launch_runs_an_experiment_with_overrides(data_dir, tmp_path):
   assert 'Model: conv widths 8-8, dense 64, 10 outputs;' in proc.stderr  # the widths used, not ()
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'run'))
   assert '\x1b[' not in proc.stderr and 'Traceback' not in proc.stderr  # no escape codes, no tracebacks
+  assert 'oneDNN' not in proc.stderr and 'InitializeLog' not in proc.stderr  # nor TensorFlow's C++ notices
   result = json.loads(out.read_text())  # --out: the final metrics, stamped with the command that made them
   assert result['command'].startswith('python ') and '--experiment=digits' in result['command']
   assert {'commit', 'date', 'machine', 'versions'} <= set(result) and result['metrics']['test_accuracy'] > 0
