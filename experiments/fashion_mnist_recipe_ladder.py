@@ -1,8 +1,11 @@
 r"""The recipe's ablation ladder: fashion_mnist_recipe, then one training or evaluation practice from fast CIFAR-10
 training (KellerJordan's airbench) added at each rung, each rung keeping the ones before it, 3 seeds each.
 
-  python launch.py --experiment=fashion_mnist_recipe_ladder --workdir=/tmp/cnnjax/fm_ladder \
+  python launch.py --experiment=fashion_mnist_recipe_ladder --workdir=results/runs/fashion_mnist_recipe_ladder \
       --out=results/experiments/fashion_mnist_recipe_ladder.json
+
+results/runs/fashion_mnist_recipe_ladder keeps the finished runs' records (no checkpoints), so the ladder's ~6
+hours of a 2-core CPU can span several machines: the command trains only the runs missing there.
 
 Rungs: recipe (3 BN conv blocks, flips, label smoothing 0.1, Adam 3e-3 cosine, 20 epochs) -> + an EMA of the
 weights (decay 0.998, a horizon of ~500 steps) -> + test-time flips and 1-pixel translations -> + label
