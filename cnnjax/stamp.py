@@ -21,14 +21,18 @@ def _cpu() -> str:
     return platform.processor() or 'unknown'
 
 
-def _commit() -> str:
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def commit(root: str = ROOT) -> str:
+  """HEAD's short hash, marked '+uncommitted changes' where a tracked file outside results/ differs from it:
+  results/ holds what runs write (a sweep's report among its run records), not what produced them."""
   try:
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
-                            check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
-                           capture_output=True, text=True).stdout.strip()
-    return commit + ('+uncommitted changes' if dirty else '')
+    head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.', ':!results'],
+                           cwd=root, capture_output=True, text=True).stdout.strip()
+    return head + ('+uncommitted changes' if dirty else '')
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'
 
@@ -39,7 +43,7 @@ def stamp() -> dict[str, str]:
   devices = jax.devices()
   return {
       'command': ' '.join(['python', *sys.argv]),
-      'commit': _commit(),
+      'commit': commit(),
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
       'machine': f'{_cpu()}, {os.cpu_count()} cores',
       'devices': f'{len(devices)} x {devices[0].device_kind} ({jax.default_backend()})',
