@@ -26,6 +26,10 @@ epochs and stopping rules are not copied: both target sources chose theirs on th
   conv 128, each followed by a 'same' 2x2 pool (7 -> 4), -> dense 1024 -> dropout 0.5 -> dense 512 -> dropout
   0.5 -> softmax; 2,688,522 parameters. Not expressed: its max-norm(3) constraint on the dense weights.
 - mlp_256_128_100 (0.8833): dense 256 -> 128 -> 100 -> softmax, ReLU, no dropout.
+A diagnostic point, not a row (its seed 0 only: --sweep_index=15): keras_source_optimizer, the Keras row's model
+under its source's optimiser, Nesterov SGD at 0.01 with momentum 0.9 and batch 400, for 60 epochs with the epoch
+chosen on validation (the source stops on the test split, within 150 epochs). Its rate stays constant: the
+source's inverse-time decay, to 0.6x by epoch 60, is not expressed; nor is its max-norm constraint.
 Measured results: docs/studies.md, Fashion-MNIST reproduction.
 """
 
@@ -34,6 +38,7 @@ import ml_collections
 from experiments import fashion_mnist
 
 EPOCH = fashion_mnist.EPOCH
+SOURCE_EPOCH = 55_000 // 400  # steps per epoch at the Keras source's batch of 400
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -49,12 +54,18 @@ def get_config() -> ml_collections.ConfigDict:
 
 def get_sweep() -> list[dict]:
   tf = {'model.features': (32, 64), 'model.kernel_size': 5, 'model.dense': (1024,), 'model.dropout': 0.4}
+  keras = {'model.features': (32, 64, 128), 'model.kernel_sizes': (5, 5, 1), 'model.pool_padding': 'SAME',
+           'model.dense': (1024, 512), 'model.dropout': 0.5}
+  keras_optimizer = {'batch_size': 400, 'optimizer.name': 'momentum', 'optimizer.momentum': 0.9,
+                     'optimizer.nesterov': True, 'optimizer.schedule': 'constant', 'optimizer.warmup_steps': 0,
+                     'lr_grid': (0.01,), 'num_train_steps': 60 * SOURCE_EPOCH, 'eval_every_steps': SOURCE_EPOCH,
+                     'checkpoint_every_steps': SOURCE_EPOCH}
   return [{'name': 'tf_2conv_pool', **tf},
           {'name': 'tf_2conv_pool_bn', **tf, 'model.norm': 'batch'},
-          {'name': 'keras_3conv_pool_2fc_dropout', 'model.features': (32, 64, 128), 'model.kernel_sizes': (5, 5, 1),
-           'model.pool_padding': 'SAME', 'model.dense': (1024, 512), 'model.dropout': 0.5},
+          {'name': 'keras_3conv_pool_2fc_dropout', **keras},
           {'name': 'mlp_256_128_100', 'model.variant': 'mlp', 'model.features': (), 'model.dense': (256, 128, 100),
            'model.dropout': 0.0},
           {'name': 'bn_4conv_source', 'model.features': (32, 32, 64, 64), 'model.kernel_sizes': (5, 5, 3, 3),
            'model.pool_blocks': (1, 3), 'model.block_dropout': 0.25, 'model.dense': (512,),
-           'model.dense_norm': 'batch', 'model.dropout': 0.5}]
+           'model.dense_norm': 'batch', 'model.dropout': 0.5},
+          {'name': 'keras_source_optimizer', **keras, **keras_optimizer}]
