@@ -260,7 +260,9 @@ def _shift_tolerance_tests(groups: dict[str, list[Result]], base: str, shifts: l
 
 
 def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
-  """One row per point (seeds merged): settings, params, flops, metric (mean, std) pairs, speed, time."""
+  """One row per point (seeds merged): settings, params, flops, metric and speed (mean, std) pairs, and the
+  wall time the point cost: the sum over its seeds, every learning rate they tried included (with lr_pick=point
+  the first seed's run holds the whole grid, so a mean over seeds would mix a grid with single runs)."""
   varied = sorted({k for r in results for k in r['overrides'] if k not in ('name', 'seed')})
   rows = []
   for name, group in _group(results).items():
@@ -268,9 +270,10 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
            'params': group[0]['num_params'], 'flops': group[0]['flops']}
     if any('picked_lr' in r for r in group):
       row['picked lr'] = ', '.join(f'{r["picked_lr"]:g}' + ' (edge)' * r['picked_on_edge'] for r in group)
-    for key in [*_metric_keys(results), 'steps_per_sec', 'wall_time_s']:
+    for key in [*_metric_keys(results), 'steps_per_sec']:
       values = [r[key] for r in group if key in r]
       row[key] = _stats(values) if values else None
+    row['wall_time_s'] = round(sum(r.get('wall_time_s', 0.0) for r in group))
     rows.append(row)
   return rows
 
@@ -396,7 +399,8 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
             'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
-            f'per image (closed form); steps/s is the median over the run.\n\n{markdown_table(rows)}\n\n')
+            'per image (closed form); steps/s is the median over the run; wall_time_s is the point\'s total over its '
+            f'seeds, every learning rate tried included.\n\n{markdown_table(rows)}\n\n')
     for section in (said, comparisons, grids, curves, shifts):
       f.write(f'{section}\n\n' if section else '')
     f.writelines(f'![{p}]({p})\n\n' for p in plots if p)

@@ -25,7 +25,7 @@ def test_report_from_fake_finished_runs(tmp_path):
   text = (tmp_path / 'report.md').read_text()
   # point | seeds | pool | params | flops | train_loss | test_accuracy: mean ± sample std of (0.8, 0.9) | test_loss
   assert '| pool=max | 2 | max | 100 | 1,000 | 0.5 | 0.85 ± 0.071 | 0.15 ± 0.071 |' in text
-  assert '| pool=avg | 2 | avg | 100 | 1,000 | 0.5 | 0.7 | 0.3 |' in text
+  assert '| pool=avg | 2 | avg | 100 | 1,000 | 0.5 | 0.7 | 0.3 | 10 | 6 |' in text  # wall time: 3 s + 3 s
   assert '| pool=avg | 2 | 0.7000 ± 0.0000 | -0.1500 |' in text  # the comparison with the first point
   assert '| paired t (2 seeds) |' in text
   assert '| pool=max | 0.8500 | 0.7500 | 0.8000 | 0.6500 |' in text  # invariance at 1 px, mean over seeds
