@@ -330,21 +330,27 @@ def curve_table(results: Sequence[Result], histories: dict[str, list[dict[str, f
       curves[name] = {step: float(np.mean([run[step] for run in runs])) for step in steps}
   if not curves:
     return ''
-  steps = sorted({step for curve in curves.values() for step in curve})
-  lines = ['| evaluation | step | ' + ' | '.join(curves) + ' |', '|' + ' --- |' * (len(curves) + 2)]
-  lines += [f'| {i + 1} | {step:,} | ' + ' | '.join(f'{c[step]:.4f}' if step in c else '–' for c in curves.values())
-            + ' |' for i, step in enumerate(steps)]
+  steps = max((list(curve) for curve in curves.values()), key=len)
+  by_step = all(list(curve) == steps[:len(curve)] for curve in curves.values())
+  rows = steps if by_step else range(len(steps))  # points evaluating at other steps: their k-th evaluations
+  columns = list(curves.values()) if by_step else [dict(enumerate(c.values())) for c in curves.values()]
+  lines = ['| evaluation | ' + 'step | ' * by_step + ' | '.join(curves) + ' |',
+           '|' + ' --- |' * (len(curves) + 1 + by_step)]
+  lines += [f'| {i + 1} | ' + f'{row:,} | ' * by_step
+            + ' | '.join(f'{c[row]:.4f}' if row in c else '–' for c in columns) + ' |' for i, row in enumerate(rows)]
   cells = []
   for curve in curves.values():
     values = list(curve.values())
     at, span = plateau(values), min(PLATEAU_SPAN, len(values) - 1)
-    cells.append(f'evaluation {steps.index(list(curve)[at]) + 1}' if at is not None else
+    cells.append(f'evaluation {at + 1}' if at is not None else
                  f'rising at the end ({(values[-1] - values[-1 - span]) / max(span, 1) * 100:+.2f} point per '
                  f'evaluation over the last {span})')
-  lines.append('| plateau | | ' + ' | '.join(cells) + ' |')
+  lines.append('| plateau | ' + '| ' * by_step + ' | '.join(cells) + ' |')
+  aligned = '' if by_step else (' The points evaluate at different steps, so each row is every point\'s k-th '
+                                'evaluation (its steps: its eval_every_steps).')
   return (f'Validation accuracy by evaluation (mean over seeds). Plateau: the first evaluation from which it gains '
           f'less than {PLATEAU_GAIN * 100:g} point per evaluation over the next {PLATEAU_SPAN}. (A decaying '
-          'schedule gains until its end by design: there the row says how steeply.)\n\n' + '\n'.join(lines))
+          f'schedule gains until its end by design: there the row says how steeply.){aligned}\n\n' + '\n'.join(lines))
 
 
 def _grid_cell(runs: Sequence[dict[float, float | None]], lr: float) -> str:

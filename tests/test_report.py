@@ -234,3 +234,14 @@ def test_curve_table_averages_seeds_per_evaluation_and_marks_the_plateau():
   assert '| 1 | 10 | 0.6000 | 0.1000 |' in table and '| 3 | 30 | 0.7050 | – |' in table
   # a: 0.6, 0.7, 0.705, 0.7 gains (0.705 - 0.6) / 2 over the next two from evaluation 1, (0.7 - 0.7) / 2 from 2
   assert '| plateau | | evaluation 2 | rising at the end (+10.00 point per evaluation over the last 1) |' in table
+
+
+def test_curve_table_aligns_points_that_evaluate_at_other_steps_by_their_kth_evaluation():
+  # a evaluates every 10 steps, b every 4 (a larger batch's epochs): the table pairs their k-th evaluations
+  results = [{'name': 'a', 'point': 'a'}, {'name': 'b', 'point': 'b'}]
+  histories = {'a': [{'step': 10, 'val_accuracy': 0.5}, {'step': 20, 'val_accuracy': 0.6}],
+               'b': [{'step': 4 * k, 'val_accuracy': v} for k, v in enumerate((0.3, 0.4, 0.401, 0.401), 1)]}
+  table = report.curve_table(results, histories)
+  assert '| evaluation | a | b |' in table and "each row is every point's k-th evaluation" in table
+  assert '| 1 | 0.5000 | 0.3000 |' in table and '| 2 | 0.6000 | 0.4000 |' in table and '| 4 | – | 0.4010 |' in table
+  assert '| plateau | rising at the end (+10.00 point per evaluation over the last 1) | evaluation 2 |' in table
