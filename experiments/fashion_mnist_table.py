@@ -26,8 +26,8 @@ epochs and stopping rules are not copied: both target sources chose theirs on th
   conv 128, each followed by a 'same' 2x2 pool (7 -> 4), -> dense 1024 -> dropout 0.5 -> dense 512 -> dropout
   0.5 -> softmax; 2,688,522 parameters. Not expressed: its max-norm(3) constraint on the dense weights.
 - mlp_256_128_100 (0.8833): dense 256 -> 128 -> 100 -> softmax, ReLU, no dropout.
-A diagnostic point, not a row (--sweep_index=15 trains its seed 0, ~1 h; the first command trains its 3 seeds,
-~3 h): keras_source_optimizer, the Keras row's model under its source's optimiser, Nesterov SGD at 0.01 with
+A diagnostic point, not a row (--sweep_index=15 trains its seed 0, 43 min on 2 CPU cores; the first command trains its
+3 seeds, ~2 h): keras_source_optimizer, the Keras row's model under its source's optimiser, Nesterov SGD at 0.01 with
 momentum 0.9 and batch 400, for 60 epochs with the epoch chosen on validation (the source stops on the test
 split, within 150 epochs). Its rate stays constant: the source's inverse-time decay, to 0.6x by epoch 60, is not
 expressed; nor is its max-norm constraint.
