@@ -488,20 +488,26 @@ def _plot_per_setting(workdir: str, rows, bars, metric: str) -> str:
 
 def _plot_learning_curves(workdir: str, histories: dict[str, list[dict]], metric: str) -> str:
   """Training loss, and the periodic evaluations: validation metrics (test ones where a run has no validation
-  split)."""
-  fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+  split). One colour per point, its seeds' runs alike, so that a colour names a point however many there are;
+  the legend, a line per point, stands beside the plots rather than over the curves."""
+  fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(12, 4))
   val = metric.replace('test_', 'val_', 1)
   periodic = val if any(val in r for h in histories.values() for r in h) else metric
+  points = list(dict.fromkeys(name.split(',seed=')[0] for name in histories))
+  colours = plt.get_cmap('tab10' if len(points) <= 10 else 'tab20')
   for name, history in histories.items():
+    point = name.split(',seed=')[0]
     for ax, key in ((ax_train, 'train_loss'), (ax_eval, periodic)):
-      points = [(r['step'], r[key]) for r in history if key in r]
-      if points:
-        ax.plot(*zip(*points, strict=True), marker='.' if key == periodic else None, label=name)
+      xy = [(r['step'], r[key]) for r in history if key in r]
+      if xy:
+        ax.plot(*zip(*xy, strict=True), marker='.' if key == periodic else None, alpha=0.8, linewidth=1,
+                color=colours(points.index(point) % colours.N), label=point)
   ax_train.set(xlabel='step', ylabel='train_loss (log scale)', yscale='log', title='training loss')
   _readable_log_axis(ax_train.yaxis)
   ax_eval.set(xlabel='step', ylabel=periodic, title=periodic)
-  if ax_eval.get_legend_handles_labels()[0]:
-    ax_eval.legend(fontsize=7)
+  handles = dict(zip(*reversed(ax_eval.get_legend_handles_labels()), strict=True))  # one line per label
+  if handles:
+    ax_eval.legend(handles.values(), handles.keys(), fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
   return _save(fig, workdir, 'learning_curves.png')
 
 
