@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -28,6 +30,7 @@ def validate(opt: ml_collections.ConfigDict) -> None:
     check_number(f'optimizer.{flag}', opt[flag], 0)
   check_bool('optimizer.nesterov', opt.nesterov)
   check_number('optimizer.ema_decay', opt.ema_decay, 0, 1, high_open=True, hint='e.g. 0.99, or 0 for none')
+  check_number('optimizer.dense_max_norm', opt.dense_max_norm, 0, hint='e.g. 3 (Keras max_norm(3)), or 0 for none')
 
 
 def schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -66,10 +69,33 @@ def create_tx(config: ml_collections.ConfigDict, shape: optax.Schedule) -> optax
   """
   def make(learning_rate):
     tx = optimizer(config.optimizer, lambda count: learning_rate * shape(count))
+    if config.optimizer.dense_max_norm:
+      tx = optax.chain(tx, hidden_dense_max_norm(config.optimizer.dense_max_norm))
     if config.optimizer.ema_decay:
       tx = optax.chain(tx, params_ema(config.optimizer.ema_decay))
     return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPPED_STEPS) if config.skip_nonfinite else tx
   return optax.inject_hyperparams(make)(learning_rate=config.optimizer.learning_rate)
+
+
+HIDDEN_DENSE_KERNEL = re.compile(r'(^|/)dense\d+/kernel$')  # models.CNN's hidden dense layers, not its output
+
+
+def hidden_dense_max_norm(limit: float) -> optax.GradientTransformation:
+  """Keras's ``max_norm(limit)`` kernel constraint on the hidden dense layers: after each update, every hidden
+  unit's incoming weights (a column of a ``dense<i>`` kernel) longer than ``limit`` are scaled back to it. The
+  update returned is the one that lands the parameters there, so the chain after it (the EMA) sees the
+  constrained weights."""
+  def project(path, update, param):
+    if not HIDDEN_DENSE_KERNEL.search(jax.tree_util.keystr(path, simple=True, separator='/')):
+      return update
+    new = param + update
+    norms = jnp.sqrt(jnp.sum(jnp.square(new), axis=0, keepdims=True))
+    return new * jnp.minimum(1.0, limit / jnp.maximum(norms, jnp.finfo(new.dtype).tiny)) - param
+
+  def update(updates, state, params=None):
+    return jax.tree_util.tree_map_with_path(project, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 class ParamsEMAState(NamedTuple):

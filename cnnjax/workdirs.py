@@ -34,7 +34,8 @@ OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 
 # did before the field existed: a run whose config.json lacks one resumes under a config with that value.
 ADDED_FIELDS = {'optimizer.ema_decay': 0.0, 'eval_translate': 0, 'model.norm_scale': True,
                 'model.conv_init': 'lecun_normal', 'model.kernel_sizes': (), 'model.pool_padding': 'VALID',
-                'model.pool_blocks': (), 'model.block_dropout': 0.0, 'model.dense_norm': 'none'}
+                'model.pool_blocks': (), 'model.block_dropout': 0.0, 'model.dense_norm': 'none',
+                'optimizer.dense_max_norm': 0.0}
 _HELD: set[str] = set()  # the lock files this process holds
 
 

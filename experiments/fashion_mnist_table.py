@@ -30,7 +30,9 @@ A diagnostic point, not a row (--sweep_index=15 trains its seed 0, 43 min on 2 C
 3 seeds, ~2 h): keras_source_optimizer, the Keras row's model under its source's optimiser, Nesterov SGD at 0.01 with
 momentum 0.9 and batch 400, for 60 epochs with the epoch chosen on validation (the source stops on the test
 split, within 150 epochs). Its rate stays constant: the source's inverse-time decay, to 0.6x by epoch 60, is not
-expressed; nor is its max-norm constraint.
+expressed; nor is its max-norm constraint. A second diagnostic point, keras_max_norm (--sweep_index=18 trains its
+seed 0, ~15 min): the Keras row under this table's protocol with its source's max-norm(3) constraint on the two
+hidden dense layers, at the row's picked rate (1e-3), so that the constraint alone differs from the row.
 Measured results: docs/studies.md, Fashion-MNIST reproduction.
 """
 
@@ -69,4 +71,5 @@ def get_sweep() -> list[dict]:
           {'name': 'bn_4conv_source', 'model.features': (32, 32, 64, 64), 'model.kernel_sizes': (5, 5, 3, 3),
            'model.pool_blocks': (1, 3), 'model.block_dropout': 0.25, 'model.dense': (512,),
            'model.dense_norm': 'batch', 'model.dropout': 0.5},
-          {'name': 'keras_source_optimizer', **keras, **keras_optimizer}]
+          {'name': 'keras_source_optimizer', **keras, **keras_optimizer},
+          {'name': 'keras_max_norm', **keras, 'optimizer.dense_max_norm': 3.0, 'lr_grid': (1e-3,)}]

@@ -105,6 +105,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
   # Evaluate an exponential moving average of the weights, updated after every step with this decay (0 = none).
   config.optimizer.ema_decay = 0.0
+  # Keras's max_norm constraint on the hidden dense layers: each unit's incoming weights are scaled back to at
+  # most this Euclidean norm after every update (0 = none).
+  config.optimizer.dense_max_norm = 0.0
 
   config.parallel = 'pmap'  # pmap (jax.pmap over local devices) | shard_map (jax.jit of jax.shard_map, 1-D mesh)
   config.batch_size = 128  # global: split over all devices

@@ -2,12 +2,13 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from cnnjax import optim
+from cnnjax import models, optim
 from cnnjax.config import ConfigError
 
 
@@ -70,3 +71,36 @@ def test_the_weights_moving_average_follows_its_recurrence(config):
   config.optimizer.ema_decay = 0.0
   plain = optim.create_tx(config, optim.schedule(config.optimizer, 10))
   assert optim.eval_params(plain.init(params), params) is params
+
+
+def test_dense_max_norm_scales_each_hidden_units_weights_back_to_the_limit(config):
+  """dense_max_norm 3, SGD at 1 with zero gradients: a hidden kernel whose columns have norms 5 (3, 4) and 1
+  becomes (1.8, 2.4) and the unchanged column, as Keras's max_norm(3) would leave it; the output layer, biases
+  and conv kernels are not constrained; with 0, nothing is."""
+  config.optimizer.name, config.optimizer.schedule, config.optimizer.grad_clip_norm = 'sgd', 'constant', 0.0
+  config.optimizer.learning_rate, config.optimizer.dense_max_norm = 1.0, 3.0
+  long = jnp.array([[3.0, 1.0], [4.0, 0.0]])
+  params = {'dense0': {'kernel': long, 'bias': jnp.full(2, 9.0)}, 'output': {'kernel': long},
+            'block0': {'conv': {'kernel': long}}}
+  tx = optim.create_tx(config, optim.schedule(config.optimizer, 10))
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(new['dense0']['kernel'], [[1.8, 1.0], [2.4, 0.0]], rtol=1e-6)
+  for path in (('dense0', 'bias'), ('output', 'kernel')):
+    np.testing.assert_array_equal(new[path[0]][path[1]], params[path[0]][path[1]])
+  np.testing.assert_array_equal(new['block0']['conv']['kernel'], long)
+  config.optimizer.dense_max_norm = 0.0
+  plain = optim.create_tx(config, optim.schedule(config.optimizer, 10))
+  np.testing.assert_array_equal(optax.apply_updates(params, plain.update(
+      jax.tree.map(jnp.zeros_like, params), plain.init(params), params)[0])['dense0']['kernel'], long)
+
+
+def test_dense_max_norm_finds_the_models_hidden_dense_kernels_only(config):
+  """In a real model's parameters (two hidden dense layers, BatchNorm after each), the constraint's pattern
+  names dense0/kernel and dense1/kernel: not the output layer, the convs, the biases or the dense norms."""
+  config.model.dense, config.model.dense_norm = (16, 8), 'batch'
+  model = models.build_model(config.model, num_outputs=6)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  paths = [jax.tree_util.keystr(path, simple=True, separator='/')
+           for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  assert sorted(p for p in paths if optim.HIDDEN_DENSE_KERNEL.search(p)) == ['dense0/kernel', 'dense1/kernel']

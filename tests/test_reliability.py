@@ -319,7 +319,7 @@ VALID = {
     'model.pool_padding': set(), 'model.block_dropout': {0, 0.5}, 'model.dense_norm': set(),
     'model.padding': set(), 'model.pool': set(), 'model.pool_stride': set(), 'model.pool_window': set(),
     'model.stride': set(), 'model.variant': set(), 'num_train_steps': set(), 'optimizer.grad_clip_norm': {0, 0.5},
-    'optimizer.ema_decay': {0, 0.5},
+    'optimizer.ema_decay': {0, 0.5}, 'optimizer.dense_max_norm': {0, 0.5},
     'optimizer.learning_rate': {0.5}, 'optimizer.momentum': {0, 0.5}, 'optimizer.name': set(),
     'optimizer.nesterov': {True}, 'optimizer.schedule': set(), 'optimizer.warmup_steps': {0},
     'optimizer.weight_decay': {0, 0.5}, 'parallel': set(), 'population': set(), 'rng_impl': set(), 'seed': {0},
