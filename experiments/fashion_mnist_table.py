@@ -31,7 +31,7 @@ A diagnostic point, not a row (--sweep_index=15 trains its seed 0, 43 min on 2 C
 momentum 0.9 and batch 400, for 60 epochs with the epoch chosen on validation (the source stops on the test
 split, within 150 epochs). Its rate stays constant: the source's inverse-time decay, to 0.6x by epoch 60, is not
 expressed; nor is its max-norm constraint. A second diagnostic point, keras_max_norm (--sweep_index=18 trains its
-seed 0, ~15 min): the Keras row under this table's protocol with its source's max-norm(3) constraint on the two
+seed 0, 11 min): the Keras row under this table's protocol with its source's max-norm(3) constraint on the two
 hidden dense layers, at the row's picked rate (1e-3), so that the constraint alone differs from the row.
 Measured results: docs/studies.md, Fashion-MNIST reproduction.
 """
