@@ -23,12 +23,24 @@ def race_config(config, data_dir: str | None, epochs: int):
   epoch, and its device-pipeline run, whose host arrays feed the PyTorch arms (the data is prepared here, and
   the arrays written, before anything is timed)."""
   from cnnjax import data, train
+  check_plain_data(config)
   whole = apply_overrides(config, {'data.val_fraction': 0.0})
   run = train.setup(apply_overrides(whole, {'data.pipeline': 'device'}), data_dir)
   epoch = data.split_sizes(whole.data, run.num_examples)[0] // config.batch_size
   raced = apply_overrides(whole, {'num_train_steps': epochs * epoch, 'eval_every_steps': epoch,
                                   'checkpoint_every_steps': epoch, 'test_checkpoint': 'last', 'lr_grid': ()})
   return raced, run
+
+
+def check_plain_data(config) -> None:
+  """Raises ValueError naming the flag when ``config`` augments its training batches or its evaluations: the
+  PyTorch arms train on the plain arrays and evaluate plain test images, so such a race would not be even."""
+  plain = {'data.augment_flip': False, 'data.augment_crop': False, 'data.random_erasing': 0.0, 'eval_flip': False,
+           'eval_translate': 0}
+  for flag, value in plain.items():
+    got = config.data[flag[5:]] if flag.startswith('data.') else config[flag]
+    if got != value:
+      raise ValueError(f'a race needs --config.{flag}={value} (got {got!r}): the PyTorch arms do not mirror it')
 
 
 def normalised(run, split: str) -> tuple[np.ndarray, np.ndarray]:

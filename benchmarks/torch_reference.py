@@ -30,6 +30,9 @@ def check_supported(config) -> None:
     raise ValueError('the PyTorch mirror needs norm none|batch, pool max|avg|none and an odd kernel_size')
   if config.head != 'multiclass' or config.label_smoothing or not models.conv_features(m):
     raise ValueError('the PyTorch mirror needs a CNN with the multiclass head and no label smoothing')
+  for field in ('ema_decay', 'dense_max_norm'):  # optimizer steps the mirror does not take
+    if config.optimizer[field]:
+      raise ValueError(f'the PyTorch mirror needs --config.optimizer.{field}=0 (got {config.optimizer[field]!r})')
 
 
 def build_model(config, image_shape: tuple[int, int, int], num_outputs: int):

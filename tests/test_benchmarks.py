@@ -13,6 +13,7 @@ from cnnjax.config import apply_overrides
 
 torch = pytest.importorskip('torch', reason='the PyTorch mirror needs torch (pip install torch)')
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import racing  # noqa: E402
 import torch_reference  # noqa: E402
 
 
@@ -37,6 +38,18 @@ def test_the_mirror_follows_cnnjax_schedule_and_refuses_what_it_cannot_express()
                        ('pool_padding', 'SAME'), ('block_dropout', 0.25), ('dense_norm', 'batch')):
     with pytest.raises(ValueError, match=f'--config.model.{field}='):
       torch_reference.check_supported(apply_overrides(config, {f'model.{field}': value}))
+  for field, value in (('ema_decay', 0.998), ('dense_max_norm', 3.0)):
+    with pytest.raises(ValueError, match=f'--config.optimizer.{field}=0'):
+      torch_reference.check_supported(apply_overrides(config, {f'optimizer.{field}': value}))
+
+
+def test_a_race_refuses_augmentation_the_torch_arms_do_not_mirror():
+  config = load_experiment('fashion_mnist').get_config()
+  racing.check_plain_data(config)
+  for flag, value in (('data.augment_flip', True), ('data.augment_crop', True), ('data.random_erasing', 0.5),
+                      ('eval_flip', True), ('eval_translate', 1)):
+    with pytest.raises(ValueError, match=f'--config.{flag}='):
+      racing.check_plain_data(apply_overrides(config, {flag: value}))
 
 
 def test_mirror_steps_fit_a_fixed_batch():
