@@ -38,9 +38,9 @@ def check_plain_data(config) -> None:
   plain = {'data.augment_flip': False, 'data.augment_crop': False, 'data.random_erasing': 0.0, 'eval_flip': False,
            'eval_translate': 0}
   for flag, value in plain.items():
-    got = config.data[flag[5:]] if flag.startswith('data.') else config[flag]
-    if got != value:
-      raise ValueError(f'a race needs --config.{flag}={value} (got {got!r}): the PyTorch arms do not mirror it')
+    if config[flag] != value:  # a ConfigDict reads dotted paths
+      raise ValueError(f'a race needs --config.{flag}={value} (got {config[flag]!r}): the PyTorch arms do not '
+                       'mirror it')
 
 
 def normalised(run, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -11,10 +11,10 @@ Rungs: recipe (3 BN conv blocks, flips, label smoothing 0.1, Adam 3e-3 cosine, 2
 weights (decay 0.998, a horizon of ~500 steps) -> + test-time flips and 1-pixel translations -> + label
 smoothing 0.2 -> + random erasing (probability 0.5, Zhong et al.'s) over twice the epochs (40) -> + twice the
 conv widths (64-128-256). The practices that cost nothing come first, the costly ones last (a 40-epoch run of the
-last rung took ~36 min on a 2-core Intel Xeon). Each rung's learning rate is picked on validation by its first seed from
-(1e-3, 3e-3), extended while on the edge; its tested epoch is the best on validation. The report compares every
-rung with the recipe seed by seed: what each practice adds, with its interval. The recipe that the goal (0.940)
-is judged on is the rung with the best mean validation accuracy.
+last rung took ~36 min on a 2-core Intel Xeon). Each rung's learning rate is picked on validation by its first
+seed from (1e-3, 3e-3), extended while on the edge; its tested epoch is the best on validation. The report
+compares every rung with the recipe seed by seed: what each practice adds, with its interval. The recipe that the
+goal (0.940) is judged on is the rung with the best mean validation accuracy.
 """
 
 import ml_collections
