@@ -11,7 +11,7 @@ Rungs: recipe (3 BN conv blocks, flips, label smoothing 0.1, Adam 3e-3 cosine, 2
 weights (decay 0.998, a horizon of ~500 steps) -> + test-time flips and 1-pixel translations -> + label
 smoothing 0.2 -> + random erasing (probability 0.5, Zhong et al.'s) over twice the epochs (40) -> + twice the
 conv widths (64-128-256) -> + 1-pixel training shifts (reflect-pad by 1 and crop back). The practices that cost
-nothing come first, the costly ones last (a 40-epoch run at double width took 29-36 min on a 2-core Intel Xeon).
+nothing come first, the costly ones last (a 40-epoch run at double width took ~36 min on a 2-core Intel Xeon).
 Each rung's learning rate is picked on validation by its first seed from (1e-3, 3e-3), extended while on the edge,
 except the last rung's, which keeps +wide's pick (1e-3, bracketed there) to save two such runs; each run's tested
 epoch is the best on validation. The report compares every rung with the recipe seed by seed: what each practice
