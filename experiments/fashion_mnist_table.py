@@ -32,7 +32,10 @@ momentum 0.9 and batch 400, for 60 epochs with the epoch chosen on validation (t
 split, within 150 epochs). Its rate stays constant: the source's inverse-time decay, to 0.6x by epoch 60, is not
 expressed; nor is its max-norm constraint. A second diagnostic point, keras_max_norm (--sweep_index=18 trains its
 seed 0, 11 min): the Keras row under this table's protocol with its source's max-norm(3) constraint on the two
-hidden dense layers, at the row's picked rate (1e-3), so that the constraint alone differs from the row.
+hidden dense layers, at the row's picked rate (1e-3), so that the constraint alone differs from the row. A third,
+keras_source_split (--sweep_index=21 trains its seed 0): the Keras row at its picked rate on its source's split,
+all 60,000 training images and the test split evaluated every epoch, as the source watched it; it measures what
+training on the validation images and reading the test curve give, not a result (its test curve is looked at).
 Measured results: docs/studies.md, Fashion-MNIST reproduction.
 """
 
@@ -72,4 +75,6 @@ def get_sweep() -> list[dict]:
            'model.pool_blocks': (1, 3), 'model.block_dropout': 0.25, 'model.dense': (512,),
            'model.dense_norm': 'batch', 'model.dropout': 0.5},
           {'name': 'keras_source_optimizer', **keras, **keras_optimizer},
-          {'name': 'keras_max_norm', **keras, 'optimizer.dense_max_norm': 3.0, 'lr_grid': (1e-3,)}]
+          {'name': 'keras_max_norm', **keras, 'optimizer.dense_max_norm': 3.0, 'lr_grid': (1e-3,)},
+          {'name': 'keras_source_split', **keras, 'lr_grid': (), 'optimizer.learning_rate': 1e-3,
+           'data.val_fraction': 0.0, 'test_checkpoint': 'last'}]
