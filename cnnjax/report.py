@@ -264,12 +264,14 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
   wall time the point cost: the sum over its seeds, every learning rate they tried included (with lr_pick=point
   the first seed's run holds the whole grid, so a mean over seeds would mix a grid with single runs)."""
   varied = sorted({k for r in results for k in r['overrides'] if k not in ('name', 'seed')})
+  grids = any('picked_lr' in r for r in results)  # then every row has the column ('–' for a point without a grid)
   rows = []
   for name, group in _group(results).items():
     row = {'point': name, 'seeds': len(group), **{k: group[0]['overrides'].get(k, '') for k in varied},
            'params': group[0]['num_params'], 'flops': group[0]['flops']}
-    if any('picked_lr' in r for r in group):
-      row['picked lr'] = ', '.join(f'{r["picked_lr"]:g}' + ' (edge)' * r['picked_on_edge'] for r in group)
+    if grids:
+      row['picked lr'] = (', '.join(f'{r["picked_lr"]:g}' + ' (edge)' * r['picked_on_edge'] for r in group)
+                          if all('picked_lr' in r for r in group) else None)
     for key in [*_metric_keys(results), 'steps_per_sec']:
       values = [r[key] for r in group if key in r]
       row[key] = _stats(values) if values else None

@@ -76,6 +76,16 @@ def test_significance_table_names_the_verdicts(tmp_path):
   assert 'pool=avg: significantly lower (-0.1000, Holm p 0.0066); pool=none: no significant difference' in said
   assert 'over 3 seeds' in said and 'smaller than about 0.0430' in said and 'pool=same' not in said
 
+def test_a_point_without_a_grid_beside_points_with_one_gets_a_dash_for_its_picked_rate():
+  """A diagnostic point at a fixed rate (no lr_grid, so no picked_lr) in a sweep whose other points pick theirs:
+  every row has the column, the fixed point's cell a dash."""
+  picked = {**_fake_result('pool=max,seed=0', 'max', 0, 0.8), 'picked_lr': 1e-3, 'picked_on_edge': False}
+  fixed = _fake_result('pool=avg,seed=0', 'avg', 0, 0.7)
+  text = report.markdown_table(report.summarize([picked, fixed]))
+  assert '| pool=max | 1 | max | 100 | 1,000 | 0.001 | 0.5 |' in text
+  assert '| pool=avg | 1 | avg | 100 | 1,000 | – | 0.5 |' in text
+
+
 def test_the_grid_table_names_each_points_own_selection_metric():
   """A sweep whose points pick by different metrics (classification: accuracy; regression: loss), as the
   heads sweep does: one row each, with its own metric."""
