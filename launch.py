@@ -15,7 +15,7 @@ from absl import app, flags, logging
 
 from cnnjax import files
 from cnnjax.cli import format_config, load_experiment, parse_flags_with_experiment
-from cnnjax.errors import CnnjaxError, ConfigError, DownloadTimeout
+from cnnjax.errors import CnnjaxError, DownloadTimeout
 
 flags.DEFINE_string('experiment', 'shapes', 'Name of a config file in experiments/ (without .py).')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and metrics.jsonl.')
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
   logging.info('Compilation cache: %r', compiler.set_compilation_cache(FLAGS.compilation_cache_dir))
   import jax  # after flag parsing and XLA_FLAGS: jax/tf imports are slow
 
-  from cnnjax import parallel, sweep, train, workdirs
+  from cnnjax import parallel, sweep
 
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -110,15 +110,14 @@ def main(argv: list[str]) -> None:
                                      FLAGS.report_only, FLAGS.overwrite)
       if FLAGS.out and FLAGS.sweep_index is None and jax.process_index() == 0:
         sweep.write_out(FLAGS.out, FLAGS.experiment, outcome, FLAGS.workdir, time.perf_counter() - start)
-  except ConfigError as e:
-    sys.exit(f'Invalid config: {e}')
   except DownloadTimeout as e:  # the download's threads may retry for minutes: do not wait for them
-    print(f'\nStopped: {e}', file=sys.stderr, flush=True)  # a line of its own after the download's progress bar
-    os._exit(1)
-  except (CnnjaxError, train.NonFiniteLoss) as e:
-    sys.exit(f'Stopped: {e}')
-  except workdirs.Preempted as e:
-    logging.warning('%s', e)  # a clean stop: exit status 0
+    print(f'\n{e.heading}: {e}', file=sys.stderr, flush=True)  # a line of its own after the download's progress bar
+    os._exit(e.exit_status)
+  except CnnjaxError as e:  # every expected stop: one line, no traceback
+    if e.exit_status == 0:
+      logging.warning('%s: %s', e.heading, e)
+    else:
+      sys.exit(f'{e.heading}: {e}')
 
 
 if __name__ == '__main__':

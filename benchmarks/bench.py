@@ -14,13 +14,13 @@ machine state. Compile times are first-step seconds minus a steady step (cold: n
 are against the fastest PyTorch arm. Runs in ~5-8 minutes on 2 CPU cores with --vs_torch.
 """
 
-import json
 import statistics
 
 import numpy as np
 from absl import app, flags
 from timing import MatmulPeak, compile_seconds, steps_for, timed_windows
 
+from cnnjax import files
 from cnnjax.cli import parse_flags_with_experiment
 
 flags.DEFINE_string('experiment', 'mnist', 'Experiment whose model and optimizer are benchmarked.')
@@ -228,8 +228,8 @@ def main(argv):
   for row in rows:
     print('| ' + ' | '.join(f'{row[c]:.3g}' if isinstance(row[c], float) else str(row[c]) for c in columns) + ' |')
   if FLAGS.json:
-    with open(FLAGS.json, 'w') as f:
-      json.dump({'device': device, 'jax': jax.__version__, 'xla_flags': xla_env, 'rows': rows}, f, indent=1)
+    files.write_json(FLAGS.json, {'device': device, 'jax': jax.__version__, 'xla_flags': xla_env, 'rows': rows},
+                     sort_keys=False)
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags
 
+from cnnjax import files
 from cnnjax.cli import ROOT, load_experiment
 from cnnjax.config import apply_overrides
 
@@ -109,8 +110,7 @@ def main(argv):
           f'{statistics.median(r["train_step_s"] for r in rows):.2f} s; init + train + eval median '
           f'{statistics.median(sum(r[k] for k in keys) for r in rows):.2f} s')
   if FLAGS.json:
-    with open(FLAGS.json, 'w') as f:
-      json.dump({'cold': cold, 'warm': warm}, f, indent=1)
+    files.write_json(FLAGS.json, {'cold': cold, 'warm': warm}, sort_keys=False)
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ import time
 
 from absl import app, flags
 
+from cnnjax import files
 from cnnjax.cli import ROOT, load_experiment
 from cnnjax.config import apply_overrides
 
@@ -138,8 +139,7 @@ def main(argv):
   for r in rows:
     print(f'\n{r["arm"]}:\n{r["comparisons"]}\n\n{r["grids"]}')
   if FLAGS.json:
-    with open(FLAGS.json, 'w') as f:
-      json.dump(rows, f, indent=1)
+    files.write_json(FLAGS.json, rows, sort_keys=False)
   if FLAGS.out:
     from cnnjax import stamp
     stamp.write(FLAGS.out, {**stamp.stamp(), 'experiment': FLAGS.experiment, 'dataset': FLAGS.dataset, 'rows': rows})

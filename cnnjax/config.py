@@ -18,6 +18,7 @@ import ml_collections
 from cnnjax.errors import ConfigError
 
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
+POPULATION_MAPS = ('auto', 'vmap', 'loop')  # config.population_map
 SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups (XLA:CPU's faster forms) and config.population
 T = TypeVar('T')
 LR_PICKS = ('run', 'point')  # config.lr_pick: whose validation picks a sweep point's learning rate
@@ -148,6 +149,7 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       'on the devices: set --config.data.pipeline=device (or auto), or --config.steps_per_dispatch=1')
   check_choice('cpu_speedups', config.cpu_speedups, SPEEDUPS)
   check_choice('population', config.population, SPEEDUPS)
+  check_choice('population_map', config.population_map, POPULATION_MAPS)
   for flag in ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints', 'seeds'):
     check_int(flag, config[flag], 1)

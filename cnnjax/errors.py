@@ -4,11 +4,15 @@ them."""
 
 
 class CnnjaxError(Exception):
-  """An expected failure: bad input, a busy or damaged file, a fault of the machine. The message is one line."""
+  """An expected stop: bad input, a busy or damaged file, a fault of the machine, a diverged loss, a signal. The
+  message is one line; ``launch.py`` prints it after ``heading`` and exits with ``exit_status``."""
+  heading = 'Stopped'
+  exit_status = 1
 
 
 class ConfigError(CnnjaxError, ValueError):
   """A config that cannot train; the message names the flag and the fix."""
+  heading = 'Invalid config'
 
 
 class WorkdirInUse(CnnjaxError):
@@ -35,3 +39,18 @@ class StorageError(CnnjaxError):
 
 class NoFinishedPoints(CnnjaxError):
   """A sweep's report was asked for (--report_only) where no point has finished."""
+
+
+class NonFiniteLoss(CnnjaxError):
+  """The training loss became NaN or Inf; no checkpoint of the bad state was written."""
+
+
+class Preempted(CnnjaxError):
+  """Training stopped on SIGTERM/SIGINT after saving a checkpoint; re-run the same command to resume. A clean
+  stop: exit status 0."""
+  heading = 'Preempted'
+  exit_status = 0
+
+  def __init__(self, step: int, workdir: str):
+    super().__init__(f'saved a checkpoint at step {step} in {workdir}; re-run the same command to resume')
+    self.step = step

@@ -25,19 +25,24 @@ _CHUNK = 1 << 20
 # ---------------------------------------------------------------------------------------------------------
 # JSON.
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` to ``path`` atomically (a temporary file beside it, then a rename): a reader sees the old file
-  or the whole new one, never a part."""
+def write_text(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically (a temporary file beside it, then a rename): a reader sees the old
+  file or the whole new one, never a part, and a write that fails (full disk) leaves the old file as it was."""
   tmp = f'{path}.tmp-{os.getpid()}'
   try:
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
+    with open(tmp, 'w', newline='') as f:
+      f.write(text)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
+
+
+def write_json(path: str, obj: Any, sort_keys: bool = True) -> None:
+  """Writes ``obj`` as JSON to ``path`` atomically (``write_text``)."""
+  write_text(path, json.dumps(obj, indent=1, sort_keys=sort_keys))
 
 
 def read_json(path: str, fix: str) -> Any:

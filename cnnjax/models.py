@@ -364,8 +364,8 @@ def layers(blocks: Sequence[BlockSpec], image_shape: tuple[int, int, int]) -> li
   """The convs and pools of a stack in order, each with its closed-form output shape (H, W, C).
 
   Raises:
-    ConfigError naming the layer and the sizes if a stride is < 1 or a kernel or window is larger than its
-    padded input (the only way an output could fall below 1x1).
+    ConfigError naming the layer and the sizes if a kernel or window is larger than its padded input (the only
+    way an output could fall below 1x1; ``validate`` has refused strides below 1).
   """
   result = []
   h, w, c = image_shape
@@ -376,9 +376,6 @@ def layers(blocks: Sequence[BlockSpec], image_shape: tuple[int, int, int]) -> li
       if kind == 'pool' and ops.get_pool(b.pool) is None:
         continue
       name = f'block{i}.{kind}'
-      if s < 1:
-        flag = 'stride' if kind == 'conv' else 'pool_stride'
-        raise ConfigError(f'{name}: stride must be >= 1, got {s} (--config.model.{flag})')
       padding = ops.parse_padding(p)
       k_eff = ops.dilated_size(k, d)
       if padding != 'SAME':

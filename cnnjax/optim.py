@@ -12,8 +12,10 @@ import numpy as np
 import optax
 
 from cnnjax.config import check_bool, check_choice, check_int, check_number
+from cnnjax.errors import ConfigError
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
+DECAYING = ('adamw',)  # the optimizers that apply optimizer.weight_decay
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant', 'triangular')
 MAX_SKIPPED_STEPS = 100  # skip_nonfinite: after this many consecutive non-finite steps, updates apply again
 
@@ -28,6 +30,10 @@ def validate(opt: ml_collections.ConfigDict) -> None:
   check_int('optimizer.warmup_steps', opt.warmup_steps, 0)
   for flag in ('weight_decay', 'grad_clip_norm'):
     check_number(f'optimizer.{flag}', opt[flag], 0)
+  if opt.weight_decay and opt.name not in DECAYING:
+    raise ConfigError(f'--config.optimizer.weight_decay={opt.weight_decay} does nothing under '
+                      f'--config.optimizer.name={opt.name}; use --config.optimizer.name=adamw (decoupled weight decay) '
+                      'or set --config.optimizer.weight_decay=0')
   check_bool('optimizer.nesterov', opt.nesterov)
   check_number('optimizer.ema_decay', opt.ema_decay, 0, 1, high_open=True, hint='e.g. 0.99, or 0 for none')
   check_number('optimizer.dense_max_norm', opt.dense_max_norm, 0, hint='e.g. 3 (Keras max_norm(3)), or 0 for none')

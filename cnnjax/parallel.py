@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -208,9 +207,11 @@ class PopulationBackend(Backend):
   member's batches are those of its solo run (the device pipeline's positions do not depend on the number of
   devices); its dropout masks are those of a solo run on ``data_devices`` devices."""
 
-  def __init__(self, members: int):
+  def __init__(self, members: int, shard_members: bool = True):
+    """``shard_members``: over ``member_groups`` rows; False: one row, each member's batch split over every
+    device as in its solo run (a ``train.loop_map`` population, which then equals its solo runs bit for bit)."""
     super().__init__()
-    groups = member_groups(members, jax.device_count())
+    groups = member_groups(members, jax.device_count()) if shard_members else 1
     self.mesh = Mesh(np.array(jax.devices()).reshape(groups, -1), (MEMBER_AXIS, AXIS))
     self.data_devices = self.mesh.shape[AXIS]
     self.member_sharding = NamedSharding(self.mesh, P(MEMBER_AXIS))
@@ -233,13 +234,9 @@ class PopulationBackend(Backend):
     return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
   def map_train_step(self, step, replicated_input=True):
-    """The population step ``(state, data, member keys)``; its metrics, whose member axis comes last (after
-    the steps of a multi-step call), are returned with it first."""
-    def members_first(state, data, keys):
-      state, metrics = step(state, data, keys)
-      return state, jax.tree.map(lambda x: jnp.moveaxis(x, -1, 0), metrics)
+    """The population step ``(state, data, member keys)``; its metrics have the member axis first."""
     specs = (P(MEMBER_AXIS), P(), P(MEMBER_AXIS))
-    return jax.jit(jax.shard_map(members_first, mesh=self.mesh, in_specs=specs,
+    return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=specs,
                                  out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS))), donate_argnums=(0,))
 
   def map_eval_step(self, step, replicated_input=True):

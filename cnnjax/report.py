@@ -7,7 +7,7 @@ parameters, FLOPs, final train/test metrics, steps/s and wall time.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+
+from cnnjax import files  # noqa: E402
 
 Result = dict[str, Any]  # one run's result.json: 'name' (its directory), 'point' (its setting), metrics, ...
 FIRST_LAYER_FILE = 'first_layer.npz'  # in a run's directory: first-layer filters, feature maps and the input
@@ -395,34 +397,33 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   comparisons, grids = significance_table(results, baseline), grid_table(results)
   said, curves = conclusion(results, baseline), curve_table(results, histories)
   shifts = invariance_table(results, baseline)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'points': list(results), 'summary': rows, 'conclusion': said, 'comparisons': comparisons,
-               'learning_rates': grids, 'curves': curves, 'invariance': shifts}, f, indent=1)
+  files.write_json(os.path.join(workdir, 'results.json'),
+                   {'points': list(results), 'summary': rows, 'conclusion': said, 'comparisons': comparisons,
+                    'learning_rates': grids, 'curves': curves, 'invariance': shifts}, sort_keys=False)
   _write_csv(os.path.join(workdir, 'results.csv'), results)
   metric = main_metric(results)
   bars = _error_bars(results, metric)
   plots = [_plot_vs(workdir, rows, bars, metric, 'params'), _plot_vs(workdir, rows, bars, metric, 'flops'),
            _plot_per_setting(workdir, rows, bars, metric), _plot_learning_curves(workdir, histories, metric),
            _plot_invariance(workdir, results), _plot_first_layers(workdir, results)]
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
-            'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
-            'per image (closed form); steps/s is the median over the run; wall_time_s is the point\'s total over its '
-            f'seeds, every learning rate tried included.\n\n{markdown_table(rows)}\n\n')
-    for section in (said, comparisons, grids, curves, shifts):
-      f.write(f'{section}\n\n' if section else '')
-    f.writelines(f'![{p}]({p})\n\n' for p in plots if p)
+  text = (f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
+          'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
+          'per image (closed form); steps/s is the median over the run; wall_time_s is the point\'s total over its '
+          f'seeds, every learning rate tried included.\n\n{markdown_table(rows)}\n\n')
+  text += ''.join(f'{section}\n\n' for section in (said, comparisons, grids, curves, shifts) if section)
+  files.write_text(os.path.join(workdir, 'report.md'), text + ''.join(f'![{p}]({p})\n\n' for p in plots if p))
 
 
 def _write_csv(path: str, results: Sequence[Result]) -> None:
   fields = sorted({k for r in results for k in r if k not in ('overrides', 'invariance') and '_by_lr' not in k
                    and k != 'lr_grid'})
   overrides = sorted({k for r in results for k in r['overrides']})
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(fields + overrides)
-    for r in results:
-      writer.writerow([r.get(k, '') for k in fields] + [r['overrides'].get(k, '') for k in overrides])
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(fields + overrides)
+  for r in results:
+    writer.writerow([r.get(k, '') for k in fields] + [r['overrides'].get(k, '') for k in overrides])
+  files.write_text(path, out.getvalue())
 
 
 def _save(fig, workdir: str, name: str) -> str:

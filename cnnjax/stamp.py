@@ -4,13 +4,14 @@ library versions, so that a stale number shows and one command regenerates it.""
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import subprocess
 import sys
 
 import jax
+
+from cnnjax import files
 
 
 def _cpu() -> str:
@@ -55,5 +56,4 @@ def write(path: str | None, result: dict) -> None:
   """Writes ``result`` (a stamped measurement) as JSON to ``path``, making its directory; nothing for None."""
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(result, f, indent=1)
+    files.write_json(path, result, sort_keys=False)

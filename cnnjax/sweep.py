@@ -25,7 +25,7 @@ from absl import logging
 
 from cnnjax import analysis, checkpointing, device_pipeline, files, heads, report, stamp, train, workdirs
 from cnnjax.config import apply_overrides, check_int
-from cnnjax.errors import ConfigError, NoFinishedPoints, StorageError
+from cnnjax.errors import ConfigError, NoFinishedPoints, NonFiniteLoss, StorageError
 
 Overrides = dict[str, Any]
 RESULT_FILE = 'result.json'  # a point is done when it exists
@@ -220,7 +220,7 @@ def pick_learning_rates(configs: dict[str, ml_collections.ConfigDict], point_dir
     todo = {}
     for name in dict.fromkeys(name for name, lr in trials if lr is not None):
       if name not in best:
-        raise train.NonFiniteLoss(f'every learning rate of {sorted(scores[name])} diverged; lower --config.lr_grid')
+        raise NonFiniteLoss(f'every learning rate of {sorted(scores[name])} diverged; lower --config.lr_grid')
       grid, tried = configs[name].lr_grid, sorted(scores[name])
       following = next_learning_rate(grid, tried, best[name][0])
       if following is not None and len(tried) - len(set(grid)) < configs[name].lr_grid_extensions:
@@ -277,7 +277,7 @@ def _train_or_diverge(config: ml_collections.ConfigDict, workdir: str, data_dir:
   """``train.train_and_evaluate``, or None (with one warning) when the training loss becomes NaN/Inf."""
   try:
     return train.train_and_evaluate(config, workdir, data_dir)
-  except train.NonFiniteLoss as e:
+  except NonFiniteLoss as e:
     logging.warning('Learning rate %g diverged (%s); it counts as the worst of the grid.',
                     config.optimizer.learning_rate, str(e).split(';')[0])
     return None

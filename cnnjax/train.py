@@ -44,7 +44,7 @@ from cnnjax import (
   writers,
 )
 from cnnjax.config import apply_overrides, largest_divisor, validate_run
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, NonFiniteLoss, Preempted
 
 if TYPE_CHECKING:  # the host pipeline's modules (TensorFlow) are imported only when a run uses it
   import tensorflow_datasets as tfds
@@ -67,10 +67,6 @@ class TrainState(train_state.TrainState):
 # Steps dispatched ahead of the host. Unbounded queues of collectives time out XLA:CPU's in-process
 # all-reduce with many fake devices on few cores; two steps ahead keeps real accelerators busy.
 MAX_STEPS_IN_FLIGHT = 2
-
-
-class NonFiniteLoss(FloatingPointError):
-  """The training loss became NaN or Inf; no checkpoint of the bad state was written."""
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -135,6 +131,16 @@ def population_on(config: ml_collections.ConfigDict, platform: str) -> bool:
     return config.population == 'on'
   return (platform != 'cpu' and config.rng_impl in VMAP_INVARIANT_RNGS and config.data.pipeline != 'host'
           and config.test_checkpoint == 'last')
+
+
+def population_map(config: ml_collections.ConfigDict, platform: str) -> str:
+  """How a population's step maps over its members (``--config.population_map``): 'vmap' (one batched program,
+  which fills an accelerator; a member equals its solo run to float32 rounding, which training can amplify) or
+  'loop' (``loop_map``: each member the solo run's program in turn; on CPU equal to the last bit); auto = loop on
+  CPU, vmap elsewhere."""
+  if config.population_map != 'auto':
+    return config.population_map
+  return 'loop' if platform == 'cpu' else 'vmap'
 
 
 AUTO_STEPS_PER_DISPATCH = 10  # steps_per_dispatch=auto with the device pipeline (measured: docs/data.md)
@@ -315,7 +321,8 @@ class Run:
     if num_steps == 1:
       return self.train_step
     if num_steps not in self._multi:
-      multi = functools.partial(multi_step, step=self.step_fn, num_steps=num_steps)
+      multi = (functools.partial(self.step_fn, num_steps=num_steps) if self.population
+               else functools.partial(multi_step, step=self.step_fn, num_steps=num_steps))
       self._multi[num_steps] = self.backend.map_train_step(multi, self.pipeline == 'device')
     return self._multi[num_steps]
 
@@ -371,8 +378,11 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   num_examples = found.num_examples if found else data.num_examples(builder)
   head.check(features, config.data)
   info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
-  backend = (parallel.PopulationBackend(len(population.configs)) if population is not None
-             else parallel.get_backend(config.parallel))
+  if population is not None:  # a loop's members run on every device each, as their solo runs do
+    backend = parallel.PopulationBackend(len(population.configs),
+                                         shard_members=population_map(config, jax.default_backend()) == 'vmap')
+  else:
+    backend = parallel.get_backend(config.parallel)
   microbatch_size, cpu_speedups = platform_choices(config, backend.data_devices, jax.default_backend())
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
   step = functools.partial(train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
@@ -380,7 +390,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_speedups)
   evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip, translate=config.eval_translate)
   pipeline = data.pipeline(config.data, num_examples) if prepare else 'host'
-  num_steps = steps_per_dispatch(config, pipeline)
+  num_steps = steps_per_dispatch(config, pipeline) if prepare else 1  # unprepared: nothing trains, nothing to pick
   if prepare and pipeline == 'host' and config.data.pipeline == 'auto':  # an explicit host was checked above
     data.check_host_pipeline(config.data)
   if pipeline == 'host' and builder is None:  # auto chose the host pipeline for arrays too large for the device
@@ -430,8 +440,9 @@ def _device_pipeline(config: ml_collections.ConfigDict, spec: data.DatasetSpec, 
   evaluate = functools.partial(device_eval_step, evaluation=evaluation,
                                make_batch=functools.partial(device_pipeline.eval_batch, preprocess=preprocess))
   if population:
-    return (host, functools.partial(population_train_step, step=step, batches=batches),
-            functools.partial(population_eval_step, evaluation=evaluate))
+    map_members = MEMBER_MAPS[population_map(config, jax.default_backend())]
+    return (host, functools.partial(population_train_step, step=step, batches=batches, map_members=map_members),
+            functools.partial(population_eval_step, evaluation=evaluate, map_members=map_members))
   make_batch = functools.partial(batches, seed=config.seed, key=data_key(config))
   return host, functools.partial(device_train_step, step=step, make_batch=make_batch), evaluate
 
@@ -455,20 +466,40 @@ def device_train_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: 
   return step(state, make_batch(data, state.step, jax.lax.axis_index(parallel.AXIS)), rng)
 
 
-def population_train_step(state: TrainState, data: PyTree, members: PyTree, *, step: Callable, batches: Callable
-                          ) -> tuple[TrainState, Metrics]:
-  """``device_train_step`` of every member (``jax.vmap`` over the leading axis of ``state`` and ``members``),
-  each on the batches of its own seed and data key, with its own dropout key; each scalar metric becomes a
-  vector over the members (stacked over steps by ``multi_step``: [steps, members])."""
+def loop_map(fn: Callable) -> Callable:
+  """``fn`` mapped over the leading axis of its arguments like ``jax.vmap``, but as a loop (``jax.lax.map``):
+  each member runs the solo run's own program, so on CPU its values are its solo run's to the last bit, where
+  ``jax.vmap``'s batched (grouped) convolutions sum in another order."""
+  def mapped(*args):
+    count = len(jax.tree.leaves(args)[0])
+    outs = [fn(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(count)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+  return mapped
+
+
+MEMBER_MAPS = {'vmap': jax.vmap, 'loop': loop_map}  # config.population_map
+
+
+def population_train_step(state: TrainState, data: PyTree, members: PyTree, *, step: Callable, batches: Callable,
+                          map_members: Callable = jax.vmap, num_steps: int = 1) -> tuple[TrainState, Metrics]:
+  """``num_steps`` calls of ``device_train_step`` (``multi_step`` for several) of every member, mapped over the
+  leading axis of ``state`` and ``members`` by ``map_members`` (``jax.vmap`` or ``loop_map``), each on the
+  batches of its own seed and data key, with its own dropout key. The member map is outermost, so that under
+  ``loop_map`` each member runs the very program of its solo run. Each scalar metric becomes [members] (one step)
+  or [members, steps]."""
   def member(state, keys):
     make_batch = functools.partial(batches, seed=keys['seed'], key=keys['data'])
-    return device_train_step(state, data, keys['dropout'], step=step, make_batch=make_batch)
-  return jax.vmap(member)(state, members)
+    one = functools.partial(device_train_step, step=step, make_batch=make_batch)
+    if num_steps == 1:
+      return one(state, data, keys['dropout'])
+    return multi_step(state, data, keys['dropout'], step=one, num_steps=num_steps)
+  return map_members(member)(state, members)
 
 
-def population_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluation: Callable) -> Metrics:
+def population_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluation: Callable,
+                         map_members: Callable = jax.vmap) -> Metrics:
   """``evaluation`` of every member's state on the same batch; each metric sum becomes a vector over members."""
-  return jax.vmap(lambda s: evaluation(s, data, batch))(state)
+  return map_members(lambda s: evaluation(s, data, batch))(state)
 
 
 def multi_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: Callable, num_steps: int
@@ -647,7 +678,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     another config's run, DataError for data that cannot be had or is damaged, WorkdirInUse while another
     process trains in the workdir. Later: StorageError when a write fails (full disk, read-only, no
     permission), naming the intact checkpoint; NonFiniteLoss if the loss becomes NaN/Inf (without
-    skip_nonfinite); workdirs.Preempted after saving a checkpoint on SIGTERM/SIGINT.
+    skip_nonfinite); Preempted after saving a checkpoint on SIGTERM/SIGINT.
   """
   run = setup(config, data_dir)  # validates, then prepares and checks the data; writes nothing to the workdir
   return _in_workdir(run, workdir, overwrite)
@@ -691,7 +722,7 @@ def _in_workdir(run: Run, workdir: str, overwrite: bool) -> TrainResult | list[b
       workdirs.check(config, directory, False)
     outcome = _train_and_evaluate(run, workdir, preemption)
     if preemption.requested is not None:  # it came after the last step (or while a finished run was evaluated):
-      raise workdirs.Preempted(run.config.num_train_steps, workdir)  # stop a sweep here too, not at its next run
+      raise Preempted(run.config.num_train_steps, workdir)  # stop a sweep here too, not at its next run
     return outcome
 
 
@@ -770,7 +801,7 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
       if save:
         checkpoints.save(step, backend.to_checkpoint(state))
       if stop:
-        raise workdirs.Preempted(step, workdir)
+        raise Preempted(step, workdir)
     if members:
       _save_members(run, backend.to_checkpoint(state), diverged)
       return [i not in diverged for i in range(members)]

@@ -21,15 +21,16 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from cnnjax import files
+from cnnjax import files, optim
 from cnnjax.errors import ConfigError, WorkdirInUse
 
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'lock'
-# Fields that change how a run is watched, not what it computes: a resumed run may change them.
+# Fields that change how a run is watched or which program maps it onto the devices, not what it computes (but
+# for float rounding): a resumed run may change them.
 OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'eval_batch_size', 'seeds', 'data.cache', 'data.prefetch', 'data.download_timeout_s', 'data.source_dir',
-               'analysis.invariance_shifts', 'baseline_point', 'lr_pick')
+               'analysis.invariance_shifts', 'baseline_point', 'lr_pick', 'parallel', 'population_map')
 # Fields added to the config after runs were first written, each with the value under which a run trains as runs
 # did before the field existed: a run whose config.json lacks one resumes under a config with that value.
 ADDED_FIELDS = {'optimizer.ema_decay': 0.0, 'eval_translate': 0, 'model.norm_scale': True,
@@ -45,7 +46,11 @@ def resolve(workdir: str) -> str:
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
+  """The fields that decide what a run computes, flat; a weight decay its optimizer ignores counts as 0 (configs
+  written before such a decay was refused held 1e-4 under adam)."""
   flat = traverse_util.flatten_dict(json.loads(json.dumps(config)), sep='.')  # tuples -> lists, as on disk
+  if flat.get('optimizer.name') not in optim.DECAYING and 'optimizer.weight_decay' in flat:
+    flat['optimizer.weight_decay'] = 0.0
   return {k: v for k, v in flat.items() if k not in OPERATIONAL}
 
 
@@ -160,14 +165,6 @@ class WorkdirLock:
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the config a workdir's run belongs to."""
   files.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-
-
-class Preempted(Exception):  # noqa: N818 - a signal, not an error
-  """Training stopped on SIGTERM/SIGINT after saving a checkpoint; re-run the same command to resume."""
-
-  def __init__(self, step: int, workdir: str):
-    super().__init__(f'preempted: saved a checkpoint at step {step} in {workdir}; re-run the same command to resume')
-    self.step = step
 
 
 class PreemptionSignals:

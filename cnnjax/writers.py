@@ -70,9 +70,7 @@ def _truncate_after(path: str, step: int) -> list[dict[str, Any]]:
     with open(path + '.damaged', 'a') as f:
       f.writelines(line if line.endswith('\n') else line + '\n' for line in damaged)
   keep = [row for row in rows if step and row.get('step', 0) <= step]
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(json.dumps(row) + '\n' for row in keep)
-  os.replace(path + '.tmp', path)
+  files.write_text(path, ''.join(json.dumps(row) + '\n' for row in keep))
   return [row for row in keep if 'step' in row]
 
 

@@ -101,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 50
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
-  config.optimizer.weight_decay = 1e-4
+  config.optimizer.weight_decay = 0.0  # adamw's decoupled weight decay; the other optimizers refuse one above 0
   config.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
   # Evaluate an exponential moving average of the weights, updated after every step with this decay (0 = none).
   config.optimizer.ema_decay = 0.0
@@ -130,6 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
   # member equals its solo run to float32 rounding. auto = on for GPU/TPU with threefry2x32, off on CPU, where
   # vmapped convolutions run slower per member (benchmarks/population.py) | on | off.
   config.population = 'auto'
+  # How a population maps its step over the members: vmap (one batched program; a member equals its solo run to
+  # float32 rounding, which training can amplify) | loop (jax.lax.map: each member the solo run's own program,
+  # equal to the last bit on CPU) | auto = loop on CPU, vmap on GPU/TPU.
+  config.population_map = 'auto'
   config.num_train_steps = 1000
   config.log_every_steps = 50
   config.eval_every_steps = 250

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import data, train
+from cnnjax import data, errors, train
 from cnnjax import device_pipeline as dp
 
 
@@ -211,7 +211,7 @@ def test_a_non_finite_loss_inside_a_call_names_its_own_step(device_config, data_
   device_config.optimizer.name, device_config.optimizer.schedule = 'sgd', 'constant'
   device_config.optimizer.learning_rate, device_config.optimizer.grad_clip_norm = 1e30, 0.0
   device_config.steps_per_dispatch, device_config.log_every_steps = 10, 10
-  with pytest.raises(train.NonFiniteLoss, match=r'the training loss is (nan|inf) at step [2-9];'):
+  with pytest.raises(errors.NonFiniteLoss, match=r'the training loss is (nan|inf) at step [2-9];'):
     train.train_and_evaluate(device_config, str(tmp_path), data_dir)
 
 

@@ -104,3 +104,17 @@ def test_dense_max_norm_finds_the_models_hidden_dense_kernels_only(config):
   paths = [jax.tree_util.keystr(path, simple=True, separator='/')
            for path, _ in jax.tree_util.tree_leaves_with_path(params)]
   assert sorted(p for p in paths if optim.HIDDEN_DENSE_KERNEL.search(p)) == ['dense0/kernel', 'dense1/kernel']
+
+
+@pytest.mark.parametrize('name', optim.OPTIMIZERS)
+def test_a_weight_decay_is_refused_where_the_optimizer_would_ignore_it(config, name):
+  """Only adamw applies optimizer.weight_decay; elsewhere it would enter the run's identity and do nothing."""
+  config.optimizer.name, config.optimizer.weight_decay = name, 1e-4
+  if name in optim.DECAYING:
+    optim.validate(config.optimizer)
+  else:
+    with pytest.raises(ConfigError, match=f'weight_decay=0.0001 does nothing under --config.optimizer.name={name}; '
+                                          'use --config.optimizer.name=adamw'):
+      optim.validate(config.optimizer)
+  config.optimizer.weight_decay = 0.0
+  optim.validate(config.optimizer)

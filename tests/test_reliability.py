@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cnnjax import models, train, workdirs
+from cnnjax import errors, models, train, workdirs
 from cnnjax.cli import load_experiment
 from cnnjax.errors import ConfigError, DownloadTimeout, StorageError, WorkdirInUse
 
@@ -98,7 +98,7 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tm
     os.kill(os.getpid(), sig)  # a real signal, handled in the main thread
 
   threading.Thread(target=send_signal_after_training_starts, daemon=True).start()
-  with pytest.raises(workdirs.Preempted, match=r'saved a checkpoint at step (\d+)') as err:
+  with pytest.raises(errors.Preempted, match=r'saved a checkpoint at step (\d+)') as err:
     train.train_and_evaluate(config, preempted, data_dir)
   assert 0 < err.value.step < 60 and err.value.step % 25  # saved at the step it stopped on, off the schedule
   assert str(err.value.step) in os.listdir(os.path.join(preempted, 'checkpoints'))
@@ -118,7 +118,7 @@ def test_a_signal_while_a_finished_run_is_evaluated_still_stops(config, data_dir
     return evaluate(*args, **kwargs)
 
   monkeypatch.setattr(train, 'evaluate', evaluate_and_signal)
-  with pytest.raises(workdirs.Preempted, match='saved a checkpoint at step 20'):
+  with pytest.raises(errors.Preempted, match='saved a checkpoint at step 20'):
     train.train_and_evaluate(config, str(tmp_path), data_dir)
 
 
@@ -178,7 +178,7 @@ def _diverging(config):
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(config, data_dir, tmp_path):
-  with pytest.raises(train.NonFiniteLoss, match=r'the training loss is (nan|inf) at step (\d+); the last good '
+  with pytest.raises(errors.NonFiniteLoss, match=r'the training loss is (nan|inf) at step (\d+); the last good '
                                                 r'checkpoint is step (\d+) \(kept\)') as err:
     train.train_and_evaluate(_diverging(config), str(tmp_path), data_dir)
   bad_step = int(err.value.args[0].split(' at step ')[1].split(';')[0])
@@ -190,7 +190,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
 def test_nonfinite_loss_before_any_checkpoint_says_none_was_written(config, data_dir, tmp_path):
   config = _diverging(config)
   config.optimizer.learning_rate, config.checkpoint_every_steps = 1e38, 10  # diverges before step 10
-  with pytest.raises(train.NonFiniteLoss, match=r'at step \d; no checkpoint was written yet\. Lower'):
+  with pytest.raises(errors.NonFiniteLoss, match=r'at step \d; no checkpoint was written yet\. Lower'):
     train.train_and_evaluate(config, str(tmp_path), data_dir)
   assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
 
@@ -322,8 +322,8 @@ VALID = {
     'optimizer.ema_decay': {0, 0.5}, 'optimizer.dense_max_norm': {0, 0.5},
     'optimizer.learning_rate': {0.5}, 'optimizer.momentum': {0, 0.5}, 'optimizer.name': set(),
     'optimizer.nesterov': {True}, 'optimizer.schedule': set(), 'optimizer.warmup_steps': {0},
-    'optimizer.weight_decay': {0, 0.5}, 'parallel': set(), 'population': set(), 'rng_impl': set(), 'seed': {0},
-    'seeds': set(),
+    'optimizer.weight_decay': {0}, 'parallel': set(), 'population': set(), 'population_map': set(),
+    'rng_impl': set(), 'seed': {0}, 'seeds': set(),
     'skip_nonfinite': {True}, 'steps_per_dispatch': set(), 'test_checkpoint': set(),
 }
 

@@ -42,6 +42,25 @@ def test_report_from_fake_finished_runs(tmp_path):
                                                                             12.0)
   assert out['invariance'] == written['invariance'] and '| pool=avg | 1 px | -0.1500 |' in out['invariance']
 
+def test_a_report_that_fails_to_write_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+  """results.json, results.csv and report.md are written atomically: a full disk mid-write keeps the old files."""
+  import errno
+  import os
+
+  from cnnjax import files
+  results = [_fake_result('pool=max,seed=0', 'max', 0, 0.8), _fake_result('pool=avg,seed=0', 'avg', 0, 0.7)]
+  report.write(str(tmp_path), results, {})
+  before = {n: (tmp_path / n).read_bytes() for n in ('results.json', 'results.csv', 'report.md')}
+
+  def full_disk(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(files.os, 'fsync', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    report.write(str(tmp_path), [{**r, 'test_accuracy': 0.1} for r in results], {})
+  assert {n: (tmp_path / n).read_bytes() for n in before} == before
+  assert not [n for n in os.listdir(tmp_path) if '.tmp' in n]
+
+
 def test_welch_interval_and_p_value_against_the_formulas():
   """Welch's difference, Welch-Satterthwaite degrees of freedom, t interval and p-value, by hand."""
   import scipy.stats

@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-from cnnjax import sweep, train
+from cnnjax import errors, sweep, train
+from cnnjax.cli import load_experiment
 from cnnjax.config import ConfigError, apply_overrides
 from cnnjax.errors import NoFinishedPoints
 
@@ -133,7 +134,7 @@ def _fake_training(accuracy_by_lr, trained):
     lr = config.optimizer.learning_rate
     trained.append(lr)
     if accuracy_by_lr[lr] is None:
-      raise train.NonFiniteLoss('the training loss is nan at step 3; no checkpoint was written yet')
+      raise errors.NonFiniteLoss('the training loss is nan at step 3; no checkpoint was written yet')
     return train.TrainResult({'val_accuracy': accuracy_by_lr[lr]}, None, 0, types.SimpleNamespace(head=_Head()))
   return fake
 
@@ -159,27 +160,26 @@ def test_a_pick_on_the_grids_edge_extends_the_grid_up_to_the_limit(config, tmp_p
   assert result.metrics['val_accuracy'] == accuracy_by_lr[picked]
 
 
-def test_a_sweep_with_population_on_gives_the_runs_of_population_off(config, data_dir, tmp_path):
-  """2 seeds x a grid of 2 rates (+1 extension): the same picks, grids and per-run test accuracies whether each
-  round's runs train as one population or one by one; the populations' checkpoints are gone."""
+def test_the_pooling_sweep_with_population_on_gives_the_runs_of_population_off_bit_for_bit(config, data_dir,
+                                                                                          tmp_path):
+  """The real pooling sweep (max, avg and no pooling, a stride-2 conv), 2 seeds x a grid of 2 rates, on 8
+  devices: the same picks, grids, per-run validation and test metrics to the last bit whether
+  each round's runs train as one population (population_map=auto: a loop on CPU, each member its solo run's
+  program) or one by one; the populations' checkpoints are gone. (Under vmap, batched convolutions round
+  differently and training amplifies it, fastest with max pooling's argmax: test_train.py bounds one step.)"""
   config.data.pipeline, config.rng_impl = 'device', 'threefry2x32'
-  config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 20, 20, 10
-  config.seeds, config.lr_grid, config.lr_grid_extensions = 2, (1e-3, 3e-3), 1
-
-  def get_sweep():
-    return [{'model.pool': 'avg'}]
-
+  config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 12, 12, 6
+  config.seeds, config.lr_grid, config.lr_grid_extensions = 2, (3e-3, 3e-2), 0
   points = {}
   for mode in ('off', 'on'):
     config.population = mode
-    sweep.run(config, get_sweep, str(tmp_path / mode), data_dir)
+    sweep.run(config, load_experiment('pooling').get_sweep, str(tmp_path / mode), data_dir)
     points[mode] = json.loads((tmp_path / mode / 'results.json').read_text())['points']
   assert [r['name'] for r in points['on']] == [r['name'] for r in points['off']]
-  assert any(r['lr_extensions'] for r in points['off'])
+  assert len(points['on']) == 8 and len({r['picked_lr'] for r in points['off']}) == 2
   for on, off in zip(points['on'], points['off'], strict=True):
-    assert (on['picked_lr'], on['lr_grid']) == (off['picked_lr'], off['lr_grid'])
-    assert on['test_accuracy'] == pytest.approx(off['test_accuracy'], abs=2e-3)
-    assert on['val_accuracy_by_lr'] == pytest.approx(off['val_accuracy_by_lr'], abs=2e-3)
+    for key in ('picked_lr', 'lr_grid', 'val_accuracy_by_lr', 'test_accuracy', 'test_loss', 'val_loss'):
+      assert on[key] == off[key], (on['name'], key)
   assert not os.listdir(tmp_path / 'on' / sweep.POPULATIONS_DIR)
 
 
@@ -207,3 +207,12 @@ def test_lr_pick_point_lets_the_first_seed_pick_and_the_others_train_its_pick_on
   for seed in (1, 2):
     other = sweep.load_result(str(tmp_path / f'pool=avg,seed={seed}'))
     assert (other['picked_lr'], other['lr_grid'], other['lr_picked_by']) == (3e-3, [3e-3], 'pool=avg,seed=0')
+
+
+@pytest.mark.parametrize('steps', [1, 10, 'auto'])
+def test_analyze_reads_no_data_and_takes_any_steps_per_dispatch(config, data_dir, steps):
+  """--analyze builds the model only: a steps_per_dispatch that training on the device pipeline takes is no
+  reason to refuse it (the analysis picks no pipeline)."""
+  config.data.pipeline, config.steps_per_dispatch = 'auto', steps
+  table = sweep.analyze(config, None, data_dir)
+  assert table.startswith('## config') and 'block0.conv' in table

@@ -211,6 +211,19 @@ def test_shard_map_backend_trains_end_to_end(config, data_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, again.variables, result.variables)
 
 
+def test_a_run_resumes_with_the_other_back_end(config, data_dir, tmp_path):
+  """Killed after step 10's checkpoint under pmap, resumed under shard_map (docs/scaling.md): the relaunch takes
+  the checkpoint and ends where the run would have, up to the back-ends' rounding."""
+  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  want = train.train_and_evaluate(config, full, data_dir)  # pmap; checkpoints at 10 and 20
+  shutil.copytree(full, resumed)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))
+  config.parallel = 'shard_map'
+  got = train.train_and_evaluate(config, resumed, data_dir)
+  assert got.start_step == 10
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), got.variables, want.variables)
+
+
 @pytest.mark.parametrize('norm', ['none', 'batch'])
 def test_resume_equals_uninterrupted_run(config, data_dir, tmp_path, norm):
   config.data.augment_flip = config.data.augment_crop = True
@@ -362,7 +375,7 @@ def test_each_population_member_equals_the_solo_run_of_its_seed_and_learning_rat
   of the sums grows with training (Adam at 3e-3: 2e-2 in the weights after 50 steps; SGD at 0.03: 1e-5)."""
   config.data.pipeline, config.data.augment_flip, config.data.augment_crop = 'device', True, True
   config.model.norm, config.model.dropout, config.microbatch_size = 'batch', dropout, 0
-  config.optimizer.name = optimizer
+  config.optimizer.name, config.population_map = optimizer, 'vmap'  # a loop equals solo runs exactly: test_sweep.py
   config.rng_impl = 'threefry2x32'  # rbg draws differently under vmap: refused (tested below)
   config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 50, 50, 25
   members = _members(config, pairs)

@@ -126,6 +126,24 @@ def test_a_run_from_before_a_field_existed_resumes_under_its_neutral_value(tmp_p
     workdirs.check(config, str(tmp_path), overwrite=False)
 
 
+def test_a_run_may_resume_under_the_other_back_end_but_not_with_another_weight_decay(tmp_path):
+  """--config.parallel (pmap or shard_map; the checkpoint layout is one) and population_map change the program,
+  not the run: a resume may switch them (docs/scaling.md). An adam run written when the base config held an ignored
+  weight_decay=1e-4 resumes under today's 0; an adamw run's decay is part of its identity."""
+  config = load_experiment('shapes').get_config()
+  workdirs.write_config(config, str(tmp_path))
+  config.parallel, config.population_map = 'shard_map', 'vmap'
+  workdirs.check(config, str(tmp_path), overwrite=False)
+  written = json.loads((tmp_path / 'config.json').read_text())
+  written['optimizer']['weight_decay'] = 1e-4
+  (tmp_path / 'config.json').write_text(json.dumps(written))
+  workdirs.check(config, str(tmp_path), overwrite=False)
+  written['optimizer']['name'] = config.optimizer.name = 'adamw'
+  (tmp_path / 'config.json').write_text(json.dumps(written))
+  with pytest.raises(ConfigError, match=r'different config \(optimizer.weight_decay: 0.0001 -> 0.0\)'):
+    workdirs.check(config, str(tmp_path), overwrite=False)
+
+
 def test_write_config_writes_the_whole_config_atomically(tmp_path):
   config = load_experiment('shapes').get_config()
   workdirs.write_config(config, str(tmp_path))
