@@ -95,12 +95,11 @@ def main(argv: list[str]) -> None:
   get_sweep = getattr(load_experiment(FLAGS.experiment), 'get_sweep', None)
   try:
     if FLAGS.list_points:
-      get_sweep = sweep.sweep_of(FLAGS.config, get_sweep)
-      print('\n'.join(p.name for p in sweep.expand(get_sweep(), FLAGS.config.seeds, FLAGS.config.seed))
-            if get_sweep else '')
+      print(sweep.list_points(FLAGS.config, get_sweep))
     elif FLAGS.analyze:
       print(sweep.analyze(FLAGS.config, get_sweep, FLAGS.data_dir))
     else:
+      sweep.validate_experiment(FLAGS.config, get_sweep, FLAGS.sweep_index, FLAGS.report_only)  # before the config
       if FLAGS.out:
         sweep.check_out(FLAGS.out)
       logging.info('Experiment %s; its config (override a field with --config.FIELD=VALUE):\n%s', FLAGS.experiment,

@@ -4,7 +4,8 @@ under 8 minutes on one GPU, it measures and prints one JSON, written to results/
   tests       the tests of the paths that differ on an accelerator (XLA's convolution and gradient rules, the
               max-pool VJP, BatchNorm, the device pipeline), run there (pytest; those that need TensorFlow
               Datasets skip, saying so);
-  agreement   on the real device: pmap against shard_map, and cnnjax's CPU forms (cpu_speedups=on) against the
+  agreement   on the real device: pmap against shard_map, and cnnjax's CPU forms (cpu_speedups=on: two-step bias,
+              NHWC/HWIO conv gradients, BatchNorm reductions, max pooling's per-element gradient) against the
               plain ones an accelerator uses, 20 steps of the fashion_mnist recipe each: max |difference| of
               the parameters;
   throughput  train images/s of cnnjax (the device pipeline, its steps per call) against PyTorch (eager,

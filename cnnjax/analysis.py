@@ -57,6 +57,15 @@ def analyze(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int
   return rows
 
 
+def widths(model_config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_outputs: int) -> str:
+  """The log's one-line shape of the model: the conv widths as built (a fixed first layer's filter count,
+  named), the dense widths and the outputs, e.g. 'conv widths 2 (sobel, fixed)-32, dense 64, 10 outputs'."""
+  convs = [x for x in models.layers(models.block_specs(model_config), image_shape) if x.kind == 'conv']
+  conv = '-'.join(f'{x.output_shape[2]}{f" ({model_config.first_layer}, fixed)" * x.fixed}' for x in convs)
+  dense = '-'.join(map(str, models.dense_widths(model_config)))
+  return f'conv widths {conv or "none"}, dense {dense or "none"}, {num_outputs} outputs'
+
+
 def totals(rows: list[LayerStats]) -> dict[str, int]:
   """Parameters and FLOPs of the whole model."""
   return {'params': sum(r.params for r in rows), 'flops': sum(r.flops for r in rows)}

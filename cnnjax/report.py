@@ -7,6 +7,7 @@ parameters, FLOPs, final train/test metrics, steps/s and wall time.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import warnings
@@ -167,11 +168,13 @@ def conclusion(results: Sequence[Result], baseline: str = '') -> str:
   if not said:
     return ''
   seeds = sorted({len(g) for g in groups.values()})
+  undetected = (f'a difference smaller than about {max(halves):.4f} (the widest 95 % interval\'s half-width) where '
+                'it says "no significant difference", nor ' if any(t['verdict'] == 'no significant difference'
+                                                                  for t in tests.values()) else '')
   return (f'Conclusion. Shows: against {base}, on this data, budget and learning-rate rule, over '
           f'{"-".join(map(str, sorted({seeds[0], seeds[-1]})))} seeds, '
-          + '; '.join(said) + f' in {metric}. Does not show: a difference smaller than about '
-          f'{max(halves):.4f} (the widest 95 % interval\'s half-width) where it says "no significant difference", '
-          'nor whether these differences hold on other datasets, budgets, widths or optimisers.')
+          + '; '.join(said) + f' in {metric}. Does not show: {undetected}whether these differences hold on other '
+          'datasets, budgets, widths or optimisers.')
 
 
 def significance_table(results: Sequence[Result], baseline: str = '') -> str:
@@ -301,9 +304,13 @@ def grid_table(results: Sequence[Result]) -> str:
     lines.append(f'| {name} | {key[:-len("_by_lr")]} | {tried[0]:g} … {tried[-1]:g} ({len(tried)}) | '
                  + ' | '.join(cells) + ' |')
   edges = sorted({r['point'] for r in chosen if r['picked_on_edge']})
+  single = sorted({name for name, group in _group(chosen).items() if all(len(r['lr_grid']) < 2 for r in group)})
   note = (f'\n\nThe pick still lies on the edge of its grid, after the extensions allowed '
           f'(--config.lr_grid_extensions), for: {", ".join(edges)}; the best learning rate may lie outside it.'
-          if edges else '\n\nEvery pick lies inside its grid.')
+          if edges else '' if single else '\n\nEvery pick lies inside its grid.')
+  if single:
+    note += (f'\n\nOne rate only, so nothing was compared, for: {", ".join(single)}.'
+             + ('' if edges or len(single) == len(_group(chosen)) else ' Every other pick lies inside its grid.'))
   who = ("by each point's first seed on its validation metric (--config.lr_pick=point: the other seeds train at "
          'that pick)' if any('lr_picked_by' in r for r in chosen) else 'per run by its validation metric')
   return (f'Learning rate picked {who}; the test metrics above are of the picks only.\n\n' + '\n'.join(lines)
@@ -346,15 +353,24 @@ def curve_table(results: Sequence[Result], histories: dict[str, list[dict[str, f
   for curve in curves.values():
     values = list(curve.values())
     at, span = plateau(values), min(PLATEAU_SPAN, len(values) - 1)
-    cells.append(f'evaluation {at + 1}' if at is not None else
-                 f'rising at the end ({(values[-1] - values[-1 - span]) / max(span, 1) * 100:+.2f} point per '
-                 f'evaluation over the last {span})')
+    cells.append(_plateau_cell(values, at, span))
   lines.append('| plateau | ' + '| ' * by_step + ' | '.join(cells) + ' |')
   aligned = '' if by_step else (' The points evaluate at different steps, so each row is every point\'s k-th '
                                 'evaluation (its steps: its eval_every_steps).')
   return (f'Validation accuracy by evaluation (mean over seeds). Plateau: the first evaluation from which it gains '
           f'less than {PLATEAU_GAIN * 100:g} point per evaluation over the next {PLATEAU_SPAN}. (A decaying '
           f'schedule gains until its end by design: there the row says how steeply.){aligned}\n\n' + '\n'.join(lines))
+
+
+def _plateau_cell(values: Sequence[float], at: int | None, span: int) -> str:
+  """The plateau row's cell of one point: where its curve plateaus, how steeply it still rises, or that it has too
+  few evaluations to tell."""
+  if at is not None:
+    return f'evaluation {at + 1}'
+  if span < 1:
+    return 'one evaluation: cannot tell'
+  gain = (values[-1] - values[-1 - span]) / span * 100
+  return f'{"rising" if gain > 0 else "not rising"} at the end ({gain:+.2f} point per evaluation over the last {span})'
 
 
 def _grid_cell(runs: Sequence[dict[float, float | None]], lr: float) -> str:
@@ -417,7 +433,7 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
 def _write_csv(path: str, results: Sequence[Result]) -> None:
   fields = sorted({k for r in results for k in r if k not in ('overrides', 'invariance') and '_by_lr' not in k
                    and k != 'lr_grid'})
-  overrides = sorted({k for r in results for k in r['overrides']})
+  overrides = sorted({k for r in results for k in r['overrides']} - set(fields))  # 'seed' is a field already
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(fields + overrides)
@@ -433,16 +449,55 @@ def _save(fig, workdir: str, name: str) -> str:
   return name
 
 
-def _error_bars(results: Sequence[Result], metric: str) -> dict[str, tuple[float, float]]:
-  """Per point: (mean, half-width of the 95 % interval over seeds, 0 for one seed)."""
-  bars = {name: interval([r[metric] for r in group]) for name, group in _group(results).items()}
-  return {name: (mean, 0.0 if np.isnan(half) else half) for name, (mean, half) in bars.items()}
+@dataclasses.dataclass(frozen=True)
+class Bar:
+  """A point's mark on a plot: the mean over seeds, the 95 % interval's lower and upper reach from it (clipped to
+  the metric's range: accuracies lie in [0, 1], where a t interval over 2 seeds can reach past either end) and
+  each seed's value."""
+  mean: float
+  below: float
+  above: float
+  values: tuple[float, ...]
+  clipped: bool
 
 
-def _bars_note(bars: dict[str, tuple[float, float]]) -> str:
-  """What a plot's error bars are, or that there are none (one seed per point)."""
-  return ('bars: 95 % interval over seeds' if any(half for _, half in bars.values())
-          else 'one seed per point: no error bars')
+def _error_bars(results: Sequence[Result], metric: str) -> dict[str, Bar]:
+  """Per point, its ``Bar`` (no reach for one seed)."""
+  low, high = (0.0, 1.0) if 'accuracy' in metric else (-np.inf, np.inf)
+  bars = {}
+  for name, group in _group(results).items():
+    values = tuple(r[metric] for r in group)
+    mean, half = interval(list(values))
+    half = 0.0 if np.isnan(half) else half
+    below, above = min(half, mean - low), min(half, high - mean)
+    bars[name] = Bar(mean, below, above, values, (below, above) != (half, half))
+  return bars
+
+
+def _bars_note(bars: dict[str, Bar]) -> str:
+  """What a plot's error bars and dots are, or that there are no bars (one seed per point)."""
+  if not any(b.below or b.above for b in bars.values()):
+    return 'one seed per point: no error bars'
+  clipped = ', clipped to [0, 1]' if any(b.clipped for b in bars.values()) else ''
+  return f'bars: 95 % interval over seeds{clipped}; dots: the seeds'
+
+
+def _draw(ax, x: float, bar: Bar, **style) -> None:
+  """A point's mean with its interval, and its seeds as small dots beside it."""
+  ax.errorbar(x, bar.mean, yerr=[[bar.below], [bar.above]], fmt='o', capsize=3, **style)
+  if len(bar.values) > 1:
+    ax.plot([x] * len(bar.values), bar.values, '.', color='grey', markersize=3, alpha=0.7)
+
+
+def _spread(xs: Sequence[float], factor: float = 1.06) -> list[float]:
+  """Positions on a log axis where points that share an x stand side by side (each further one ``factor`` to the
+  right) instead of hiding each other's bars."""
+  seen: dict[float, int] = {}
+  out = []
+  for x in xs:
+    out.append(x * factor ** seen.get(x, 0))
+    seen[x] = seen.get(x, 0) + 1
+  return out
 
 
 def _human(value: float, _position: Any = None) -> str:
@@ -463,12 +518,14 @@ def _readable_log_axis(axis) -> None:
 
 def _plot_vs(workdir: str, rows, bars, metric: str, x: str) -> str:
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for row in rows:
-    mean, half = bars[row['point']]
-    ax.errorbar(row[x], mean, yerr=half, fmt='o', capsize=3)
-    ax.annotate(row['point'], (row[x], mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
+  xs = [row[x] for row in rows]
+  for row, at in zip(rows, _spread(xs), strict=True):
+    bar = bars[row['point']]
+    _draw(ax, at, bar)
+    ax.annotate(row['point'], (at, bar.mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
   ax.set(xscale='log', xlabel=f'{x} (log scale)', ylabel=metric)
-  ax.set_title(f'{metric} vs {x}\n({_bars_note(bars)})', fontsize=10)
+  shared = '; points of equal x set side by side' if len(set(xs)) < len(xs) else ''
+  ax.set_title(f'{metric} vs {x}\n({_bars_note(bars)}{shared})', fontsize=10)
   ax.margins(x=0.15)
   _readable_log_axis(ax.xaxis)
   ax.grid(alpha=0.3)
@@ -479,8 +536,8 @@ def _plot_per_setting(workdir: str, rows, bars, metric: str) -> str:
   """Each point's mean with its interval, as dots on an axis fitted to them: bars from zero would hide
   differences of a few tenths of a point, the ones an ablation is about."""
   fig, ax = plt.subplots(figsize=(max(6.5, 1 + 0.9 * len(rows)), 4.5))
-  means, halves = zip(*(bars[row['point']] for row in rows), strict=True)
-  ax.errorbar(range(len(rows)), means, yerr=halves, fmt='o', capsize=3, color='tab:blue')
+  for i, row in enumerate(rows):
+    _draw(ax, i, bars[row['point']], color='tab:blue')
   ax.set_xticks(range(len(rows)), [row['point'] for row in rows], rotation=30, ha='right', fontsize=8)
   ax.set(ylabel=metric)
   ax.margins(x=0.1, y=0.15)
@@ -538,7 +595,7 @@ def _plot_first_layers(workdir: str, results: Sequence[Result], per_row: int = 8
     return None
   fig, axes = plt.subplots(len(runs), 1 + 2 * per_row, figsize=(1.1 * (1 + 2 * per_row), 1.3 * len(runs)),
                            squeeze=False)
-  for row, (name, data) in zip(axes, runs, strict=True):
+  for r, (row, (name, data)) in enumerate(zip(axes, runs, strict=True)):
     image = data['image']
     row[0].imshow(_unit(image) if image.shape[-1] == 3 else image[..., 0], cmap='gray')
     row[0].set_ylabel(name, fontsize=7, rotation=0, ha='right')
@@ -546,6 +603,7 @@ def _plot_first_layers(workdir: str, results: Sequence[Result], per_row: int = 8
       for ax, maps, label in ((row[1 + i], data['filters'], 'filter'), (row[1 + per_row + i], data['maps'], 'map')):
         if i < len(maps):
           ax.imshow(maps[i], cmap='gray')
+        if r == 0 and i < len(maps):  # the columns' titles once, above the first row: none between the rows
           ax.set_title(f'{label} {i}', fontsize=6)
   for ax in axes.flat:
     ax.set_xticks([])

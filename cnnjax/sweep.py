@@ -7,6 +7,7 @@ is rebuilt from whatever points are finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -25,7 +26,16 @@ from absl import logging
 
 from cnnjax import analysis, checkpointing, device_pipeline, files, heads, report, stamp, train, workdirs
 from cnnjax.config import apply_overrides, check_int
-from cnnjax.errors import ConfigError, NoFinishedPoints, NonFiniteLoss, StorageError
+from cnnjax.errors import (
+  CnnjaxError,
+  ConfigError,
+  NoFinishedPoints,
+  NonFiniteLoss,
+  PickFailed,
+  Preempted,
+  StorageError,
+  WorkdirInUse,
+)
 
 Overrides = dict[str, Any]
 RESULT_FILE = 'result.json'  # a point is done when it exists
@@ -119,15 +129,64 @@ def run_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[P
   trainer = functools.partial(trainer, data_dir=data_dir)
   shared = {}
   if configs[lead.name].lr_pick == 'point' and configs[lead.name].lr_grid:
-    if not os.path.exists(os.path.join(workdir, lead.name, RESULT_FILE)):
-      _train_points(configs, [lead], workdir, trainer, {})
+    picked = lead_pick(configs, lead, workdir, trainer)
     pending = [p for p in pending if p != lead]
-    picked = load_result(os.path.join(workdir, lead.name))['picked_lr']
     configs = {**configs, **{p.name: apply_overrides(configs[p.name], {'lr_grid': (picked,)}) for p in pending}}
     shared = {'lr_picked_by': lead.name}
     if pending:
       logging.info('Learning rate %g, picked by %s, for %s.', picked, lead.name, ', '.join(p.name for p in pending))
   _train_points(configs, pending, workdir, trainer, shared)
+
+
+PICK_FAILED = 'pick_failed.txt'  # in a lead's point directory: why its pick failed, for the tasks waiting on it
+PICK_POLL_S = 2.0  # how often a task waiting on its lead's pick looks again
+
+
+def lead_pick(configs: dict[str, ml_collections.ConfigDict], lead: Point, workdir: str, trainer: Callable) -> float:
+  """The learning rate ``lead`` picks for its setting's seeds (``lr_pick='point'``). One task at a time trains
+  the lead's grid, holding the lock of the lead's point directory: the lead's own task or, if that has not
+  started, the first seed's task to come; the others wait for its result.json, saying so once, and look again
+  every ``PICK_POLL_S`` seconds (a holder that dies releases the lock, and the next task resumes the lead from
+  its checkpoints). A pick that fails stops every task waiting on it in one line.
+
+  Raises:
+    CnnjaxError from training the lead; PickFailed where another task's training of it failed meanwhile.
+  """
+  lead_dir = os.path.join(workdir, lead.name)
+  result, failed = os.path.join(lead_dir, RESULT_FILE), os.path.join(lead_dir, PICK_FAILED)
+  if jax.process_count() > 1:  # the processes of one multi-host task train the lead together, as any run
+    if not os.path.exists(result):
+      _train_points(configs, [lead], workdir, trainer, {})
+    return load_result(lead_dir)['picked_lr']
+  started, waiting = time.time(), False
+  while not os.path.exists(result):
+    if os.path.exists(failed) and os.path.getmtime(failed) >= started:  # failed while this task waited
+      raise PickFailed(f'{lead.name} picks the learning rate for {lead.group}\'s seeds and failed: '
+                       f'{files.read_text(failed)}')
+    try:
+      with workdirs.WorkdirLock(lead_dir):
+        if not os.path.exists(result):
+          _train_lead(configs, lead, workdir, trainer, failed)
+    except WorkdirInUse as e:
+      if not waiting:
+        logging.info('Waiting for %s to pick the learning rate (%s trains it; looking again every %g s).', lead.name,
+                     getattr(e, 'holder', 'another process'), PICK_POLL_S)
+        waiting = True
+      time.sleep(PICK_POLL_S)
+  return load_result(lead_dir)['picked_lr']
+
+
+def _train_lead(configs: dict[str, ml_collections.ConfigDict], lead: Point, workdir: str, trainer: Callable,
+                failed: str) -> None:
+  """Trains the lead's grid and writes its result.json; a failure is left in ``failed`` for the waiting tasks."""
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(failed)
+  try:
+    _train_points(configs, [lead], workdir, trainer, {})
+  except CnnjaxError as e:
+    if not isinstance(e, Preempted):  # a preempted lead resumes when its task is requeued
+      files.write_text(failed, str(e))
+    raise
 
 
 def _train_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[Point], workdir: str,
@@ -332,6 +391,46 @@ def load_result(point_dir: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 # The experiment entry point.
 
+def _validated_points(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]],
+                      sweep_index: int | None) -> tuple[list[Point], dict[str, ml_collections.ConfigDict]]:
+  """The sweep's points and each one's config, every one validated (pure: nothing is read or written).
+
+  Raises:
+    ConfigError naming the point and the flag.
+  """
+  check_int('seeds', config.seeds, 1)  # what expand() reads; the rest is validated point by point below
+  check_int('seed', config.seed, 0)
+  points = expand(get_sweep(), config.seeds, config.seed)
+  groups = list(dict.fromkeys(p.group for p in points))
+  if config.baseline_point and config.baseline_point not in groups:
+    raise ConfigError(f'--config.baseline_point={config.baseline_point!r} is not a point of this sweep; choose one '
+                      f'of {groups} (or \'\' for the first)')
+  if sweep_index is not None and not 0 <= sweep_index < len(points):
+    raise ConfigError(f'--sweep_index={sweep_index} is out of range: this sweep has {len(points)} points '
+                      f'(0..{len(points) - 1})')
+  configs = {}
+  for p in points:
+    try:
+      configs[p.name] = apply_overrides(config, p.overrides)
+      train.validate(configs[p.name], jax.device_count())
+    except ConfigError as e:
+      raise ConfigError(f'sweep point {p.name}: {e}') from None
+  return points, configs
+
+
+def validate_experiment(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None,
+                        sweep_index: int | None = None, report_only: bool = False) -> None:
+  """Raises the ConfigError that ``run_experiment`` would, before anything is logged, read or written."""
+  get_sweep = sweep_of(config, get_sweep)
+  if get_sweep:
+    _validated_points(config, get_sweep, sweep_index)
+  elif sweep_index is not None or report_only:
+    raise ConfigError('this experiment has no get_sweep(); drop --sweep_index/--report_only (or set '
+                      '--config.seeds > 1 to repeat it over seeds)')
+  else:
+    train.validate(config, jax.device_count())
+
+
 def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]], workdir: str,
         data_dir: str | None = None, sweep_index: int | None = None, report_only: bool = False,
         overwrite: bool = False) -> list[Point]:
@@ -343,24 +442,8 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
   Returns:
     The sweep's points.
   """
-  check_int('seeds', config.seeds, 1)  # what expand() reads; the rest is validated point by point below
-  check_int('seed', config.seed, 0)
   workdir = workdirs.resolve(workdir)
-  points = expand(get_sweep(), config.seeds, config.seed)
-  groups = list(dict.fromkeys(p.group for p in points))
-  if config.baseline_point and config.baseline_point not in groups:
-    raise ConfigError(f'--config.baseline_point={config.baseline_point!r} is not a point of this sweep; choose one '
-                      f'of {groups} (or \'\' for the first)')
-  if sweep_index is not None and not 0 <= sweep_index < len(points):
-    raise ConfigError(f'--sweep_index={sweep_index} is out of range: this sweep has {len(points)} points '
-                            f'(0..{len(points) - 1})')
-  configs = {}
-  for p in points:
-    try:
-      configs[p.name] = apply_overrides(config, p.overrides)
-      train.validate(configs[p.name], jax.device_count())
-    except ConfigError as e:
-      raise ConfigError(f'sweep point {p.name}: {e}') from None
+  points, configs = _validated_points(config, get_sweep, sweep_index)
   if overwrite and not report_only:
     workdirs.move_aside(workdir)
   if not report_only:
@@ -379,6 +462,21 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
     logging.info('Report: %s (%d of %d points finished).', os.path.join(workdir, 'report.md'), len(done),
                  len(points))
   return points
+
+
+def list_points(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None) -> str:
+  """``--list_points``: the sweep's points, one a line (line i is --sweep_index=i), each lead seed marked: under
+  lr_pick=point its task picks the learning rate that its setting's other seeds' tasks wait for."""
+  get_sweep = sweep_of(config, get_sweep)
+  if not get_sweep:
+    return ''
+  points, lines = expand(get_sweep(), config.seeds, config.seed), []
+  for point in points:
+    lead = next(p for p in points if p.group == point.group)
+    point_config = apply_overrides(config, point.overrides)
+    leads = point == lead and point_config.lr_pick == 'point' and point_config.lr_grid and config.seeds > 1
+    lines.append(f'{point.name}  (lead: picks the learning rate for its other seeds)' if leads else point.name)
+  return '\n'.join(lines)
 
 
 def sweep_of(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None
@@ -400,12 +498,10 @@ def run_experiment(config: ml_collections.ConfigDict, get_sweep: Callable[[], li
   Raises:
     ConfigError for --sweep_index or --report_only without a sweep, and whatever those two raise.
   """
+  validate_experiment(config, get_sweep, sweep_index, report_only)
   get_sweep = sweep_of(config, get_sweep)
   if get_sweep:
     return run(config, get_sweep, workdir, data_dir, sweep_index, report_only, overwrite)
-  if sweep_index is not None or report_only:
-    raise ConfigError('this experiment has no get_sweep(); drop --sweep_index/--report_only (or set '
-                      '--config.seeds > 1 to repeat it over seeds)')
   return train.train_and_evaluate(config, workdir, data_dir, overwrite)
 
 
@@ -451,17 +547,19 @@ def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResu
 
 def analyze(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]] | None,
             data_dir: str | None = None) -> str:
-  """The per-layer analysis table of the config, or of every sweep point, as markdown (no data is read)."""
-  points = expand(get_sweep(), 1, config.seed) if get_sweep else [Point('config', 'config', {})]
+  """The per-layer analysis table of the config, or of every sweep point under its name, as markdown (no data is
+  read)."""
+  points = expand(get_sweep(), 1, config.seed) if get_sweep else [Point('', '', {})]
   sections = []
   for point in points:
     run = train.setup(apply_overrides(config, point.overrides), data_dir, prepare=False)
     shape, outputs = run.info.image_shape, run.info.num_outputs
     rows = analysis.analyze(run.config.model, shape, outputs)
     closed, xla = analysis.totals(rows)['flops'], analysis.xla_flops(run.model, shape)
-    sections.append(f'## {point.name}\n\nInput {"x".join(map(str, shape))}. Forward FLOPs per image: {closed:,} in '
+    heading = f'## {point.name}' if point.name else ''
+    sections.append(f'{heading}\n\nInput {"x".join(map(str, shape))}. Forward FLOPs per image: {closed:,} in '
                     'closed form (the table: a multiply-add is 2 FLOPs, every tap of a padded window counts, '
                     f'element-wise ops do not); {xla:,.0f} by XLA\'s cost analysis, which counts only the taps that '
                     'fall inside the image and adds the element-wise ops (bias, activation).\n\n'
                     f'{analysis.format_table(rows)}\n')
-  return '\n'.join(sections)
+  return '\n'.join(sections).lstrip()

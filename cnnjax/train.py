@@ -753,8 +753,8 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   if start_step:
     logging.info('Resumed from %s at step %d.', workdir, start_step)
   writer = _start_writer(run, workdir, start_step)
-  speedups = ['two-step bias', 'NHWC/HWIO conv gradients'] + (
-      ['two-step BatchNorm'] if models.batch_normed(config.model) else [])
+  speedups = (['two-step bias', 'NHWC/HWIO conv gradients'] + ['two-step BatchNorm'] * models.batch_normed(config.model)
+              + ['per-element max-pool gradient'] * (config.model.pool == 'max'))
   members = len(run.population.configs) if run.population else 0
   logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s%s.', jax.default_backend(),
                jax.device_count(), run.microbatch_size or 'the whole batch',
@@ -762,10 +762,8 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
                f'; {members} members trained as one program, mesh {dict(backend.mesh.shape)}' if members else '')
   image_shape = run.info.image_shape
   num_params = models.count_params(run.model, image_shape)
-  widths = '-'.join(map(str, models.conv_features(config.model)))
-  dense = '-'.join(map(str, models.dense_widths(config.model))) or 'none'
-  logging.info('Model: conv widths %s, dense %s, %s outputs; %s parameters.\n%s', widths, dense,
-               run.info.num_outputs, f'{num_params:,}',
+  logging.info('Model: %s; %s parameters.\n%s', analysis.widths(config.model, image_shape, run.info.num_outputs),
+               f'{num_params:,}',
                analysis.format_table(analysis.analyze(config.model, image_shape, run.info.num_outputs)))
 
   state = backend.from_checkpoint(state)

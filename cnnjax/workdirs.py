@@ -146,8 +146,10 @@ class WorkdirLock:
     holder = _lock_or_holder(fd)
     if holder:
       os.close(fd)
-      raise WorkdirInUse(f'--workdir={os.path.dirname(self.path)} is in use by {holder}; wait for that run to end '
-                         'or stop it, or use another --workdir')
+      error = WorkdirInUse(f'--workdir={os.path.dirname(self.path)} is in use by {holder}; wait for that run to end '
+                           'or stop it, or use another --workdir')
+      error.holder = holder
+      raise error
     os.ftruncate(fd, 0)
     os.write(fd, f'{socket.gethostname()} pid {os.getpid()}\n'.encode())
     self._fd = fd

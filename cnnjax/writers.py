@@ -188,18 +188,30 @@ def duration(seconds: float) -> str:
 
 class Progress:
   """Every ``every`` steps, logs the step, steps/s over the last interval and the time left at that speed, and
-  writes 'steps_per_sec'. The first interval includes compilation, so its speed (and time left) is low."""
+  writes 'steps_per_sec'. The clock starts when the first call returns, after compilation: the time left is
+  not inflated by it. Where the first call ends on a logged step, its line says how long it took, compilation
+  included, and leaves the time left for the next line."""
 
   def __init__(self, num_steps: int, every: int, writer: MultiWriter, start_step: int = 0):
     self.num_steps, self.every, self.writer = num_steps, every, writer
-    self._step, self._time = start_step, time.monotonic()
+    self._step, self._time, self._first = start_step, time.monotonic(), True
 
   def __call__(self, step: int) -> None:
-    if step % self.every and step != self.num_steps:
+    first, boundary = self._first, not step % self.every or step == self.num_steps
+    if not (first or boundary):
       return
     now = time.monotonic()
     rate = (step - self._step) / max(now - self._time, 1e-9)
-    self._step, self._time = step, now
-    logging.info('Step %d/%d (%.0f%%), %.1f steps/s, %s left', step, self.num_steps, 100 * step / self.num_steps,
-                 rate, duration((self.num_steps - step) / rate) if rate > 0 else '?')
+    if first:
+      self._first, took = False, now - self._time
+      self._step, self._time = step, now
+    if not boundary:
+      return
+    if first:
+      logging.info('Step %d/%d (%.0f%%); the first call took %s, compilation included', step, self.num_steps,
+                   100 * step / self.num_steps, duration(took))
+    else:
+      self._step, self._time = step, now
+      logging.info('Step %d/%d (%.0f%%), %.1f steps/s, %s left', step, self.num_steps, 100 * step / self.num_steps,
+                   rate, duration((self.num_steps - step) / rate) if rate > 0 else '?')
     self.writer.write_scalars(step, {'steps_per_sec': rate}, log=False)  # the line above says it

@@ -48,3 +48,15 @@ def test_layers_without_weights_have_no_dense_equivalent(config):
   table = analysis.format_table(analysis.analyze(config.model, (32, 32, 3), num_outputs=6))
   pool = next(line for line in table.splitlines() if line.startswith('| block0.pool'))
   assert pool.rstrip().endswith('|  |')
+
+
+def test_widths_name_the_channels_each_conv_makes(config):
+  """A fixed first layer makes as many channels as its filter bank (Sobel: 2 per input channel), not the
+  configured first width."""
+  config.model.features, config.model.dense = (16, 32), (64,)
+  assert analysis.widths(config.model, (28, 28, 1), 10) == 'conv widths 16-32, dense 64, 10 outputs'
+  config.model.first_layer = 'sobel'
+  assert analysis.widths(config.model, (28, 28, 1), 10) == 'conv widths 2 (sobel, fixed)-32, dense 64, 10 outputs'
+  config.model.features, config.model.dense = (), ()
+  config.model.variant, config.model.first_layer = 'mlp', 'learned'
+  assert analysis.widths(config.model, (28, 28, 1), 10) == 'conv widths none, dense 256, 10 outputs'

@@ -70,6 +70,44 @@ def test_launch_refuses_bad_input_with_one_clear_line(tmp_path, flags, message):
   assert proc.returncode != 0 and message in proc.stderr
   assert 'Traceback' not in proc.stderr and not workdir.exists()
   assert ('type of the field' in proc.stderr) == ('kernel_size=abc' in flags[0])  # a hint only for a value's type
+  assert 'its config (override a field' not in proc.stderr  # the error alone, not the whole config before it
+
+
+def _start_array(workdir, data_dir, *flags, tasks=3):
+  """Every task of a cluster array (--sweep_index=0..tasks-1) started at once, as a scheduler does."""
+  env = {name: value for name, value in os.environ.items() if not name.startswith('TF_')}
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+  common = ['--experiment=shapes', f'--workdir={workdir}', f'--data_dir={data_dir}', '--config.model.variant=tiny',
+            '--config.num_train_steps=30', '--config.lr_pick=point', f'--config.seeds={tasks}', *flags]
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch.py'), *common, f'--sweep_index={i}'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+           for i in range(tasks)]
+  return [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+
+
+def test_a_cluster_array_under_lr_pick_point_finishes_every_task_at_once(data_dir, tmp_path):
+  """The lead seed picks the learning rate; the other seeds' tasks, started with it, wait for its pick (saying
+  so) instead of training the lead themselves and colliding with its task in its workdir."""
+  tasks = _start_array(tmp_path / 'sweep', data_dir, '--config.lr_grid=(0.001,0.01)',
+                       '--config.lr_grid_extensions=0')
+  for status, stderr in tasks:
+    assert status == 0 and 'Traceback' not in stderr and 'Stopped' not in stderr, stderr[-3000:]
+  assert any('Waiting for base,seed=0 to pick the learning rate' in stderr for _, stderr in tasks[1:])
+  picked = json.loads((tmp_path / 'sweep' / 'base,seed=0' / 'result.json').read_text())['picked_lr']
+  for seed in (1, 2):
+    result = json.loads((tmp_path / 'sweep' / f'base,seed={seed}' / 'result.json').read_text())
+    assert (result['picked_lr'], result['lr_grid'], result['lr_picked_by']) == (picked, [picked], 'base,seed=0')
+
+
+def test_a_lead_whose_pick_fails_stops_every_task_in_one_line(data_dir, tmp_path):
+  """Every rate of the lead's grid diverges: each task stops in one line naming that cause, whether it waited
+  for the lead's task (sweep.PickFailed) or, arriving after that failure, tried the lead itself."""
+  tasks = _start_array(tmp_path / 'sweep', data_dir, '--config.lr_grid=(1e6,1e7)', '--config.lr_grid_extensions=0',
+                       '--config.optimizer.grad_clip_norm=0', '--config.optimizer.name=sgd')
+  for status, stderr in tasks:
+    stops = [line for line in stderr.splitlines() if line.startswith('Stopped:')]
+    assert status == 1 and 'Traceback' not in stderr and len(stops) == 1, stderr[-3000:]
+    assert 'every learning rate of [1000000.0, 10000000.0] diverged; lower --config.lr_grid' in stops[0], stops[0]
 
 
 def test_list_points_prints_one_sweep_point_per_line():
@@ -77,6 +115,10 @@ def test_list_points_prints_one_sweep_point_per_line():
   assert proc.returncode == 0, proc.stderr[-2000:]
   points = ['pool=max', 'pool=avg', 'pool=none', 'conv_stride2']  # 5 seeds each, the ablations' default
   assert proc.stdout.split() == [f'{p},seed={s}' for p in points for s in range(5)]
+  proc = _launch('--experiment=pooling', '--list_points', '--config.lr_pick=point', env_devices=1)
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 20 and lines[5] == 'pool=avg,seed=0  (lead: picks the learning rate for its other seeds)'
+  assert [i for i, line in enumerate(lines) if 'lead' in line] == [0, 5, 10, 15]
 
 
 # launch.py as if the BLOCKED packages were not installed: every import finder is told not to see them, so

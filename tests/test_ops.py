@@ -181,10 +181,12 @@ def test_pools_against_numpy():
                              x[1, 6:9, 0:3, 2].mean(), rtol=1e-5)
 
 
+@pytest.mark.parametrize('cpu_speedups', [True, False])
 @pytest.mark.parametrize('window', [2, 3])
-def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window):
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window, cpu_speedups):
   """Integer inputs tie often; each window's gradient goes to its first maximum in row-major order (numpy loop
-  here), as flax's reduce_window max pool (select_and_scatter) gives it; the cropped rows and columns get 0."""
+  here), as flax's reduce_window max pool (select_and_scatter) gives it; the cropped rows and columns get 0.
+  The CPU form (``_max_pool_tiles``'s custom rule) and the plain rule give the same values."""
   x = np.random.default_rng(4).integers(0, 3, size=(2, 9, 7, 3)).astype(np.float32)
   g = np.random.default_rng(5).normal(size=(2, 9 // window, 7 // window, 3)).astype(np.float32)
   want = np.zeros_like(x)
@@ -193,19 +195,21 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window):
     a, b = np.unravel_index(np.argmax(block), block.shape)  # numpy's argmax: the first maximum
     want[n, i * window + a, j * window + b, c] = g[n, i, j, c]
   vjp = lambda pool: jax.vjp(pool, jnp.asarray(x))[1](jnp.asarray(g))[0]  # noqa: E731
-  np.testing.assert_array_equal(vjp(lambda x: ops.max_pool(x, window)), want)
+  pool = functools.partial(ops.max_pool, window=window, cpu_speedups=cpu_speedups)
+  np.testing.assert_array_equal(vjp(pool), want)
   np.testing.assert_array_equal(vjp(lambda x: nn.max_pool(x, (window,) * 2, (window,) * 2)), want)
-  np.testing.assert_array_equal(jax.jit(lambda x: ops.max_pool(x, window))(x),
+  np.testing.assert_array_equal(jax.jit(pool)(x),
                                 x[:, :9 // window * window, :7 // window * window].reshape(
                                     2, 9 // window, window, 7 // window, window, 3).max(axis=(2, 4)))
 
 
-def test_max_pool_propagates_nan_and_takes_windows_past_int8_indices():
+@pytest.mark.parametrize('cpu_speedups', [True, False])
+def test_max_pool_propagates_nan_and_takes_windows_past_int8_indices(cpu_speedups):
   x = np.zeros((1, 24, 24, 1), np.float32)
   x[0, 0, 1, 0] = np.nan
-  assert np.isnan(ops.max_pool(jnp.asarray(x))[0, 0, 0, 0])
+  assert np.isnan(ops.max_pool(jnp.asarray(x), cpu_speedups=cpu_speedups)[0, 0, 0, 0])
   x[0, 0, 1, 0], x[0, 11, 10, 0] = 0.0, 1.0  # a 12x12 window has 144 elements: the winner is index 142
-  grad = jax.grad(lambda x: ops.max_pool(x, 12)[0, 0, 0, 0])(jnp.asarray(x))
+  grad = jax.grad(lambda x: ops.max_pool(x, 12, cpu_speedups=cpu_speedups)[0, 0, 0, 0])(jnp.asarray(x))
   assert grad[0, 11, 10, 0] == 1 and grad.sum() == 1
 
 

@@ -274,3 +274,25 @@ def test_curve_table_aligns_points_that_evaluate_at_other_steps_by_their_kth_eva
   assert '| evaluation | a | b |' in table and "each row is every point's k-th evaluation" in table
   assert '| 1 | 0.5000 | 0.3000 |' in table and '| 2 | 0.6000 | 0.4000 |' in table and '| 4 | – | 0.4010 |' in table
   assert '| plateau | rising at the end (+10.00 point per evaluation over the last 1) | evaluation 2 |' in table
+
+
+def test_what_a_new_reader_met_in_reports(tmp_path):
+  """results.csv names seed once; a one-evaluation curve, a one-rate grid and a report without a "no significant
+  difference" verdict say nothing they cannot; accuracy bars from 2 seeds stay within [0, 1] and say so."""
+  results = [_fake_result(f'pool={p},seed={s}', p, s, a) for p, accs in (('max', (0.95, 0.99)), ('avg', (0.1, 0.2)))
+             for s, a in enumerate(accs)]
+  for r in results:
+    r.update(picked_lr=0.01, lr_grid=[0.01], val_accuracy_by_lr=[0.5], picked_on_edge=False, lr_extensions=0)
+  report.write(str(tmp_path), results, {r['name']: [{'step': 10, 'val_accuracy': 0.5}] for r in results})
+  header = (tmp_path / 'results.csv').read_text().splitlines()[0].split(',')
+  assert header.count('seed') == 1
+  text = (tmp_path / 'report.md').read_text()
+  assert 'one evaluation: cannot tell' in text and 'over the last 0' not in text
+  assert 'One rate only, so nothing was compared, for: pool=avg, pool=max.' in text
+  assert 'Every pick lies inside its grid' not in text
+  assert 'significantly lower' in text and 'where it says "no significant difference"' not in text
+  bars = report._error_bars(results, 'test_accuracy')
+  assert bars['pool=max'].mean + bars['pool=max'].above == pytest.approx(1.0) and bars['pool=max'].clipped
+  assert bars['pool=avg'].mean - bars['pool=avg'].below == pytest.approx(0.0)
+  assert report._bars_note(bars) == 'bars: 95 % interval over seeds, clipped to [0, 1]; dots: the seeds'
+  assert report._spread([100, 100, 50]) == [100, pytest.approx(106), 50]

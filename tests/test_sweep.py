@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import time
 import types
 
 import pytest
@@ -215,4 +216,31 @@ def test_analyze_reads_no_data_and_takes_any_steps_per_dispatch(config, data_dir
   reason to refuse it (the analysis picks no pipeline)."""
   config.data.pipeline, config.steps_per_dispatch = 'auto', steps
   table = sweep.analyze(config, None, data_dir)
-  assert table.startswith('## config') and 'block0.conv' in table
+  assert table.startswith('Input 32x32x3.') and '## ' not in table and 'block0.conv' in table  # no heading alone
+
+
+def test_a_task_waits_for_the_lead_that_another_task_trains_and_stops_when_it_fails(config, tmp_path, monkeypatch):
+  """lr_pick=point: while another process holds the lead's point directory, a task waits (trains nothing); when
+  that process fails, leaving why, the task stops with that reason in one line."""
+  import subprocess
+  import sys
+  import threading
+  monkeypatch.setattr(sweep, 'PICK_POLL_S', 0.05)
+  lead = sweep.Point('p,seed=0', 'p', {'seed': 0})
+  lead_dir = tmp_path / lead.name
+  holder = subprocess.Popen([sys.executable, '-c', 'import time; from cnnjax import workdirs\n'
+                             f'with workdirs.WorkdirLock({str(lead_dir)!r}):\n'
+                             '  print("held", flush=True); time.sleep(300)'], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'held'
+  trained = []
+
+  def fail_later():
+    time.sleep(0.5)
+    (lead_dir / sweep.PICK_FAILED).write_text('every learning rate of [1.0] diverged; lower --config.lr_grid')
+    holder.kill()
+  threading.Thread(target=fail_later).start()
+  with pytest.raises(errors.PickFailed, match=r"^p,seed=0 picks the learning rate for p's seeds and failed: every "
+                                              r'learning rate of \[1.0\] diverged; lower --config.lr_grid$'):
+    sweep.lead_pick({lead.name: config}, lead, str(tmp_path), trainer=lambda trials: trained.append(trials))
+  holder.wait()
+  assert not trained

@@ -40,16 +40,31 @@ def test_duration(seconds, text):
 
 
 def test_progress_logs_speed_and_time_left_and_writes_steps_per_sec(tmp_path, caplog, monkeypatch):
-  clock = iter([100.0, 110.0, 115.0])  # start, then two reports
+  """The clock starts when the first call (step 210, after 30 s of compilation) returns: time left counts steps
+  at the measured speed, not the compilation."""
+  clock = iter([100.0, 130.0, 139.0, 144.0])  # start, the first call's return, then two reports
   monkeypatch.setattr(writers.time, 'monotonic', lambda: next(clock))
   writer = writers.create_writer(str(tmp_path))
   progress = writers.Progress(num_steps=1000, every=100, writer=writer, start_step=200)
   with caplog.at_level('INFO'):
-    for step in range(201, 401):
+    for step in range(210, 401, 10):  # ten steps a call
       progress(step)
   writer.close()
-  assert 'Step 300/1000 (30%), 10.0 steps/s, 1m 10s left' in caplog.text  # 100 steps in 10 s; 700 to go
+  assert 'Step 300/1000 (30%), 10.0 steps/s, 1m 10s left' in caplog.text  # 90 steps in 9 s; 700 to go
   assert 'Step 400/1000 (40%), 20.0 steps/s, 30s left' in caplog.text
   assert 'steps_per_sec=' not in caplog.text  # said once, in the progress line
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert [(r['step'], r['steps_per_sec']) for r in rows] == [(300, 10.0), (400, 20.0)]
+
+
+def test_a_first_call_that_ends_on_a_logged_step_says_it_includes_compilation(tmp_path, caplog, monkeypatch):
+  clock = iter([0.0, 45.0, 55.0])  # 45 s for steps 1-10, compilation included; then 10 steps in 10 s
+  monkeypatch.setattr(writers.time, 'monotonic', lambda: next(clock))
+  writer = writers.create_writer(str(tmp_path))
+  progress = writers.Progress(num_steps=100, every=10, writer=writer)
+  with caplog.at_level('INFO'):
+    progress(10)
+    progress(20)
+  writer.close()
+  assert 'Step 10/100 (10%); the first call took 45s, compilation included' in caplog.text
+  assert 'Step 20/100 (20%), 1.0 steps/s, 1m 20s left' in caplog.text
