@@ -80,11 +80,10 @@ def expand(sweep: Sequence[Overrides], seeds: int, base_seed: int) -> list[Point
 # ---------------------------------------------------------------------------------------------------------
 # Running points.
 
-def finish_point(config: ml_collections.ConfigDict, point: Point, workdir: str, trained: train.TrainResult,
+def finish_point(config: ml_collections.ConfigDict, point: Point, point_dir: str, trained: train.TrainResult,
                  choice: dict[str, Any], wall_time: float) -> dict[str, Any]:
   """Analyses a trained point (its pick's run, with an lr_grid: ``choice`` says which) and writes
-  WORKDIR/<name>/result.json."""
-  point_dir = os.path.join(workdir, point.name)
+  ``point_dir``/result.json (a sweep's WORKDIR/<name>, or a single run's workdir)."""
   run, variables = trained.run, trained.variables
   layers = analysis.analyze(config.model, run.info.image_shape, run.info.num_outputs)
   history = read_metrics(_run_dir(point_dir, choice))
@@ -198,7 +197,7 @@ def _train_points(configs: dict[str, ml_collections.ConfigDict], points: Sequenc
                               {p.name: os.path.join(workdir, p.name) for p in points}, trainer)
   for point in points:
     trained, choice, seconds = picks[point.name]
-    finish_point(configs[point.name], point, workdir, trained, {**choice, **extra}, seconds)
+    finish_point(configs[point.name], point, os.path.join(workdir, point.name), trained, {**choice, **extra}, seconds)
 
 
 Trial = tuple[ml_collections.ConfigDict, str, float | None]  # (config, workdir, learning rate or None: no grid)
@@ -502,7 +501,11 @@ def run_experiment(config: ml_collections.ConfigDict, get_sweep: Callable[[], li
   get_sweep = sweep_of(config, get_sweep)
   if get_sweep:
     return run(config, get_sweep, workdir, data_dir, sweep_index, report_only, overwrite)
-  return train.train_and_evaluate(config, workdir, data_dir, overwrite)
+  start = time.time()
+  trained = train.train_and_evaluate(config, workdir, data_dir, overwrite)
+  finish_point(config, Point(SINGLE_POINT, SINGLE_POINT, {}), workdirs.resolve(workdir), trained, {},
+               time.time() - start)  # its result.json, as a sweep point's
+  return trained
 
 
 def check_out(path: str) -> None:

@@ -22,8 +22,11 @@ from cnnjax.cli import load_experiment  # noqa: E402
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent compilation cache for the launcher subprocesses of a test session (instead of ~/.cache)."""
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+  """One persistent compilation cache for the test session, in this process and its launcher subprocesses
+  (instead of ~/.cache): the many runs of the same tiny programs compile once."""
+  path = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  compiler.set_compilation_cache(path)
 
 
 @pytest.fixture(scope='session')

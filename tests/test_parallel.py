@@ -27,9 +27,12 @@ def test_backends_by_name():
     parallel.get_backend('xmap')
 
 
-@pytest.mark.parametrize('members,groups', [(15, 1), (2, 2), (12, 4), (16, 8)])
-def test_a_population_is_sharded_over_the_most_device_groups_that_divide_its_members(members, groups):
-  backend = parallel.PopulationBackend(members)
+@pytest.mark.parametrize('members,groups,shard', [(15, 1, True), (2, 2, True), (12, 4, True), (16, 8, True),
+                                                  (16, 1, False)])
+def test_a_population_is_sharded_over_the_most_device_groups_that_divide_its_members(members, groups, shard):
+  """A vmapped population over gcd(members, devices) rows; a loop's (shard_members=False) over one row, every
+  member's batch split over all 8 devices as in its solo run."""
+  backend = parallel.PopulationBackend(members, shard_members=shard)
   assert dict(backend.mesh.shape) == {parallel.MEMBER_AXIS: groups, parallel.AXIS: 8 // groups}
   state = backend.from_checkpoint(backend.replicated(np.arange(members * 3.0).reshape(members, 3)))
   assert {s.data.shape for s in state.addressable_shards} == {(members // groups, 3)}
@@ -39,11 +42,12 @@ def test_a_population_is_sharded_over_the_most_device_groups_that_divide_its_mem
 
 def test_a_population_step_averages_over_the_devices_of_its_members_only():
   """Four members on a 4 x 2 mesh: each device adds its share's index (0 or 1) to its member's value; the mean
-  over AXIS gives value + 0.5 per member, not a mix of members; metrics come back members first."""
+  over AXIS gives value + 0.5 per member, not a mix of members; the step's metrics, members first, come back
+  so."""
   backend = parallel.PopulationBackend(4)
   def step(state, data, keys):
     mean = jax.lax.pmean(state + jax.lax.axis_index(parallel.AXIS), parallel.AXIS)
-    return state + keys, {'value': jnp.stack([mean, mean + data], -1)[:, 0, :].T}  # [2 steps, members here]
+    return state + keys, {'value': jnp.stack([mean, mean + data], -1)[:, 0, :]}  # [members here, 2 steps]
   state = backend.from_checkpoint(backend.replicated(np.array([[0.0], [10.0], [20.0], [30.0]])))
   keys = jax.device_put(np.ones((4, 1)), backend.member_sharding)
   state, metrics = backend.map_train_step(step)(state, backend.put_replicated(np.float32(100.0)), keys)

@@ -95,7 +95,10 @@ def test_seeds_on_an_experiment_without_a_sweep_are_honoured_as_a_one_point_swee
   results = [json.loads((tmp_path / p.name / 'result.json').read_text()) for p in points]
   assert [r['seed'] for r in results] == [0, 1] and (tmp_path / 'report.md').exists()
   config.seeds = 1  # a single run, in the workdir itself
-  assert isinstance(sweep.run_experiment(config, None, str(tmp_path / 'single'), data_dir), train.TrainResult)
+  single = sweep.run_experiment(config, None, str(tmp_path / 'single'), data_dir)
+  assert isinstance(single, train.TrainResult)
+  result = sweep.load_result(str(tmp_path / 'single'))  # a single run's record, as a sweep point's
+  assert result['name'] == sweep.SINGLE_POINT and result['test_accuracy'] == single.metrics['test_accuracy']
   assert (tmp_path / 'single' / 'metrics.jsonl').exists()
   with pytest.raises(ConfigError, match='has no get_sweep'):
     sweep.run_experiment(config, None, str(tmp_path / 'x'), data_dir, sweep_index=0)
@@ -188,9 +191,9 @@ def test_lr_pick_point_lets_the_first_seed_pick_and_the_others_train_its_pick_on
   calls = []
   monkeypatch.setattr(train, 'train_and_evaluate', _fake_training({1e-3: 0.5, 3e-3: 0.7, 1e-2: 0.6}, calls))
 
-  def finish(config, point, workdir, trained, choice, seconds):
-    os.makedirs(os.path.join(workdir, point.name), exist_ok=True)
-    with open(os.path.join(workdir, point.name, sweep.RESULT_FILE), 'w') as f:
+  def finish(config, point, point_dir, trained, choice, seconds):
+    os.makedirs(point_dir, exist_ok=True)
+    with open(os.path.join(point_dir, sweep.RESULT_FILE), 'w') as f:
       json.dump({'name': point.name, **choice}, f)
 
   monkeypatch.setattr(sweep, 'finish_point', finish)
