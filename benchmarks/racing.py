@@ -35,12 +35,10 @@ def race_config(config, data_dir: str | None, epochs: int):
 def check_plain_data(config) -> None:
   """Raises ValueError naming the flag when ``config`` augments its training batches or its evaluations: the
   PyTorch arms train on the plain arrays and evaluate plain test images, so such a race would not be even."""
-  plain = {'data.augment_flip': False, 'data.augment_crop': False, 'data.random_erasing': 0.0, 'eval_flip': False,
-           'eval_translate': 0}
-  for flag, value in plain.items():
-    if config[flag] != value:  # a ConfigDict reads dotted paths
-      raise ValueError(f'a race needs --config.{flag}={value} (got {config[flag]!r}): the PyTorch arms do not '
-                       'mirror it')
+  import torch_reference
+  fields = ['data.augment_flip', 'data.augment_crop', 'data.random_erasing', 'eval_flip', 'eval_translate']
+  for flag, base, value in torch_reference.unmirrored(config, fields):  # the base config's values are the plain ones
+    raise ValueError(f'a race needs --config.{flag}={base} (got {value!r}): the PyTorch arms do not mirror it')
 
 
 def normalised(run, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +74,9 @@ def run_torch(config, arm: str, train_data, test_data, image_shape, num_outputs:
   start = time.time()
   trainer = torch_reference.Trainer(config, image_shape, num_outputs, arm, device, bf16)
   order, evals, rng, batch = None, [], np.random.default_rng(config.seed), config.batch_size
+  per_epoch = len(images) // batch  # steps of one pass over the training split, whatever eval_every_steps says
   for step in range(1, config.num_train_steps + 1):
-    i = (step - 1) % config.eval_every_steps
+    i = (step - 1) % per_epoch
     if i == 0:
       order = torch.from_numpy(rng.permutation(len(images))).to(device)
     idx = order[i * batch:(i + 1) * batch]

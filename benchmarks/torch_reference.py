@@ -16,23 +16,41 @@ import numpy as np
 ARMS = ('torch_eager', 'torch_channels_last', 'torch_compile')
 
 
+# The fields of config.model and config.optimizer the mirror computes as cnnjax does. Every other one must hold the
+# base config's value (experiments/shapes.py), read from it, not copied here: a field added to cnnjax is refused
+# until the mirror expresses it.
+MIRRORED = {'model.' + f for f in ('variant', 'features', 'dense', 'kernel_size', 'norm', 'norm_groups', 'pool',
+                                   'pool_window', 'pool_stride', 'dropout', 'conv_impl')}
+MIRRORED |= {'optimizer.' + f for f in ('name', 'learning_rate', 'schedule', 'warmup_steps', 'momentum', 'nesterov',
+                                        'weight_decay', 'grad_clip_norm')}
+
+
+def unmirrored(config, fields: list[str]) -> list[tuple[str, object, object]]:
+  """(field, base value, value) of each of ``fields`` (dotted) whose value in ``config`` is not the base config's."""
+  from flax import traverse_util
+
+  from cnnjax.cli import load_experiment
+  base = traverse_util.flatten_dict(load_experiment('shapes').get_config().to_dict(), sep='.')
+  flat = traverse_util.flatten_dict(config.to_dict(), sep='.')
+  def plain(value):  # a tuple field may hold a list after a round trip through JSON
+    return tuple(value) if isinstance(value, list | tuple) else value
+  return [(f, base[f], flat[f]) for f in fields if plain(base[f]) != plain(flat[f])]
+
+
 def check_supported(config) -> None:
   """Raises ValueError naming the field where ``config`` is outside what the mirror expresses."""
+  from flax import traverse_util
+
   from cnnjax import models
   m = config.model
-  plain = {'stride': 1, 'dilation': 1, 'padding': 'SAME', 'activation': 'relu', 'first_layer': 'learned',
-           'flip_kernel': False, 'dtype': 'float32', 'norm_scale': True, 'kernel_sizes': (), 'pool_blocks': (),
-           'pool_padding': 'VALID', 'block_dropout': 0.0, 'dense_norm': 'none'}
-  for field, value in plain.items():
-    if (tuple(m[field]) if isinstance(value, tuple) else m[field]) != value:
-      raise ValueError(f'the PyTorch mirror needs --config.model.{field}={value} (got {m[field]!r})')
+  fields = [f for f in traverse_util.flatten_dict(config.to_dict(), sep='.')
+            if f.split('.')[0] in ('model', 'optimizer') and f not in MIRRORED]
+  for field, base, value in unmirrored(config, fields):
+    raise ValueError(f'the PyTorch mirror needs --config.{field}={base} (got {value!r})')
   if m.norm not in ('none', 'batch') or m.pool not in ('max', 'avg', 'none') or m.kernel_size % 2 == 0:
     raise ValueError('the PyTorch mirror needs norm none|batch, pool max|avg|none and an odd kernel_size')
   if config.head != 'multiclass' or config.label_smoothing or not models.conv_features(m):
     raise ValueError('the PyTorch mirror needs a CNN with the multiclass head and no label smoothing')
-  for field in ('ema_decay', 'dense_max_norm'):  # optimizer steps the mirror does not take
-    if config.optimizer[field]:
-      raise ValueError(f'the PyTorch mirror needs --config.optimizer.{field}=0 (got {config.optimizer[field]!r})')
 
 
 def build_model(config, image_shape: tuple[int, int, int], num_outputs: int):

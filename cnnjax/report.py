@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from cnnjax import files  # noqa: E402
+from cnnjax import files, records  # noqa: E402
 
 Result = dict[str, Any]  # one run's result.json: 'name' (its directory), 'point' (its setting), metrics, ...
 FIRST_LAYER_FILE = 'first_layer.npz'  # in a run's directory: first-layer filters, feature maps and the input
@@ -553,10 +553,10 @@ def _plot_learning_curves(workdir: str, histories: dict[str, list[dict]], metric
   fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(12, 4))
   val = metric.replace('test_', 'val_', 1)
   periodic = val if any(val in r for h in histories.values() for r in h) else metric
-  points = list(dict.fromkeys(name.split(',seed=')[0] for name in histories))
+  points = list(dict.fromkeys(records.RunName.parse(name).point for name in histories))
   colours = plt.get_cmap('tab10' if len(points) <= 10 else 'tab20')
   for name, history in histories.items():
-    point = name.split(',seed=')[0]
+    point = records.RunName.parse(name).point
     for ax, key in ((ax_train, 'train_loss'), (ax_eval, periodic)):
       xy = [(r['step'], r[key]) for r in history if key in r]
       if xy:

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import analysis, checkpointing, device_pipeline, files, heads, report, stamp, train, workdirs
+from cnnjax import analysis, checkpointing, device_pipeline, files, heads, records, report, stamp, train, workdirs
 from cnnjax.config import apply_overrides, check_int
 from cnnjax.errors import (
   CnnjaxError,
@@ -71,7 +71,8 @@ def expand(sweep: Sequence[Overrides], seeds: int, base_seed: int) -> list[Point
     name = point_name(overrides)
     for i in range(seeds):
       extra = {'seed': base_seed + i} if seeds > 1 else {}
-      points.append(Point(f'{name},seed={base_seed + i}' if extra else name, name, {**overrides, **extra}))
+      run = records.RunName(name, base_seed + i if extra else None).run
+      points.append(Point(run, name, {**overrides, **extra}))
   if len({p.name for p in points}) != len(points):
     raise ConfigError('two sweep points have the same name; give them distinct "name" overrides')
   return points
@@ -342,7 +343,7 @@ def _train_or_diverge(config: ml_collections.ConfigDict, workdir: str, data_dir:
 
 
 def _lr_dir(lr: float) -> str:
-  return f'lr={lr:g}'
+  return records.RunName('', lr=lr).lr_dir
 
 
 def _run_dir(point_dir: str, result: dict[str, Any]) -> str:

@@ -1,11 +1,11 @@
-"""Training and evaluation: the run's set-up, a pure per-device train step, the loop, checkpoints and metrics.
+"""Training: a run's set-up, once (``setup``), and the one loop that trains a run or a population of runs.
 
-``setup(config, data_dir)`` builds everything a run needs, once, for the loop, the sweeps, the benchmarks and
-the tests: the prepared data, the head, the model, the back-end, the schedule, the mapped steps and the
-initial state. ``train_step`` and ``eval_step`` are pure functions of (state, batch[, rng]) on one device's
-shard, with collectives over ``parallel.AXIS``; hyper-parameters are bound with ``functools.partial`` and the
-step is mapped over devices by ``--config.parallel``: ``jax.pmap`` (default) or ``jax.jit`` of
-``jax.shard_map``. Everything with side effects (logging, checkpoints) stays in ``train_and_evaluate``.
+``setup(config, data_dir)`` builds everything a run needs, for the loop, the sweeps, the benchmarks and the
+tests: the prepared data, the head, the model, the back-end, the schedule, the mapped steps and the initial
+state. The steps themselves are pure functions in ``cnnjax/steps.py``, bound here with ``functools.partial``
+and mapped over devices by ``--config.parallel`` (``jax.pmap``, default, or ``jax.jit`` of ``jax.shard_map``).
+Everything with side effects (logging, evaluation passes, checkpoints, signals) stays in the loop,
+``train_and_evaluate`` (``train_population`` for a population).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,6 @@ import numpy as np
 import optax
 from absl import logging
 from flax import traverse_util
-from flax.training import train_state
 
 from cnnjax import (
   analysis,
@@ -37,9 +36,9 @@ from cnnjax import (
   files,
   heads,
   models,
-  ops,
   optim,
   parallel,
+  steps,
   workdirs,
   writers,
 )
@@ -51,18 +50,9 @@ if TYPE_CHECKING:  # the host pipeline's modules (TensorFlow) are imported only 
 
   from cnnjax import input_pipeline
 
-Metrics = dict[str, jax.Array]
-PyTree = Any
-Loss = Callable[[jax.Array, jax.Array], jax.Array]  # (outputs, targets) -> per-example loss
+Metrics, PyTree = steps.Metrics, steps.PyTree
 
 
-class TrainState(train_state.TrainState):
-  """Flax's TrainState plus the model's batch statistics (BatchNorm's running averages; {} without them)."""
-  batch_stats: PyTree
-
-  def variables(self, params: PyTree = None) -> dict[str, PyTree]:
-    """The model's variables: ``params`` (default: the state's) and the batch statistics."""
-    return {'params': self.params if params is None else params, 'batch_stats': self.batch_stats}
 
 # Steps dispatched ahead of the host. Unbounded queues of collectives time out XLA:CPU's in-process
 # all-reduce with many fake devices on few cores; two steps ahead keeps real accelerators busy.
@@ -152,14 +142,14 @@ def steps_per_dispatch(config: ml_collections.ConfigDict, pipeline: str) -> int:
   Raises:
     ConfigError for several steps per call on the host pipeline (which pipeline=auto may have chosen).
   """
-  steps = config.steps_per_dispatch
-  if steps == 'auto':
+  most = config.steps_per_dispatch
+  if most == 'auto':
     return AUTO_STEPS_PER_DISPATCH if pipeline == 'device' else 1
-  if steps > 1 and pipeline == 'host':
-    raise ConfigError(f'--config.steps_per_dispatch={steps} needs the device pipeline, and '
+  if most > 1 and pipeline == 'host':
+    raise ConfigError(f'--config.steps_per_dispatch={most} needs the device pipeline, and '
                       f'--config.data.pipeline={config.data.pipeline} chose the host one for '
                       f'{config.data.name}; set --config.steps_per_dispatch=auto (or 1)')
-  return steps
+  return most
 
 
 def _chunk(step: int, most: int, config: ml_collections.ConfigDict) -> int:
@@ -236,7 +226,7 @@ class Run:
   backend: parallel.Backend
   schedule: optax.Schedule
   tx: optax.GradientTransformation
-  train_step: Callable[..., tuple[TrainState, Metrics]]
+  train_step: Callable[..., tuple[steps.TrainState, Metrics]]
   eval_step: Callable[..., Metrics]
   microbatch_size: int
   cpu_speedups: bool
@@ -257,16 +247,16 @@ class Run:
 
   def keys(self) -> tuple[jax.Array, jax.Array]:
     """(init key, dropout key), split from the run's one root key ``config.seed``."""
-    return root_keys(self.config)
+    return steps.root_keys(self.config)
 
-  def initial_state(self) -> TrainState:
+  def initial_state(self) -> steps.TrainState:
     """The run's fresh state in the checkpoint layout: ``init_state`` of its init key; for a population, the
     members' states stacked on a leading axis, each with its own seed's weights and its own learning rate."""
     if self.population is None:
       return self.init_state(self.keys()[0])
     states = []
     for config in self.population.configs:  # the model and optimizer are the members' own
-      state = jax.tree.map(parallel.local_value, self.init_state(root_keys(config)[0]))
+      state = jax.tree.map(parallel.local_value, self.init_state(steps.root_keys(config)[0]))
       states.append(state.replace(opt_state=optim.with_learning_rate(state.opt_state,
                                                                      config.optimizer.learning_rate)))
     return self.backend.replicated(jax.tree.map(lambda *xs: np.stack(xs), *states))
@@ -277,15 +267,16 @@ class Run:
     if self.population is None:
       return self.keys()[1]
     configs = self.population.configs
-    return {'seed': np.array([c.seed for c in configs], np.uint32), 'data': jnp.stack([data_key(c) for c in configs]),
-            'dropout': jnp.stack([root_keys(c)[1] for c in configs])}
+    return {'seed': np.array([c.seed for c in configs], np.uint32),
+            'data': jnp.stack([steps.data_key(c) for c in configs]),
+            'dropout': jnp.stack([steps.root_keys(c)[1] for c in configs])}
 
-  def init_state(self, rng: jax.Array) -> TrainState:
+  def init_state(self, rng: jax.Array) -> steps.TrainState:
     """Fresh parameters and optimizer state, replicated over all devices (the checkpoint layout); place it
     for the steps with ``backend.from_checkpoint``."""
     x = jnp.zeros((1, *self.info.image_shape))
     variables = jax.jit(self.model.init, static_argnames='train')(rng, x, train=False)
-    return self.backend.replicated(TrainState.create(apply_fn=self.model.apply, params=variables['params'],
+    return self.backend.replicated(steps.TrainState.create(apply_fn=self.model.apply, params=variables['params'],
                                                      batch_stats=variables.get('batch_stats', {}), tx=self.tx))
 
   @property
@@ -315,14 +306,14 @@ class Run:
     return self.host_pipeline.eval_batches(self.config, self.spec, self.builder, self.target,
                                        num_devices or jax.local_device_count(), getattr(self.splits, split))
 
-  def train_steps(self, num_steps: int) -> Callable[..., tuple[TrainState, Metrics]]:
+  def train_steps(self, num_steps: int) -> Callable[..., tuple[steps.TrainState, Metrics]]:
     """``(state, data, rng) -> (state, metrics stacked over steps)``: ``num_steps`` train steps in one program
     (a ``lax.scan``), mapped over devices like ``train_step``; compiled once per ``num_steps``."""
     if num_steps == 1:
       return self.train_step
     if num_steps not in self._multi:
       multi = (functools.partial(self.step_fn, num_steps=num_steps) if self.population
-               else functools.partial(multi_step, step=self.step_fn, num_steps=num_steps))
+               else functools.partial(steps.multi_step, step=self.step_fn, num_steps=num_steps))
       self._multi[num_steps] = self.backend.map_train_step(multi, self.pipeline == 'device')
     return self._multi[num_steps]
 
@@ -334,7 +325,7 @@ class Run:
     batches = self.train_batches(start_step)
     return lambda: self.backend.put_batch(next(batches))
 
-  def evaluation(self, split: str) -> tuple[Iterable[PyTree], Callable[[TrainState, PyTree], Metrics]]:
+  def evaluation(self, split: str) -> tuple[Iterable[PyTree], Callable[[steps.TrainState, PyTree], Metrics]]:
     """(host batches, eval function of (state, placed batch)) of the 'val' or 'test' split, for ``evaluate``."""
     if self.pipeline == 'host':
       return self.eval_batches(split), self.eval_step
@@ -385,10 +376,10 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
     backend = parallel.get_backend(config.parallel)
   microbatch_size, cpu_speedups = platform_choices(config, backend.data_devices, jax.default_backend())
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
-  step = functools.partial(train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
+  step = functools.partial(steps.train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
                            label_smoothing=config.label_smoothing)
   model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_speedups)
-  evaluation = functools.partial(eval_step, head=head, flip=config.eval_flip, translate=config.eval_translate)
+  evaluation = functools.partial(steps.eval_step, head=head, flip=config.eval_flip, translate=config.eval_translate)
   pipeline = data.pipeline(config.data, num_examples) if prepare else 'host'
   num_steps = steps_per_dispatch(config, pipeline) if prepare else 1  # unprepared: nothing trains, nothing to pick
   if prepare and pipeline == 'host' and config.data.pipeline == 'auto':  # an explicit host was checked above
@@ -437,82 +428,34 @@ def _device_pipeline(config: ml_collections.ConfigDict, spec: data.DatasetSpec, 
   batches = functools.partial(  # (data, step, device, seed=, key=) -> batch
       device_pipeline.train_batch, num_train=n_train, batch_size=config.batch_size,
       per_device=config.batch_size // data_devices, preprocess=augment)
-  evaluate = functools.partial(device_eval_step, evaluation=evaluation,
+  evaluate = functools.partial(steps.device_eval_step, evaluation=evaluation,
                                make_batch=functools.partial(device_pipeline.eval_batch, preprocess=preprocess))
   if population:
-    map_members = MEMBER_MAPS[population_map(config, jax.default_backend())]
-    return (host, functools.partial(population_train_step, step=step, batches=batches, map_members=map_members),
-            functools.partial(population_eval_step, evaluation=evaluate, map_members=map_members))
-  make_batch = functools.partial(batches, seed=config.seed, key=data_key(config))
-  return host, functools.partial(device_train_step, step=step, make_batch=make_batch), evaluate
+    map_members = steps.MEMBER_MAPS[population_map(config, jax.default_backend())]
+    return (host, functools.partial(steps.population_train_step, step=step, batches=batches, map_members=map_members),
+            functools.partial(steps.population_eval_step, evaluation=evaluate, map_members=map_members))
+  make_batch = functools.partial(batches, seed=config.seed, key=steps.data_key(config))
+  return host, functools.partial(steps.device_train_step, step=step, make_batch=make_batch), evaluate
 
 
-DATA_KEY = 0xDA7A  # folded into the root key for the device pipeline's augmentation
 
 
-def root_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
-  """(init key, dropout key), split from one root key, ``config.seed``."""
-  return tuple(jax.random.split(jax.random.key(config.seed, impl=config.rng_impl)))
 
 
-def data_key(config: ml_collections.ConfigDict) -> jax.Array:
-  """The device pipeline's augmentation key of ``config.seed``."""
-  return jax.random.fold_in(jax.random.key(config.seed, impl=config.rng_impl), DATA_KEY)
 
 
-def device_train_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: Callable, make_batch: Callable
-                      ) -> tuple[TrainState, Metrics]:
-  """``step`` on the batch that ``make_batch`` makes from the device's ``data`` for this step and device."""
-  return step(state, make_batch(data, state.step, jax.lax.axis_index(parallel.AXIS)), rng)
 
 
-def loop_map(fn: Callable) -> Callable:
-  """``fn`` mapped over the leading axis of its arguments like ``jax.vmap``, but as a loop (``jax.lax.map``):
-  each member runs the solo run's own program, so on CPU its values are its solo run's to the last bit, where
-  ``jax.vmap``'s batched (grouped) convolutions sum in another order."""
-  def mapped(*args):
-    count = len(jax.tree.leaves(args)[0])
-    outs = [fn(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(count)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-  return mapped
 
 
-MEMBER_MAPS = {'vmap': jax.vmap, 'loop': loop_map}  # config.population_map
 
 
-def population_train_step(state: TrainState, data: PyTree, members: PyTree, *, step: Callable, batches: Callable,
-                          map_members: Callable = jax.vmap, num_steps: int = 1) -> tuple[TrainState, Metrics]:
-  """``num_steps`` calls of ``device_train_step`` (``multi_step`` for several) of every member, mapped over the
-  leading axis of ``state`` and ``members`` by ``map_members`` (``jax.vmap`` or ``loop_map``), each on the
-  batches of its own seed and data key, with its own dropout key. The member map is outermost, so that under
-  ``loop_map`` each member runs the very program of its solo run. Each scalar metric becomes [members] (one step)
-  or [members, steps]."""
-  def member(state, keys):
-    make_batch = functools.partial(batches, seed=keys['seed'], key=keys['data'])
-    one = functools.partial(device_train_step, step=step, make_batch=make_batch)
-    if num_steps == 1:
-      return one(state, data, keys['dropout'])
-    return multi_step(state, data, keys['dropout'], step=one, num_steps=num_steps)
-  return map_members(member)(state, members)
 
 
-def population_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluation: Callable,
-                         map_members: Callable = jax.vmap) -> Metrics:
-  """``evaluation`` of every member's state on the same batch; each metric sum becomes a vector over members."""
-  return map_members(lambda s: evaluation(s, data, batch))(state)
 
 
-def multi_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: Callable, num_steps: int
-               ) -> tuple[TrainState, Metrics]:
-  """``num_steps`` calls of ``step(state, data, rng)`` in one program (a ``lax.scan``); the metrics are stacked on
-  a leading axis. The device pipeline makes each step's batch from the step count, so ``data`` is the same."""
-  return jax.lax.scan(lambda s, _: step(s, data, rng), state, None, length=num_steps)
 
 
-def device_eval_step(state: TrainState, data: PyTree, batch: PyTree, *, evaluation: Callable, make_batch: Callable
-                     ) -> Metrics:
-  """``evaluation`` on the examples ``batch`` names (indices and mask) of the device's ``data``."""
-  return evaluation(state, make_batch(data, batch))
 
 
 def params_fingerprint(params: PyTree) -> str:
@@ -526,103 +469,16 @@ def params_fingerprint(params: PyTree) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Steps (pure; run under pmap with axis_name=parallel.AXIS).
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, head: heads.Head,
-               schedule: optax.Schedule, microbatch_size: int = 0, label_smoothing: float = 0.0,
-               axis_name: str = parallel.AXIS) -> tuple[TrainState, Metrics]:
-  """One SGD step on this device's shard of the batch; gradients and metrics are averaged over devices.
-
-  Args:
-    state: the (per-device) train state.
-    batch: {'image': [B, H, W, C], 'target': [B, ...]}.
-    rng: the run's root key for dropout; the step and the device index are folded in here.
-    head: the task's loss and metrics.
-    schedule: the learning-rate schedule's shape, only to report the current learning rate.
-    microbatch_size: if it is > 0 and < B (and divides B), the gradient is summed over consecutive
-      micro-batches of this many examples, computed one after another: the same gradient up to float
-      rounding, with activations small enough to stay in cache on CPU.
-    label_smoothing: the loss's targets are smoothed by this much (the reported metrics are not).
-    axis_name: the device axis to average over.
-
-  Returns:
-    The updated state and {'loss', task metrics, 'grad_norm', 'learning_rate'}.
-  """
-  rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(axis_name))
-  # Parameters typed as varying over the devices: each device's gradient stays its own until the pmean below
-  # (JAX would otherwise sum it at each use of a replicated parameter, which ops.conv2d's custom VJP cannot).
-  params = jax.lax.pcast(state.params, axis_name, to='varying')
-  loss = functools.partial(head.loss, label_smoothing=label_smoothing)
-  grads, outputs, batch_stats = _accumulated_grads(state.replace(params=params), batch, rng, loss, microbatch_size)
-  grads = jax.lax.pmean(grads, axis_name)
-  metrics = {k: v.mean() for k, v in head.metrics(outputs, batch['target']).items()}
-  metrics = jax.lax.pmean(metrics, axis_name)
-  metrics.update(grad_norm=optax.global_norm(grads),
-                 learning_rate=optim.learning_rate(state.opt_state, schedule, state.step))
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def _accumulated_grads(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, loss: Loss,
-                       microbatch_size: int) -> tuple[PyTree, jax.Array, PyTree]:
-  """Gradient of the batch's mean loss, the model's outputs and the updated batch statistics, summed over
-  micro-batches by a ``lax.scan``: its body is traced and compiled once, however many micro-batches the batch
-  holds. (Models with batch statistics take the whole batch: ``validate`` refuses micro-batches for them.)"""
-  n = len(batch['image'])
-  if not 0 < microbatch_size < n:
-    return _grads(state, batch['image'], batch['target'], jax.random.fold_in(rng, 0), loss, n)
-  chunks = jax.tree.map(lambda x: x.reshape(n // microbatch_size, microbatch_size, *x.shape[1:]),
-                        {'image': batch['image'], 'target': batch['target']})
-
-  def body(grads, chunk):
-    g, out, _ = _grads(state, chunk['image'], chunk['target'], jax.random.fold_in(rng, chunk['index']), loss, n)
-    return jax.tree.map(jnp.add, grads, g), out
-
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
-  grads, outputs = jax.lax.scan(body, zeros, {**chunks, 'index': jnp.arange(n // microbatch_size)})
-  return grads, outputs.reshape(n, *outputs.shape[2:]), state.batch_stats
 
 
-def _grads(state: TrainState, images: jax.Array, targets: jax.Array, rng: jax.Array, loss: Loss,
-           batch_size: int) -> tuple[PyTree, jax.Array, PyTree]:
-  """Gradient of these examples' share of the batch's mean loss (their loss sum / batch_size), the model's
-  outputs and its updated batch statistics; summed over the micro-batches it is the gradient of the batch's
-  mean loss."""
-  def loss_fn(params):
-    outputs, updates = state.apply_fn(state.variables(params), images, train=True, rngs={'dropout': rng},
-                                      mutable=['batch_stats'])
-    return loss(outputs, targets).sum() / batch_size, (outputs, updates.get('batch_stats', {}))
-  grads, (outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-  return grads, outputs, batch_stats
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, head: heads.Head, flip: bool = False,
-              translate: int = 0, axis_name: str = parallel.AXIS) -> Metrics:
-  """Sums of the task metrics over the real (mask=True) examples of the batch, over all devices, for the
-  evaluated weights (``optim.eval_params``: the moving average where the optimizer keeps one).
-
-  With ``flip`` (``--config.eval_flip``), the outputs are the mean of the model's outputs on each image and on
-  its left-right mirror (test-time augmentation for models trained with flips). With ``translate`` > 0
-  (``--config.eval_translate``), they are half those of the image plus a quarter of those of each of its shifts
-  by that many pixels down-right and up-left (``ops.shift_reflect``), each flipped too under ``flip``.
-
-  Returns:
-    {metric: sum over examples, 'count': number of examples}; divide to get means.
-  """
-  variables = state.variables(optim.eval_params(state.opt_state, state.params))
-
-  def view(images):
-    out = state.apply_fn(variables, images, train=False)
-    return (out + state.apply_fn(variables, images[:, :, ::-1], train=False)) / 2 if flip else out
-
-  outputs = view(batch['image'])
-  if translate:
-    shifted = [view(ops.shift_reflect(batch['image'], t)) for t in (translate, -translate)]
-    outputs = outputs / 2 + (shifted[0] + shifted[1]) / 4
-  mask = batch['mask'].astype(jnp.float32)
-  sums = {k: (v * mask).sum() for k, v in head.metrics(outputs, batch['target']).items()}
-  return jax.lax.psum({**sums, 'count': mask.sum()}, axis_name)
 
 
-def evaluate(eval_fn: Callable, state: TrainState, batches: Iterable[dict], backend: parallel.Backend, prefix: str,
-             members: int = 0) -> dict[str, float]:
+def evaluate(eval_fn: Callable, state: steps.TrainState, batches: Iterable[dict], backend: parallel.Backend,
+             prefix: str, members: int = 0) -> dict[str, float]:
   """Mean metrics over one pass of ``batches``, named '<prefix>_<metric>' ('val_accuracy', 'test_loss', ...): floats,
   or for a population of ``members`` a vector over them.
 
@@ -753,19 +609,8 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   if start_step:
     logging.info('Resumed from %s at step %d.', workdir, start_step)
   writer = _start_writer(run, workdir, start_step)
-  speedups = (['two-step bias', 'NHWC/HWIO conv gradients'] + ['two-step BatchNorm'] * models.batch_normed(config.model)
-              + ['per-element max-pool gradient'] * (config.model.pool == 'max'))
+  num_params = _log_setup(run)
   members = len(run.population.configs) if run.population else 0
-  logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s%s.', jax.default_backend(),
-               jax.device_count(), run.microbatch_size or 'the whole batch',
-               f'on ({", ".join(speedups)})' if run.cpu_speedups else 'off',
-               f'; {members} members trained as one program, mesh {dict(backend.mesh.shape)}' if members else '')
-  image_shape = run.info.image_shape
-  num_params = models.count_params(run.model, image_shape)
-  logging.info('Model: %s; %s parameters.\n%s', analysis.widths(config.model, image_shape, run.info.num_outputs),
-               f'{num_params:,}',
-               analysis.format_table(analysis.analyze(config.model, image_shape, run.info.num_outputs)))
-
   state = backend.from_checkpoint(state)
   has_val = data.split_sizes(config.data, run.num_examples)[1] > 0
   periodic = 'val' if has_val else 'test'  # what the periodic evaluations (and any selection) see
@@ -811,15 +656,7 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
         eval_metrics = {}
     if not eval_metrics:  # resumed a finished run, or chose an earlier checkpoint: evaluate what it left
       eval_metrics = evaluate(eval_fn, state, eval_batches, backend, periodic)
-    if test is not None:  # the test split, once, at the end
-      test_metrics = evaluate(test[1], state, test[0], backend, 'test')
-      writer.write_scalars(config.num_train_steps, test_metrics)
-      eval_metrics.update(test_metrics)
-    writer.write_scalars(config.num_train_steps, {'num_params': num_params, **chosen})
-    final = backend.to_checkpoint(state)
-    variables = jax.tree.map(parallel.local_value, final.variables())
-    logging.info('Process %d: final params fingerprint %s', jax.process_index(),
-                 params_fingerprint(variables['params']))
+    variables = _test_once(run, state, test, writer, eval_metrics, {'num_params': num_params, **chosen})
   finally:  # however the loop ends, close what it opened; after a failure, a failing close is not news
     failing = sys.exc_info()[1] is not None
     for close in [m.close for m in (checkpoints, best) if m is not None] + [writer.flush, writer.close]:
@@ -831,7 +668,40 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
   return TrainResult({**eval_metrics, 'num_params': num_params, **chosen}, variables, start_step, run)
 
 
-def _save_members(run: Run, state: TrainState, diverged: set[int]) -> None:
+def _log_setup(run: Run) -> int:
+  """Logs the platform's choices and the model (its widths and per-layer table); returns its parameter count."""
+  config, members = run.config, len(run.population.configs) if run.population else 0
+  speedups = (['two-step bias', 'NHWC/HWIO conv gradients'] + ['two-step BatchNorm'] * models.batch_normed(config.model)
+              + ['per-element max-pool gradient'] * (config.model.pool == 'max'))
+  logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s%s.', jax.default_backend(),
+               jax.device_count(), run.microbatch_size or 'the whole batch',
+               f'on ({", ".join(speedups)})' if run.cpu_speedups else 'off',
+               f'; {members} members trained as one program, mesh {dict(run.backend.mesh.shape)}' if members else '')
+  image_shape = run.info.image_shape
+  num_params = models.count_params(run.model, image_shape)
+  logging.info('Model: %s; %s parameters.\n%s', analysis.widths(config.model, image_shape, run.info.num_outputs),
+               f'{num_params:,}',
+               analysis.format_table(analysis.analyze(config.model, image_shape, run.info.num_outputs)))
+  return num_params
+
+
+def _test_once(run: Run, state: steps.TrainState, test: tuple | None, writer: writers.MultiWriter,
+               eval_metrics: dict[str, float], final: dict[str, float]) -> PyTree:
+  """The test split, once, at the end (into ``eval_metrics``; ``test`` is None without a validation split, whose
+  periodic evaluations were the test's), the ``final`` scalars written; returns the tested variables (host)."""
+  step = run.config.num_train_steps
+  if test is not None:
+    test_metrics = evaluate(test[1], state, test[0], run.backend, 'test')
+    writer.write_scalars(step, test_metrics)
+    eval_metrics.update(test_metrics)
+  writer.write_scalars(step, final)
+  variables = jax.tree.map(parallel.local_value, run.backend.to_checkpoint(state).variables())
+  logging.info('Process %d: final params fingerprint %s', jax.process_index(),
+               params_fingerprint(variables['params']))
+  return variables
+
+
+def _save_members(run: Run, state: steps.TrainState, diverged: set[int]) -> None:
   """Each finished member's state (``state`` in the checkpoint layout, members stacked) as the final checkpoint
   in its own workdir, where its solo run will find it."""
   for i, directory in enumerate(run.population.workdirs):
@@ -860,16 +730,16 @@ def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_
   for member in range(max(members, 1)):
     if diverged and member in diverged:
       continue
-    rows, steps = [], []
+    rows, numbers = [], []
     for (last, _), m in zip(pending, local, strict=True):
       values = {k: v.reshape(max(members, 1), -1)[member] for k, v in m.items()}  # one per step
       count = len(values['loss'])
       rows += [{k: float(v[i]) for k, v in values.items()} for i in range(count)]
-      steps += range(last - count + 1, last + 1)
+      numbers += range(last - count + 1, last + 1)
     losses = np.array([r['loss'] for r in rows])
     bad = ~np.isfinite(losses)
     if bad.any() and not config.skip_nonfinite:
-      step = steps[int(bad.argmax())]
+      step = numbers[int(bad.argmax())]
       if members:
         member_config = population.configs[member]
         logging.warning('Member %d (seed %d, learning rate %g): the training loss is %s at step %d; it trains on '

@@ -41,6 +41,32 @@ def test_the_mirror_follows_cnnjax_schedule_and_refuses_what_it_cannot_express()
   for field, value in (('ema_decay', 0.998), ('dense_max_norm', 3.0)):
     with pytest.raises(ValueError, match=f'--config.optimizer.{field}=0'):
       torch_reference.check_supported(apply_overrides(config, {f'optimizer.{field}': value}))
+  with pytest.raises(ValueError, match='--config.model.conv_init=lecun_normal'):  # PyTorch's own initialisers
+    torch_reference.check_supported(apply_overrides(config, {'model.conv_init': 'dirac'}))
+
+
+def test_a_race_shuffles_every_epoch_whatever_eval_every_steps_says(monkeypatch):
+  """The PyTorch arm of a race draws a new permutation after each pass over its data (8 steps of 4 here), not
+  after every evaluation (every 3 steps)."""
+  config = apply_overrides(load_experiment('fashion_mnist').get_config(),
+                           {'num_train_steps': 16, 'eval_every_steps': 3, 'batch_size': 4})
+  seen = []
+
+  class Recorder:
+    def __init__(self, *args):
+      pass
+
+    def train_step(self, images, labels):
+      seen.append(labels.tolist())
+
+    def accuracy(self, *args):
+      return 0.0
+  monkeypatch.setattr(torch_reference, 'Trainer', Recorder)
+  images, labels = np.zeros((32, 28, 28, 1), np.float32), np.arange(32)
+  evals = racing.run_torch(config, 'torch_eager', (images, labels), (images, labels), (28, 28, 1), 10)
+  assert [e[0] for e in evals] == [3, 6, 9, 12, 15]
+  for epoch in (seen[:8], seen[8:]):  # each epoch sees every example once
+    assert sorted(sum(epoch, [])) == list(range(32))
 
 
 def test_a_race_refuses_augmentation_the_torch_arms_do_not_mirror():

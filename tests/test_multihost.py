@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnnjax import parallel, train
+from cnnjax import parallel, steps, train
 from cnnjax.config import apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def _one_process_reference(config, data_dir):
   """The same 6 steps in this process on 4 devices, each global batch built from both processes' shards."""
   run = train.setup(config, data_dir)
   init_rng, dropout_rng = run.keys()
-  step = jax.pmap(functools.partial(train.train_step, head=run.head, schedule=run.schedule),
+  step = jax.pmap(functools.partial(steps.train_step, head=run.head, schedule=run.schedule),
                   axis_name=parallel.AXIS, in_axes=(0, 0, None))
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:4]), (parallel.AXIS,))
   state = parallel.replicate(run.init_state(init_rng), mesh)
