@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import io
 import os
+import textwrap
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -482,11 +483,11 @@ def _bars_note(bars: dict[str, Bar]) -> str:
   return f'bars: 95 % interval over seeds{clipped}; dots: the seeds'
 
 
-def _draw(ax, x: float, bar: Bar, **style) -> None:
-  """A point's mean with its interval, and its seeds as small dots beside it."""
+def _draw(ax, x: float, bar: Bar, dots_x: float, **style) -> None:
+  """A point's mean with its interval at ``x``, and its seeds as small dots beside it, at ``dots_x``."""
   ax.errorbar(x, bar.mean, yerr=[[bar.below], [bar.above]], fmt='o', capsize=3, **style)
   if len(bar.values) > 1:
-    ax.plot([x] * len(bar.values), bar.values, '.', color='grey', markersize=3, alpha=0.7)
+    ax.plot([dots_x] * len(bar.values), bar.values, '.', color='black', markersize=4, alpha=0.6)
 
 
 def _spread(xs: Sequence[float], factor: float = 1.06) -> list[float]:
@@ -521,11 +522,11 @@ def _plot_vs(workdir: str, rows, bars, metric: str, x: str) -> str:
   xs = [row[x] for row in rows]
   for row, at in zip(rows, _spread(xs), strict=True):
     bar = bars[row['point']]
-    _draw(ax, at, bar)
+    _draw(ax, at, bar, dots_x=at * 1.025)
     ax.annotate(row['point'], (at, bar.mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
   ax.set(xscale='log', xlabel=f'{x} (log scale)', ylabel=metric)
   shared = '; points of equal x set side by side' if len(set(xs)) < len(xs) else ''
-  ax.set_title(f'{metric} vs {x}\n({_bars_note(bars)}{shared})', fontsize=10)
+  ax.set_title(f'{metric} vs {x}\n' + textwrap.fill(f'({_bars_note(bars)}{shared})', 75), fontsize=10)
   ax.margins(x=0.15)
   _readable_log_axis(ax.xaxis)
   ax.grid(alpha=0.3)
@@ -537,7 +538,7 @@ def _plot_per_setting(workdir: str, rows, bars, metric: str) -> str:
   differences of a few tenths of a point, the ones an ablation is about."""
   fig, ax = plt.subplots(figsize=(max(6.5, 1 + 0.9 * len(rows)), 4.5))
   for i, row in enumerate(rows):
-    _draw(ax, i, bars[row['point']], color='tab:blue')
+    _draw(ax, i, bars[row['point']], dots_x=i + 0.08, color='tab:blue')
   ax.set_xticks(range(len(rows)), [row['point'] for row in rows], rotation=30, ha='right', fontsize=8)
   ax.set(ylabel=metric)
   ax.margins(x=0.1, y=0.15)

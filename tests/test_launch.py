@@ -92,7 +92,7 @@ def test_a_cluster_array_under_lr_pick_point_finishes_every_task_at_once(data_di
                        '--config.lr_grid_extensions=0')
   for status, stderr in tasks:
     assert status == 0 and 'Traceback' not in stderr and 'Stopped' not in stderr, stderr[-3000:]
-  assert any('Waiting for base,seed=0 to pick the learning rate' in stderr for _, stderr in tasks[1:])
+  assert any('Waiting for base,seed=0 to pick the learning rate' in stderr for _, stderr in tasks)  # not who trains it
   picked = json.loads((tmp_path / 'sweep' / 'base,seed=0' / 'result.json').read_text())['picked_lr']
   for seed in (1, 2):
     result = json.loads((tmp_path / 'sweep' / f'base,seed={seed}' / 'result.json').read_text())
