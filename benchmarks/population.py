@@ -27,13 +27,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  import jax
   from timing import population_rates
 
-  from cnnjax import stamp
+  from cnnjax import stamp, train
   config = apply_overrides(FLAGS.config, {'data.pipeline': 'device', 'rng_impl': 'threefry2x32'})
   rates = population_rates(config, [int(n) for n in FLAGS.sizes], FLAGS.data_dir, FLAGS.windows, FLAGS.calls)
   result = {**stamp.stamp(), 'experiment': FLAGS.experiment, 'dataset': config.data.name,
-            'batch_size': config.batch_size, 'rng_impl': config.rng_impl, 'windows': FLAGS.windows, **rates}
+            'batch_size': config.batch_size, 'rng_impl': config.rng_impl, 'windows': FLAGS.windows,
+            'population_map': train.population_map(config, jax.default_backend()), **rates}
   print(json.dumps(result, indent=1))
   stamp.write(FLAGS.out, result)
 
