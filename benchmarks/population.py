@@ -1,7 +1,8 @@
 r"""Populations, measured: member-images/s of one run's train step alone and of populations of 1, 3, 9 and 27
-members (``train.Population``: each member's state on a leading axis, ``jax.vmap``), in one process, arms
-alternating window by window; medians, and ratios to the run alone. ``--config.population=auto`` is on where a
-population trains more member-images/s than runs one by one (measured here: not on CPU; docs/performance.md).
+members (``train.Population``: each member's state on a leading axis, mapped by --config.population_map), in one
+process, arms alternating window by window; medians, and ratios to the run alone. ``--config.population=auto`` is
+on where a population trains more member-images/s than runs one by one (measured here: not on CPU;
+docs/performance.md).
 
   python benchmarks/population.py --config.data.name=fashion_mnist --out=results/population/cpu.json
   python benchmarks/population.py --sizes=1,3 --windows=1       # the pooling sweep's model on shapes, quickly
