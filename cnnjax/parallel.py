@@ -209,7 +209,7 @@ class PopulationBackend(Backend):
 
   def __init__(self, members: int, shard_members: bool = True):
     """``shard_members``: over ``member_groups`` rows; False: one row, each member's batch split over every
-    device as in its solo run (a ``train.loop_map`` population, which then equals its solo runs bit for bit)."""
+    device as in its solo run (a ``steps.loop_map`` population, which then equals its solo runs bit for bit)."""
     super().__init__()
     groups = member_groups(members, jax.device_count()) if shard_members else 1
     self.mesh = Mesh(np.array(jax.devices()).reshape(groups, -1), (MEMBER_AXIS, AXIS))

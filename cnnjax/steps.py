@@ -53,9 +53,10 @@ def device_train_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: 
 
 
 def loop_map(fn: Callable) -> Callable:
-  """``fn`` mapped over the leading axis of its arguments like ``jax.vmap``, but as a loop (``jax.lax.map``):
-  each member runs the solo run's own program, so on CPU its values are its solo run's to the last bit, where
-  ``jax.vmap``'s batched (grouped) convolutions sum in another order."""
+  """``fn`` mapped over the leading axis of its arguments like ``jax.vmap``, but unrolled: one copy of ``fn`` per
+  member, one after another in the same program, each the solo run's own computation, so on CPU its values are
+  its solo run's to the last bit (``jax.vmap``'s batched convolutions sum in another order, and ``jax.lax.map``'s
+  loop body compiles differently inside the steps' scan). Compile time grows with the members."""
   def mapped(*args):
     count = len(jax.tree.leaves(args)[0])
     outs = [fn(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(count)]

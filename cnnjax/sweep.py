@@ -424,11 +424,16 @@ def validate_experiment(config: ml_collections.ConfigDict, get_sweep: Callable[[
   get_sweep = sweep_of(config, get_sweep)
   if get_sweep:
     _validated_points(config, get_sweep, sweep_index)
-  elif sweep_index is not None or report_only:
+  else:
+    _check_single_run(sweep_index, report_only)
+    train.validate(config, jax.device_count())
+
+
+def _check_single_run(sweep_index: int | None, report_only: bool) -> None:
+  """Raises ConfigError for the sweep-only flags on an experiment without a sweep."""
+  if sweep_index is not None or report_only:
     raise ConfigError('this experiment has no get_sweep(); drop --sweep_index/--report_only (or set '
                       '--config.seeds > 1 to repeat it over seeds)')
-  else:
-    train.validate(config, jax.device_count())
 
 
 def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Overrides]], workdir: str,
@@ -498,10 +503,10 @@ def run_experiment(config: ml_collections.ConfigDict, get_sweep: Callable[[], li
   Raises:
     ConfigError for --sweep_index or --report_only without a sweep, and whatever those two raise.
   """
-  validate_experiment(config, get_sweep, sweep_index, report_only)
   get_sweep = sweep_of(config, get_sweep)
-  if get_sweep:
+  if get_sweep:  # run() validates every point before anything is written
     return run(config, get_sweep, workdir, data_dir, sweep_index, report_only, overwrite)
+  _check_single_run(sweep_index, report_only)  # train.setup validates the config
   start = time.time()
   trained = train.train_and_evaluate(config, workdir, data_dir, overwrite)
   finish_point(config, Point(SINGLE_POINT, SINGLE_POINT, {}), workdirs.resolve(workdir), trained, {},
