@@ -129,7 +129,7 @@ def final_params(config) -> dict:
   init, rng = run.keys()
   state = run.backend.from_checkpoint(run.init_state(init))
   for _ in range(sizes()['steps']):
-    state, _ = run.train_step(state, run.step_inputs(0)(), rng)
+    state, _ = run.train_step(state, run.pipeline.train_inputs(0)(), rng)
   return jax.device_get(run.backend.to_checkpoint(state).params)
 
 

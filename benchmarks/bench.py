@@ -42,8 +42,11 @@ def synthetic_batch(run, batch_size: int) -> dict:
   import jax
   import numpy as np
   import tensorflow as tf
-  features = run.builder.info.features
-  target = np.asarray(run.target({k: tf.zeros([d or 1 for d in f.shape], f.tf_dtype) for k, f in features.items()}))
+
+  from cnnjax import data
+  features = data.get_builder(run.config.data, FLAGS.data_dir).info.features
+  zeros = {k: tf.zeros([d or 1 for d in f.shape], f.tf_dtype) for k, f in features.items()}
+  target = np.asarray(run.head.target(features, run.config.data)(zeros))
   n = jax.local_device_count()
   images = np.random.default_rng(0).normal(size=(n, batch_size // n, *run.info.image_shape)).astype(np.float32)
   return {'image': images, 'target': np.broadcast_to(target, (n, batch_size // n, *target.shape)).copy(),
@@ -56,7 +59,7 @@ class JaxRunner:
   def __init__(self, config, batch_size: int):
     import jax
 
-    from cnnjax import analysis, models, train
+    from cnnjax import analysis, loop, models, train
     self.jax = jax
     config.batch_size = config.eval_batch_size = batch_size
     self.run = run = train.setup(config, FLAGS.data_dir, prepare=False)  # features only: synthetic batches
@@ -68,12 +71,12 @@ class JaxRunner:
     self.batch = self.backend.put_batch(self.host_batch)
     init_rng, self.rng = run.keys()
     self.state = self.backend.from_checkpoint(run.init_state(init_rng))
-    self.config, self.max_in_flight = config, train.MAX_STEPS_IN_FLIGHT
+    self.config, self.max_in_flight = config, loop.MAX_STEPS_IN_FLIGHT
 
 
   def train(self, steps: int) -> None:
     in_flight = []
-    for _ in range(steps):  # as the training loop: at most train.MAX_STEPS_IN_FLIGHT steps ahead
+    for _ in range(steps):  # as the training loop: at most loop.MAX_STEPS_IN_FLIGHT steps ahead
       self.state, metrics = self.train_fn(self.state, self.batch, self.rng)
       in_flight.append(metrics)
       if len(in_flight) > self.max_in_flight:
@@ -81,7 +84,7 @@ class JaxRunner:
     self.jax.block_until_ready(metrics)
 
   def eval(self, steps: int) -> None:
-    for _ in range(steps):  # one at a time, as train.evaluate does
+    for _ in range(steps):  # one at a time, as loop.evaluate does
       self.jax.block_until_ready(self.eval_fn(self.state, self.batch))
 
   def train_from(self, iterator, steps: int) -> None:
@@ -200,12 +203,13 @@ def pipeline_stall(config, jx: JaxRunner, batch_size: int) -> dict:
   channels) against the same steps on a device-resident batch."""
   import numpy as np
 
-  from cnnjax import train
+  from cnnjax import augment, data, train
   shapes = config.copy_and_resolve_references()
   size, channels = jx.run.info.image_shape[0], jx.run.info.image_shape[-1]
-  shapes.data.name, shapes.data.image_size = 'shapes', size
-  batches = train.setup(shapes, FLAGS.data_dir).train_batches()
-  converted = ({'image': b['image'][..., :channels], 'target': b['target']} for b in batches)
+  shapes.data.name, shapes.data.image_size, shapes.data.pipeline = 'shapes', size, 'host'
+  batches = train.setup(shapes, FLAGS.data_dir).pipeline.train_batches()
+  normalize = augment.preprocessing(shapes.data, data.get_spec('shapes'))[0].normalize  # as the host step does
+  converted = ({'image': np.asarray(normalize(b['image'][..., :channels])), 'target': b['target']} for b in batches)
   n = steps_for(lambda k: jx.train_from(converted, k), FLAGS.window_seconds)
   real = statistics.median(timed_windows(lambda k: jx.train_from(converted, k), n, 3))
   synthetic = statistics.median(timed_windows(jx.train, n, 3))

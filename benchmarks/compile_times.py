@@ -55,8 +55,9 @@ def point_times(config, data_dir: str | None) -> dict[str, float]:
   box = {}  # the latest state: each train call donates the one before
   init_s = first_call_seconds(lambda: box.update(state=jax.block_until_ready(run.init_state(init_rng))))
   box['state'] = run.backend.from_checkpoint(box['state'])
-  batch = run.backend.put_batch(next(run.train_batches()))
-  eval_batch = run.backend.put_batch(next(iter(run.eval_batches())))
+  batch = run.pipeline.train_inputs(0)()
+  eval_batches, eval_fn = run.pipeline.evaluation('test', run.eval_step)
+  eval_batch = run.backend.put_batch(next(iter(eval_batches)))
 
   def train_call():
     box['state'], metrics = run.train_step(box['state'], batch, dropout_rng)

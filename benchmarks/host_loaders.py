@@ -34,21 +34,20 @@ FLAGS = flags.FLAGS
 def tf_data_batches(config):
   """The host pipeline's training batches, as a run draws them."""
   from cnnjax import train
-  return train.setup(apply_overrides(config, {'data.pipeline': 'host'}), FLAGS.data_dir).train_batches()
+  return train.setup(apply_overrides(config, {'data.pipeline': 'host'}), FLAGS.data_dir).pipeline.train_batches()
 
 
 def grain_batches(config, data_dir: str):
-  """The same stream from grain: a seeded shuffle of the array_record data source, normalised, batched."""
+  """The same stream from grain: a seeded shuffle of the array_record data source, batched raw (the step
+  normalises, as it does the host pipeline's)."""
   import grain
-  import numpy as np
 
   from cnnjax import data
   from cnnjax.datasets import idx
   spec = data.get_spec(config.data.name)
   builder = idx.prepare(config.data.name, spec.source_dir, data_dir, 'array_record')
-  mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
   dataset = (grain.MapDataset.source(builder.as_data_source('train')).shuffle(seed=config.seed).repeat()
-             .map(lambda ex: {'image': (ex['image'].astype(np.float32) / 255 - mean) / std, 'label': ex['label']})
+             .map(lambda ex: {'image': ex['image'], 'label': ex['label']})
              .batch(FLAGS.batch_size, drop_remainder=True))
   options = grain.ReadOptions(num_threads=FLAGS.threads, prefetch_buffer_size=4 * FLAGS.batch_size)
   return iter(dataset.to_iter_dataset(options))

@@ -26,7 +26,7 @@ def race_config(config, data_dir: str | None, epochs: int):
   check_plain_data(config)
   whole = apply_overrides(config, {'data.val_fraction': 0.0})
   run = train.setup(apply_overrides(whole, {'data.pipeline': 'device'}), data_dir)
-  epoch = data.split_sizes(whole.data, run.num_examples)[0] // config.batch_size
+  epoch = data.split_sizes(whole.data, run.pipeline.num_examples)[0] // config.batch_size
   raced = apply_overrides(whole, {'num_train_steps': epochs * epoch, 'eval_every_steps': epoch,
                                   'checkpoint_every_steps': epoch, 'test_checkpoint': 'last', 'lr_grid': ()})
   return raced, run
@@ -44,11 +44,10 @@ def check_plain_data(config) -> None:
 def normalised(run, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(images [N, H, W, C] float32 normalised as cnnjax's pipelines do, labels [N]) of the run's 'train' or
   'test' arrays."""
-  from cnnjax import data
-  spec = data.get_spec(run.config.data.name)
-  images = run.arrays[split]['image'].astype(np.float32) / 255
-  images = (images - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-  return images, run.arrays[split]['target'].astype(np.int64)
+  arrays = run.pipeline.arrays[split]
+  images = arrays['image'].astype(np.float32) / 255
+  images = (images - np.asarray(run.spec.mean, np.float32)) / np.asarray(run.spec.std, np.float32)
+  return images, arrays['target'].astype(np.int64)
 
 
 def run_cnnjax(config, data_dir: str | None) -> Evals:

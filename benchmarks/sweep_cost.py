@@ -70,7 +70,7 @@ def worker(arm: str, cache_dir: str) -> dict:
   compiler.set_compilation_cache(cache_dir)
   from jax import monitoring
 
-  from cnnjax import report, sweep
+  from cnnjax import records, report, sweep
   counts = {'compiles': 0, 'compile_s': 0.0, 'cache_hits': 0}
 
   def on_duration(event, seconds, **kwargs):
@@ -90,9 +90,10 @@ def worker(arm: str, cache_dir: str) -> dict:
     points = sweep.run(config, module.get_sweep, workdir, FLAGS.data_dir)
     wall = time.perf_counter() - start
     with open(os.path.join(workdir, 'results.json')) as f:
-      results = json.load(f)['points']
-  runs = sum(len(r.get('lr_grid', [None])) for r in results)
-  per_run = {r['name']: {k: r.get(k) for k in ('picked_lr', 'lr_grid', 'picked_on_edge', 'test_accuracy')}
+      results = [records.RunResult.from_json(r) for r in json.load(f)['points']]
+  runs = sum(len(r.lr.grid) if r.lr else 1 for r in results)
+  per_run = {r.name: {'picked_lr': r.lr and r.lr.picked, 'lr_grid': r.lr and list(r.lr.grid),
+                      'picked_on_edge': r.lr and r.lr.on_edge, 'test_accuracy': r.metrics.get('test_accuracy')}
              for r in results}
   return {'arm': arm, 'points': len(points), 'runs': runs, 'wall_s': wall, **counts, 'per_run': per_run,
           'comparisons': report.significance_table(results), 'grids': report.grid_table(results)}

@@ -71,18 +71,18 @@ class MatmulPeak:
     return 2 * self.n**3 / statistics.median(times) / 1e12
 
 
-def cnnjax_steps(config, data_dir: str | None, synthetic: bool = False, population=None
+def cnnjax_steps(config, data_dir: str | None, synthetic: bool = False, members=()
                  ) -> tuple[Callable[[int], None], object]:
   """(steps, run): ``steps(n)`` runs n steps (a multiple of ``run.steps_per_dispatch``) of ``config``'s train step
   as a run does (``train.setup``'s run: its pipeline and steps per call), blocking; ``synthetic``: one batch kept
-  on the device instead (the step alone); ``population``: the members of a ``train.Population`` at once."""
+  on the device instead (the step alone); ``members``: a population of these configs at once."""
   import jax
 
   from cnnjax import train
-  run = train.setup(config, data_dir, population=population)
+  run = train.setup(config, data_dir, members=members)
   steps_per_call = run.steps_per_dispatch
   state, rng = [run.backend.from_checkpoint(run.initial_state())], run.step_rng()
-  next_input = run.step_inputs(0)
+  next_input = run.pipeline.train_inputs(0)
   if synthetic:
     batch = next_input()
     next_input = lambda: batch  # noqa: E731 - one batch, already on the device
@@ -99,15 +99,11 @@ def population_rates(config, sizes: list[int], data_dir: str | None, windows: in
   """Member-images/s of ``config``'s run alone and of populations of ``sizes`` members (seeds 0, 1, ...; each
   arm ``calls`` calls of its steps per call per window, the arms alternating): medians, ratios to the run alone
   and every window's seconds. ``config`` must allow populations (the device pipeline, threefry2x32 keys)."""
-  from cnnjax import train
   from cnnjax.config import apply_overrides
   arms = {}
   for members in [0, *sizes]:
-    population = None
-    if members:
-      configs = tuple(apply_overrides(config, {'seed': seed}) for seed in range(members))
-      population = train.Population(configs, tuple(f'member{i}' for i in range(members)))
-    steps, run = cnnjax_steps(config, data_dir, population=population)
+    configs = tuple(apply_overrides(config, {'seed': seed}) for seed in range(members))
+    steps, run = cnnjax_steps(config, data_dir, members=configs)
     steps(run.steps_per_dispatch)  # compiled and warmed up
     name = f'population of {members}' if members else 'alone'
     arms[name] = (functools.partial(steps, calls * run.steps_per_dispatch),

@@ -1,6 +1,7 @@
 """Files that must survive faults: JSON written atomically and read back with one-line errors, manifests of
 checksums that seal a directory, advisory locks, unique names beside a path, and the OS's storage errors
-(full disk, read-only filesystem, no permission, a file in the way) turned into one line."""
+(full disk, read-only filesystem, no permission, a file in the way) turned into one line; ``closing`` closes what a
+block opened however it ends."""
 
 from __future__ import annotations
 
@@ -233,3 +234,21 @@ def warn_damaged_lines(path: str, damaged: list[str]) -> None:
   if damaged:
     logging.warning('%s: skipped %d damaged line%s (blank, cut or not JSON); the other rows are kept.', path,
                     len(damaged), 's' * (len(damaged) > 1))
+
+
+@contextlib.contextmanager
+def closing(*closers: Callable[[], None]) -> Iterator[None]:
+  """Calls every closer however the block ends; after a failure, a failing close is not news."""
+  failing = False
+  try:
+    yield
+  except BaseException:
+    failing = True
+    raise
+  finally:
+    for close in closers:
+      try:
+        close()
+      except Exception:  # noqa: BLE001
+        if not failing:
+          raise

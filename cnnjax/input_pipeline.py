@@ -1,11 +1,14 @@
-"""tf.data input pipelines from TFDS: per-process split, shuffle, augment, batch as [devices, batch, H, W, C].
+"""tf.data input pipelines from TFDS: per-process split, shuffle and batch as [devices, batch, H, W, C]; the host
+half of ``pipelines.HostPipeline``.
 
-Examples become {'image', 'target'}; ``target`` (from the task head, ``heads.Head.target``) maps an example
-to the target, so the pipeline itself knows nothing of tasks.
+Examples become {'image', 'target'} and training examples also their 'position' in the stream; ``target`` (from
+the task head, ``heads.Head.target``) maps an example to the target, so the pipeline knows nothing of tasks.
+Images stay raw (uint8, or float32 on the 0-255 scale where a dataset of varying sizes is resized): the jitted
+step normalises and augments them (``augment``), keyed by position, as the device pipeline's steps do.
 
 Training order is a pure function of (config.seed, step): the stream is repeat -> shuffle(seed) -> enumerate,
-augmentation draws its randomness from (seed, element index) with stateless ops, and resuming at step s
-skips the first s batches, so a resumed run sees exactly the batches an uninterrupted one would.
+and resuming at step s skips the first s batches, so a resumed run sees exactly the batches an uninterrupted one
+would. Process p of P numbers its n-th example n * P + p, so that no two processes draw the same augmentation.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cnnjax import data
-from cnnjax.device_pipeline import ERASE_AREA, ERASE_ASPECT
 
 tf.config.set_visible_devices([], 'GPU')  # tf.data only: leave every accelerator to JAX
 
@@ -29,61 +31,17 @@ Batch = dict[str, np.ndarray]
 Target = Callable[[dict], tf.Tensor]
 
 
-def _preprocess(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train: bool
-                ) -> Callable[[tf.Tensor, dict], dict]:
-  """(index, example) -> {'image': normalised float32, 'target'}; augmentation is keyed by (seed, index). Without
-  per-example work (``_per_example``) the same function maps whole batches."""
+def _resize(config: ml_collections.ConfigDict, spec: data.DatasetSpec) -> Callable[[dict], dict]:
+  """example -> the example with its image at the run's size: float32 on the 0-255 scale for a dataset of
+  varying sizes (resized), else the stored uint8 image untouched."""
   size = data.image_size(config.data)
-  mean, std = tf.constant(spec.mean), tf.constant(spec.std)
 
-  def fn(index: tf.Tensor, ex: dict) -> dict:
-    image = tf.cast(ex['image'], tf.float32) / 255.0
+  def fn(ex: dict) -> dict:
     if spec.image_size == 0:
-      image = tf.image.resize(image, (size, size), antialias=True)
-    if not _per_example(config, spec, train):  # whole batches: the element-wise ops alone
-      return {'image': (image - mean) / std, 'target': ex['target']}
-    seed = tf.stack([tf.constant(config.seed, tf.int64), tf.cast(index, tf.int64)])
-    if train and config.data.augment_flip:
-      image = tf.image.stateless_random_flip_left_right(image, seed)
-    if train and config.data.augment_crop:
-      pad = config.data.crop_padding
-      image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode='REFLECT')
-      image = tf.image.stateless_random_crop(image, (size, size, spec.channels), seed + 1)
-    image = (image - mean) / std
-    if train and config.data.random_erasing:
-      image = random_erasing(image, config.data.random_erasing, seed + 2)
-    return {'image': image, 'target': ex['target']}
+      return {**ex, 'image': tf.image.resize(tf.cast(ex['image'], tf.float32), (size, size), antialias=True)}
+    return ex
 
   return fn
-
-
-def _per_example(config: ml_collections.ConfigDict, spec: data.DatasetSpec, train: bool) -> bool:
-  """Whether preprocessing must run example by example: augmentation keyed by each example's index, or resizing
-  images of varying sizes. Otherwise the pipeline batches first and normalises whole batches: the same
-  element-wise ops on the same values, at a fraction of tf.data's per-element CPU cost (docs/performance.md)."""
-  d = config.data
-  return (train and bool(d.augment_flip or d.augment_crop or d.random_erasing)) or spec.image_size == 0
-
-
-
-
-def random_erasing(image: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
-  """With ``probability``, zeroes one random rectangle of ``image`` [H, W, C] (normalised, so zero is the
-  dataset mean): area a fraction of the image uniform in ERASE_AREA, aspect ratio log-uniform in ERASE_ASPECT,
-  clipped to the image; position uniform where it fits. Stateless: the rectangle is a function of ``seed``."""
-  height, width = image.shape[0], image.shape[1]
-  u = tf.random.stateless_uniform([5], seed, dtype=tf.float32)
-  area = (ERASE_AREA[0] + u[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * height * width
-  log_lo, log_hi = np.log(ERASE_ASPECT[0]), np.log(ERASE_ASPECT[1])
-  aspect = tf.exp(log_lo + u[1] * (log_hi - log_lo))
-  h = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32), 1, height)
-  w = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32), 1, width)
-  top = tf.cast(u[2] * tf.cast(height - h + 1, tf.float32), tf.int32)
-  left = tf.cast(u[3] * tf.cast(width - w + 1, tf.float32), tf.int32)
-  rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
-  inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-  erase = inside & (u[4] < probability)
-  return tf.where(erase[:, :, None], tf.zeros_like(image), image)
 
 
 Shard = tuple[int, int]  # (this process's index, number of processes)
@@ -104,6 +62,11 @@ def _source(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
   return ds.cache() if config.data.cache else ds
 
 
+def _position(n: tf.Tensor, shard: Shard) -> tf.Tensor:
+  """The stream position (uint32, modulo 2**32) of this process's ``n``-th training example."""
+  return tf.cast(tf.math.floormod(n * shard[1] + shard[0], 2**32), tf.uint32)
+
+
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
@@ -119,7 +82,8 @@ def _device_batches(ds: tf.data.Dataset, num_devices: int) -> tf.data.Dataset:
 def train_iterator(config: ml_collections.ConfigDict, spec: data.DatasetSpec, builder: tfds.core.DatasetBuilder,
                    target: Target, num_devices: int, start_step: int = 0, shard: Shard | None = None
                    ) -> Iterator[Batch]:
-  """Endless training batches {'image': [D, B, H, W, C], 'target': [D, B, ...]}, starting at ``start_step``.
+  """Endless training batches {'image': [D, B, H, W, C], 'target': [D, B, ...], 'position': uint32 [D, B]},
+  starting at ``start_step``.
 
   Args:
     config: the experiment config (uses seed, batch_size and data.*).
@@ -138,11 +102,8 @@ def train_iterator(config: ml_collections.ConfigDict, spec: data.DatasetSpec, bu
   batch = config.batch_size // shard[1]
   ds = _source(config, builder, target, data.splits(config.data, builder).train, drop_remainder=True, shard=shard)
   ds = ds.repeat().shuffle(config.data.shuffle_buffer, seed=config.seed).enumerate().skip(start_step * batch)
-  preprocess = _preprocess(config, spec, train=True)
-  if _per_example(config, spec, train=True):
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
-  else:
-    ds = ds.batch(batch, drop_remainder=True).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(lambda n, ex: {**ex, 'position': _position(n, shard)})
+  ds = ds.map(_resize(config, spec), num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
   ds = _device_batches(ds, num_devices)
   return iter(tfds.as_numpy(ds.prefetch(config.data.prefetch).with_options(_options())))
 
@@ -159,8 +120,8 @@ def eval_batches(config: ml_collections.ConfigDict, spec: data.DatasetSpec, buil
   """
   index, count = process_shard()
   batch = config.eval_batch_size // count
-  ds = _source(config, builder, target, split, drop_remainder=False, shard=(index, count)).enumerate()
-  ds = ds.map(_preprocess(config, spec, train=False), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _source(config, builder, target, split, drop_remainder=False, shard=(index, count))
+  ds = ds.map(_resize(config, spec), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: {**ex, 'mask': tf.constant(True)})
   ds = ds.padded_batch(batch).map(lambda b: _pad_to(b, batch))
   if count > 1:

@@ -25,7 +25,7 @@ from matplotlib import ticker  # noqa: E402
 
 from cnnjax import files, records  # noqa: E402
 
-Result = dict[str, Any]  # one run's result.json: 'name' (its directory), 'point' (its setting), metrics, ...
+Result = records.RunResult  # one run's record (result.json)
 FIRST_LAYER_FILE = 'first_layer.npz'  # in a run's directory: first-layer filters, feature maps and the input
 SKIP_METRICS = ('train_grad_norm', 'train_learning_rate')
 
@@ -34,19 +34,18 @@ def _group(results: Sequence[Result]) -> dict[str, list[Result]]:
   """Results by point (the seeds of one setting together), in order of first appearance."""
   groups: dict[str, list[Result]] = {}
   for r in results:
-    groups.setdefault(r['point'], []).append(r)
+    groups.setdefault(r.point, []).append(r)
   return groups
 
 
 def _metric_keys(results: Sequence[Result]) -> list[str]:
-  keys = {k for r in results for k in r
-          if k.startswith(('train_', 'val_', 'test_')) and k not in SKIP_METRICS and not k.endswith('_by_lr')}
+  keys = {k for r in results for k in r.metrics if k not in SKIP_METRICS}
   return sorted(keys, key=lambda k: (not k.startswith('train_'), k))
 
 
 def main_metric(results: Sequence[Result]) -> str:
   """Test accuracy where every point has it, else test loss."""
-  return 'test_accuracy' if all('test_accuracy' in r for r in results) else 'test_loss'
+  return 'test_accuracy' if all('test_accuracy' in r.metrics for r in results) else 'test_loss'
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -121,16 +120,21 @@ def _mean_cell(values: Sequence[float]) -> str:
   return f'{mean:.4f} (1 seed)' if len(values) < 2 else f'{mean:.4f} ± {half:.4f}'
 
 
-def compare(group: Sequence[Result], base: Sequence[Result], metric: str) -> dict[str, Any]:
-  """A point's runs against the baseline point's: paired seed by seed (``paired``) on the seeds they share when
-  they share two or more (a seed gives both points the same data order, and the same initial weights where
-  their shapes match), else Welch's test (``welch``) on all runs. The result names the test in 'test'."""
-  ours, theirs = ({r['seed']: r[metric] for r in g} for g in (group, base))
+def by_seed(runs: Sequence[Result], metric: str) -> dict[int, float]:
+  """seed -> the runs' final ``metric``."""
+  return {r.seed: r.metrics[metric] for r in runs}
+
+
+def compare(ours: dict[int, float], theirs: dict[int, float]) -> dict[str, Any]:
+  """A point's values (seed -> value) against the baseline point's: paired seed by seed (``paired``) on the seeds
+  they share when they share two or more (a seed gives both points the same data order, and the same initial
+  weights where their shapes match), else Welch's test (``welch``) on all of them. The result names the test in
+  'test'."""
   shared = [s for s in ours if s in theirs]
   if len(shared) >= 2:
     return {'test': f'paired t ({len(shared)} seeds)', **paired([ours[s] for s in shared], [theirs[s] for s in shared])}
   return {'test': 'Welch t', 'boot_low': float('nan'), 'boot_high': float('nan'),
-          **welch([r[metric] for r in group], [r[metric] for r in base])}
+          **welch(list(ours.values()), list(theirs.values()))}
 
 
 def _interval_cell(low: float, high: float) -> str:
@@ -140,7 +144,8 @@ def _interval_cell(low: float, high: float) -> str:
 def _tests(groups: dict[str, list[Result]], base: str, metric: str) -> tuple[dict[str, dict[str, Any]], bool]:
   """Each point's ``compare`` with the baseline plus 'decided_by' (its Holm-adjusted p-value when more than one
   point is tested, else its p-value) and 'verdict'; and whether more than one was tested."""
-  tests = {name: compare(g, groups[base], metric) for name, g in groups.items() if name != base}
+  tests = {name: compare(by_seed(g, metric), by_seed(groups[base], metric)) for name, g in groups.items()
+           if name != base}
   adjusted = dict(zip(tests, holm([t['p'] for t in tests.values()]), strict=True))
   family = sum(not np.isnan(t['p']) for t in tests.values()) > 1
   for name, t in tests.items():
@@ -187,18 +192,19 @@ def significance_table(results: Sequence[Result], baseline: str = '') -> str:
   base = baseline or next(iter(groups))
   if base not in groups:
     return f'The baseline point {base} has not finished; no comparison.'
-  ref = [r[metric] for r in groups[base]]
+  ref = [r.metrics[metric] for r in groups[base]]
   if max(len(g) for g in groups.values()) < 2:
     lines = [f'| point | {metric} | difference from {base} |', '|' + ' --- |' * 3]
-    lines += [f'| {name} | {g[0][metric]:.4f} | ' + ('(baseline)' if name == base else f'{g[0][metric] - ref[0]:+.4f}')
-              + ' |' for name, g in groups.items()]
+    lines += [f'| {name} | {g[0].metrics[metric]:.4f} | '
+              + ('(baseline)' if name == base else f'{g[0].metrics[metric] - ref[0]:+.4f}') + ' |'
+              for name, g in groups.items()]
     return ('One seed per point: no intervals and no significance tests, so these differences may be noise '
             '(--config.seeds=5 repeats each point).\n\n' + '\n'.join(lines))
   tests, family = _tests(groups, base, metric)
   lines = [f'| point | seeds | {metric} (mean ± 95 % interval) | difference from {base} | 95 % interval (t) | '
            '95 % interval (bootstrap) | test | p | Holm p | at 5 % |', '|' + ' --- |' * 10]
   for name, group in groups.items():
-    row = f'| {name} | {len(group)} | {_mean_cell([r[metric] for r in group])} |'
+    row = f'| {name} | {len(group)} | {_mean_cell([r.metrics[metric] for r in group])} |'
     if name == base:
       lines.append(row + ' (baseline) | | | | | | |')
       continue
@@ -225,18 +231,18 @@ def invariance_table(results: Sequence[Result], baseline: str = '') -> str:
   shifted by each 1..K pixels (mean ± 95 % interval over seeds) and each point's difference from the baseline
   point's (``baseline``, default the first) at the same shift, paired by seed (``compare``), with Holm-adjusted
   p-values over every point and shift; '' when no run measured invariance."""
-  groups = {n: [r for r in g if 'invariance' in r] for n, g in _group(results).items()}
+  groups = {n: [r for r in g if r.invariance] for n, g in _group(results).items()}
   groups = {n: runs for n, runs in groups.items() if runs}
   if not groups:
     return ''
   base = baseline if baseline in groups else next(iter(groups))
-  shifts = groups[base][0]['invariance']['shift']
+  shifts = groups[base][0].invariance['shift']
   keys = ('accuracy', 'agreement', 'consistent_correct')
   header = ' | '.join(f'{k} at {shifts[-1]} px' for k in keys)
   lines = [f'| point | accuracy at 0 px | {header} |', '|' + ' --- |' * 5]
   for name, runs in groups.items():
-    cells = [np.mean([r['invariance']['accuracy'][0] for r in runs])]
-    cells += [np.mean([r['invariance'].get(k, [np.nan])[-1] for r in runs]) for k in keys]
+    cells = [np.mean([r.invariance['accuracy'][0] for r in runs])]
+    cells += [np.mean([r.invariance.get(k, [np.nan])[-1] for r in runs]) for k in keys]
     lines.append(f'| {name} | ' + ' | '.join(f'{c:.4f}' for c in cells) + ' |')
   return ('Shift invariance (diagonal shifts, wrapping; agreement alone would score a constant predictor 1, '
           'consistent_correct cannot exceed the accuracy):\n\n' + '\n'.join(lines) + '\n\n'
@@ -246,12 +252,12 @@ def invariance_table(results: Sequence[Result], baseline: str = '') -> str:
 def _shift_tolerance_tests(groups: dict[str, list[Result]], base: str, shifts: list[int]) -> str:
   """The consistent_correct curve per point and its paired tests against ``base`` at each shift (Holm over
   all points and shifts)."""
-  def at(runs: list[Result], k: int) -> list[Result]:
-    return [{'seed': r['seed'], 'cc': r['invariance']['consistent_correct'][k]} for r in runs]
+  def at(runs: list[Result], k: int) -> dict[int, float]:
+    return {r.seed: r.invariance['consistent_correct'][k] for r in runs}
   curve = ['| point | ' + ' | '.join(f'{s} px' for s in shifts) + ' |', '|' + ' --- |' * (len(shifts) + 1)]
-  curve += [f'| {name} | ' + ' | '.join(_mean_cell([r['cc'] for r in at(runs, k)]) for k in range(len(shifts)))
+  curve += [f'| {name} | ' + ' | '.join(_mean_cell(list(at(runs, k).values())) for k in range(len(shifts)))
             + ' |' for name, runs in groups.items()]
-  tests = {(name, k): compare(at(runs, k), at(groups[base], k), 'cc')
+  tests = {(name, k): compare(at(runs, k), at(groups[base], k))
            for name, runs in groups.items() if name != base for k in range(1, len(shifts))}
   adjusted = holm([t['p'] for t in tests.values()])
   rows = ['| point | shift | difference from ' + base + ' | 95 % interval (t) | test | p | Holm p | at 5 % |',
@@ -269,19 +275,20 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
   """One row per point (seeds merged): settings, params, flops, metric and speed (mean, std) pairs, and the
   wall time the point cost: the sum over its seeds, every learning rate they tried included (with lr_pick=point
   the first seed's run holds the whole grid, so a mean over seeds would mix a grid with single runs)."""
-  varied = sorted({k for r in results for k in r['overrides'] if k not in ('name', 'seed')})
-  grids = any('picked_lr' in r for r in results)  # then every row has the column ('–' for a point without a grid)
+  varied = sorted({k for r in results for k in r.overrides if k not in ('name', 'seed')})
+  grids = any(r.lr for r in results)  # then every row has the column ('–' for a point without a grid)
   rows = []
   for name, group in _group(results).items():
-    row = {'point': name, 'seeds': len(group), **{k: group[0]['overrides'].get(k, '') for k in varied},
-           'params': group[0]['num_params'], 'flops': group[0]['flops']}
+    row = {'point': name, 'seeds': len(group), **{k: group[0].overrides.get(k, '') for k in varied},
+           'params': group[0].num_params, 'flops': group[0].flops}
     if grids:
-      row['picked lr'] = (', '.join(f'{r["picked_lr"]:g}' + ' (edge)' * r['picked_on_edge'] for r in group)
-                          if all('picked_lr' in r for r in group) else None)
-    for key in [*_metric_keys(results), 'steps_per_sec']:
-      values = [r[key] for r in group if key in r]
+      row['picked lr'] = (', '.join(f'{r.lr.picked:g}' + ' (edge)' * r.lr.on_edge for r in group)
+                          if all(r.lr for r in group) else None)
+    for key in _metric_keys(results):
+      values = [r.metrics[key] for r in group if key in r.metrics]
       row[key] = _stats(values) if values else None
-    row['wall_time_s'] = round(sum(r.get('wall_time_s', 0.0) for r in group))
+    row['steps_per_sec'] = _stats([r.steps_per_sec for r in group])
+    row['wall_time_s'] = round(sum(r.wall_time_s for r in group))
     rows.append(row)
   return rows
 
@@ -291,21 +298,20 @@ def grid_table(results: Sequence[Result]) -> str:
   learning rate tried, as the pick saw it: the mean over the runs that compared rates (every seed, or with
   --config.lr_pick=point the first seed alone, not the other seeds' runs at the pick); a grid is extended past
   its edge while the pick lies there; and its final grid, as markdown; '' when no point chose a learning rate."""
-  chosen = [r for r in results if 'picked_lr' in r]
+  chosen = [r for r in results if r.lr]
   if not chosen:
     return ''
-  rates = sorted({lr for r in chosen for lr in r['lr_grid']})
+  rates = sorted({lr for r in chosen for lr in r.lr.grid})
   lines = ['| point | picked by | grid tried | ' + ' | '.join(f'lr {lr:g}' for lr in rates) + ' |',
            '|' + ' --- |' * (len(rates) + 3)]
   for name, group in _group(chosen).items():
-    key = next(k for k in group[0] if k.endswith('_by_lr'))
-    tried = sorted({lr for r in group for lr in r['lr_grid']})
-    pickers = [r for r in group if len(r['lr_grid']) > 1] or group  # lr_pick=point: the seed that compared rates
-    cells = [_grid_cell([dict(zip(r['lr_grid'], r[key], strict=True)) for r in pickers], lr) for lr in rates]
-    lines.append(f'| {name} | {key[:-len("_by_lr")]} | {tried[0]:g} … {tried[-1]:g} ({len(tried)}) | '
+    tried = sorted({lr for r in group for lr in r.lr.grid})
+    pickers = [r for r in group if len(r.lr.grid) > 1] or group  # lr_pick=point: the seed that compared rates
+    cells = [_grid_cell([r.lr.by_rate() for r in pickers], lr) for lr in rates]
+    lines.append(f'| {name} | {group[0].lr.metric} | {tried[0]:g} … {tried[-1]:g} ({len(tried)}) | '
                  + ' | '.join(cells) + ' |')
-  edges = sorted({r['point'] for r in chosen if r['picked_on_edge']})
-  single = sorted({name for name, group in _group(chosen).items() if all(len(r['lr_grid']) < 2 for r in group)})
+  edges = sorted({r.point for r in chosen if r.lr.on_edge})
+  single = sorted({name for name, group in _group(chosen).items() if all(len(r.lr.grid) < 2 for r in group)})
   note = (f'\n\nThe pick still lies on the edge of its grid, after the extensions allowed '
           f'(--config.lr_grid_extensions), for: {", ".join(edges)}; the best learning rate may lie outside it.'
           if edges else '' if single else '\n\nEvery pick lies inside its grid.')
@@ -313,7 +319,7 @@ def grid_table(results: Sequence[Result]) -> str:
     note += (f'\n\nOne rate only, so nothing was compared, for: {", ".join(single)}.'
              + ('' if edges or len(single) == len(_group(chosen)) else ' Every other pick lies inside its grid.'))
   who = ("by each point's first seed on its validation metric (--config.lr_pick=point: the other seeds train at "
-         'that pick)' if any('lr_picked_by' in r for r in chosen) else 'per run by its validation metric')
+         'that pick)' if any(r.lr.picked_by for r in chosen) else 'per run by its validation metric')
   return (f'Learning rate picked {who}; the test metrics above are of the picks only.\n\n' + '\n'.join(lines)
           + note)
 
@@ -336,7 +342,7 @@ def curve_table(results: Sequence[Result], histories: dict[str, list[dict[str, f
   (``plateau``): whether the budget let training converge. '' without periodic validation accuracy."""
   curves = {}
   for name, group in _group(results).items():
-    runs = [{r['step']: r['val_accuracy'] for r in histories.get(g['name'], []) if 'val_accuracy' in r} for g in group]
+    runs = [{r['step']: r['val_accuracy'] for r in histories.get(g.name, []) if 'val_accuracy' in r} for g in group]
     steps = sorted(set.intersection(*(set(run) for run in runs)))
     if steps:
       curves[name] = {step: float(np.mean([run[step] for run in runs])) for step in steps}
@@ -415,8 +421,9 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   said, curves = conclusion(results, baseline), curve_table(results, histories)
   shifts = invariance_table(results, baseline)
   files.write_json(os.path.join(workdir, 'results.json'),
-                   {'points': list(results), 'summary': rows, 'conclusion': said, 'comparisons': comparisons,
-                    'learning_rates': grids, 'curves': curves, 'invariance': shifts}, sort_keys=False)
+                   {'points': [r.to_json() for r in results], 'summary': rows, 'conclusion': said,
+                    'comparisons': comparisons, 'learning_rates': grids, 'curves': curves, 'invariance': shifts},
+                   sort_keys=False)
   _write_csv(os.path.join(workdir, 'results.csv'), results)
   metric = main_metric(results)
   bars = _error_bars(results, metric)
@@ -432,14 +439,14 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
 
 
 def _write_csv(path: str, results: Sequence[Result]) -> None:
-  fields = sorted({k for r in results for k in r if k not in ('overrides', 'invariance') and '_by_lr' not in k
-                   and k != 'lr_grid'})
-  overrides = sorted({k for r in results for k in r['overrides']} - set(fields))  # 'seed' is a field already
+  rows = [r.row() for r in results]
+  fields = sorted({k for row in rows for k in row})
+  overrides = sorted({k for r in results for k in r.overrides} - set(fields))  # 'seed' is a field already
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(fields + overrides)
-  for r in results:
-    writer.writerow([r.get(k, '') for k in fields] + [r['overrides'].get(k, '') for k in overrides])
+  for r, row in zip(results, rows, strict=True):
+    writer.writerow([row.get(k, '') for k in fields] + [r.overrides.get(k, '') for k in overrides])
   files.write_text(path, out.getvalue())
 
 
@@ -467,7 +474,7 @@ def _error_bars(results: Sequence[Result], metric: str) -> dict[str, Bar]:
   low, high = (0.0, 1.0) if 'accuracy' in metric else (-np.inf, np.inf)
   bars = {}
   for name, group in _group(results).items():
-    values = tuple(r[metric] for r in group)
+    values = tuple(r.metrics[metric] for r in group)
     mean, half = interval(list(values))
     half = 0.0 if np.isnan(half) else half
     below, above = min(half, mean - low), min(half, high - mean)
@@ -573,7 +580,7 @@ def _plot_learning_curves(workdir: str, histories: dict[str, list[dict]], metric
 
 
 def _plot_invariance(workdir: str, results: Sequence[Result]) -> str | None:
-  groups = {name: [r['invariance'] for r in group if 'invariance' in r] for name, group in _group(results).items()}
+  groups = {name: [r.invariance for r in group if r.invariance] for name, group in _group(results).items()}
   groups = {name: runs for name, runs in groups.items() if runs}
   if not groups:
     return None
@@ -590,7 +597,7 @@ def _plot_invariance(workdir: str, results: Sequence[Result]) -> str | None:
 
 
 def _plot_first_layers(workdir: str, results: Sequence[Result], per_row: int = 8) -> str | None:
-  runs = [(name, os.path.join(workdir, group[0]['name'], FIRST_LAYER_FILE)) for name, group in _group(results).items()]
+  runs = [(name, os.path.join(workdir, group[0].name, FIRST_LAYER_FILE)) for name, group in _group(results).items()]
   runs = [(name, np.load(path)) for name, path in runs if os.path.exists(path)]
   if not runs:
     return None

@@ -52,6 +52,17 @@ def device_train_step(state: TrainState, data: PyTree, rng: jax.Array, *, step: 
   return step(state, make_batch(data, state.step, jax.lax.axis_index(parallel.AXIS)), rng)
 
 
+def host_train_step(state: TrainState, batch: PyTree, rng: jax.Array, *, step: Callable, augment: Callable
+                    ) -> tuple[TrainState, Metrics]:
+  """``step`` on a host batch of raw images, augmented and normalised by ``augment(images, positions)``."""
+  return step(state, {'image': augment(batch['image'], batch['position']), 'target': batch['target']}, rng)
+
+
+def host_eval_step(state: TrainState, batch: PyTree, *, evaluation: Callable, normalize: Callable) -> Metrics:
+  """``evaluation`` on a host batch of raw images, normalised by ``normalize``."""
+  return evaluation(state, {**batch, 'image': normalize(batch['image'])})
+
+
 def loop_map(fn: Callable) -> Callable:
   """``fn`` mapped over the leading axis of its arguments like ``jax.vmap``, but unrolled: one copy of ``fn`` per
   member, one after another in the same program, each the solo run's own computation, so on CPU its values are

@@ -24,11 +24,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import analysis, checkpointing, device_pipeline, files, heads, records, report, stamp, train, workdirs
+from cnnjax import analysis, checkpointing, files, heads, population, records, report, stamp, train, workdirs
 from cnnjax.config import apply_overrides, check_int
 from cnnjax.errors import (
   CnnjaxError,
   ConfigError,
+  DamagedFile,
   NoFinishedPoints,
   NonFiniteLoss,
   PickFailed,
@@ -39,6 +40,7 @@ from cnnjax.errors import (
 
 Overrides = dict[str, Any]
 RESULT_FILE = 'result.json'  # a point is done when it exists
+EVAL_SAMPLE = 1024  # test examples a point's analysis (shift invariance, first-layer maps) looks at
 SINGLE_POINT = 'base'  # the point of an experiment without a sweep run over seeds or learning rates
 
 
@@ -82,7 +84,7 @@ def expand(sweep: Sequence[Overrides], seeds: int, base_seed: int) -> list[Point
 # Running points.
 
 def finish_point(config: ml_collections.ConfigDict, point: Point, point_dir: str, trained: train.TrainResult,
-                 choice: dict[str, Any], wall_time: float) -> dict[str, Any]:
+                 choice: records.LrPick | None, wall_time: float) -> records.RunResult:
   """Analyses a trained point (its pick's run, with an lr_grid: ``choice`` says which) and writes
   ``point_dir``/result.json (a sweep's WORKDIR/<name>, or a single run's workdir)."""
   run, variables = trained.run, trained.variables
@@ -90,26 +92,30 @@ def finish_point(config: ml_collections.ConfigDict, point: Point, point_dir: str
   history = read_metrics(_run_dir(point_dir, choice))
   train_rows = [r for r in history if 'train_loss' in r]
   speeds = [r['steps_per_sec'] for r in history if 'steps_per_sec' in r]
-  result = {'name': point.name, 'point': point.group, 'overrides': point.overrides, 'seed': config.seed,
-            **trained.metrics, **{k: v for k, v in train_rows[-1].items() if k.startswith('train_')}, **choice,
-            'flops': analysis.totals(layers)['flops'],
-            'steps_per_sec': statistics.median(speeds) if speeds else float('nan'), 'wall_time_s': wall_time}
-  images, targets = _eval_sample(run)
+  metrics = {k: v for k, v in trained.metrics.items() if k not in ('num_params', 'selected_step')}
+  images, targets = run.pipeline.sample('test', EVAL_SAMPLE)
+  invariance = None
   if config.analysis.invariance_shifts and config.head == 'multiclass':
-    result['invariance'] = analysis.shift_invariance(run.model.apply, variables, images, targets,
-                                                     config.analysis.invariance_shifts)
+    invariance = analysis.shift_invariance(run.model.apply, variables, images, targets,
+                                           config.analysis.invariance_shifts)
+  result = records.RunResult(
+      point.name, point.group, point.overrides, config.seed,
+      {**metrics, **{k: v for k, v in train_rows[-1].items() if k.startswith('train_')}},
+      trained.metrics['num_params'], analysis.totals(layers)['flops'],
+      statistics.median(speeds) if speeds else float('nan'), wall_time, trained.metrics.get('selected_step'), choice,
+      invariance)
   if jax.process_index() == 0:
     if run.model.blocks:
       filters, maps = analysis.first_layer_maps(run.model, variables, images[0])
       np.savez(os.path.join(point_dir, report.FIRST_LAYER_FILE), filters=filters, maps=maps, image=images[0])
-    files.write_json(os.path.join(point_dir, RESULT_FILE), result)
+    files.write_json(os.path.join(point_dir, RESULT_FILE), result.to_json())
   return result
 
 
 def run_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[Point], workdir: str,
                data_dir: str | None, lead: Point) -> None:
   """Trains the unfinished ``points`` (seeds of one setting), picks each one's learning rate
-  (``pick_learning_rates``) and writes each one's result.json. Where ``train.population_on`` says so, the runs
+  (``pick_learning_rates``) and writes each one's result.json. Where ``population.population_on`` says so, the runs
   of each round (every seed x learning rate; then the grids' extensions) train as one population.
 
   With ``lr_pick='point'`` and a grid, ``lead`` (the setting's first seed, whether or not among ``points``) picks
@@ -124,15 +130,15 @@ def run_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[P
     return
   for point in pending:
     logging.info('Sweep point %s: %s', point.name, point.overrides)
-  together = train.population_on(configs[pending[0].name], jax.default_backend())
+  together = population.population_on(configs[pending[0].name], jax.default_backend())
   trainer = functools.partial(_train_together, workdir=workdir) if together else _train_alone
   trainer = functools.partial(trainer, data_dir=data_dir)
-  shared = {}
+  shared = None
   if configs[lead.name].lr_pick == 'point' and configs[lead.name].lr_grid:
     picked = lead_pick(configs, lead, workdir, trainer)
     pending = [p for p in pending if p != lead]
     configs = {**configs, **{p.name: apply_overrides(configs[p.name], {'lr_grid': (picked,)}) for p in pending}}
-    shared = {'lr_picked_by': lead.name}
+    shared = lead.name
     if pending:
       logging.info('Learning rate %g, picked by %s, for %s.', picked, lead.name, ', '.join(p.name for p in pending))
   _train_points(configs, pending, workdir, trainer, shared)
@@ -156,8 +162,8 @@ def lead_pick(configs: dict[str, ml_collections.ConfigDict], lead: Point, workdi
   result, failed = os.path.join(lead_dir, RESULT_FILE), os.path.join(lead_dir, PICK_FAILED)
   if jax.process_count() > 1:  # the processes of one multi-host task train the lead together, as any run
     if not os.path.exists(result):
-      _train_points(configs, [lead], workdir, trainer, {})
-    return load_result(lead_dir)['picked_lr']
+      _train_points(configs, [lead], workdir, trainer)
+    return load_result(lead_dir).lr.picked
   started, waiting = time.time(), False
   while not os.path.exists(result):
     if os.path.exists(failed) and os.path.getmtime(failed) >= started:  # failed while this task waited
@@ -173,7 +179,7 @@ def lead_pick(configs: dict[str, ml_collections.ConfigDict], lead: Point, workdi
                      getattr(e, 'holder', 'another process'), PICK_POLL_S)
         waiting = True
       time.sleep(PICK_POLL_S)
-  return load_result(lead_dir)['picked_lr']
+  return load_result(lead_dir).lr.picked
 
 
 def _train_lead(configs: dict[str, ml_collections.ConfigDict], lead: Point, workdir: str, trainer: Callable,
@@ -182,7 +188,7 @@ def _train_lead(configs: dict[str, ml_collections.ConfigDict], lead: Point, work
   with contextlib.suppress(FileNotFoundError):
     os.remove(failed)
   try:
-    _train_points(configs, [lead], workdir, trainer, {})
+    _train_points(configs, [lead], workdir, trainer)
   except CnnjaxError as e:
     if not isinstance(e, Preempted):  # a preempted lead resumes when its task is requeued
       files.write_text(failed, str(e))
@@ -190,15 +196,17 @@ def _train_lead(configs: dict[str, ml_collections.ConfigDict], lead: Point, work
 
 
 def _train_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[Point], workdir: str,
-                  trainer: Callable, extra: dict[str, Any]) -> None:
-  """Trains ``points`` over their grids, picks each one's rate and writes each one's result.json (plus ``extra``)."""
+                  trainer: Callable, picked_by: str | None = None) -> None:
+  """Trains ``points`` over their grids, picks each one's rate and writes each one's result.json (``picked_by``:
+  the lead whose pick their one-rate grids hold, under lr_pick=point)."""
   if not points:
     return
   picks = pick_learning_rates({p.name: configs[p.name] for p in points},
                               {p.name: os.path.join(workdir, p.name) for p in points}, trainer)
   for point in points:
     trained, choice, seconds = picks[point.name]
-    finish_point(configs[point.name], point, os.path.join(workdir, point.name), trained, {**choice, **extra}, seconds)
+    choice = choice and dataclasses.replace(choice, picked_by=picked_by)
+    finish_point(configs[point.name], point, os.path.join(workdir, point.name), trained, choice, seconds)
 
 
 Trial = tuple[ml_collections.ConfigDict, str, float | None]  # (config, workdir, learning rate or None: no grid)
@@ -220,7 +228,7 @@ POPULATIONS_DIR = '.populations'  # in a sweep's workdir: the checkpoints of pop
 
 def _train_together(trials: Sequence[Trial], data_dir: str | None, workdir: str
                     ) -> list[tuple[train.TrainResult | None, float]]:
-  """The unfinished trials trained as one population (``train.train_population``), whose checkpoints live in
+  """The unfinished trials trained as one population (``population.train_population``), whose checkpoints live in
   WORKDIR/.populations/<members' hash> until every member's final checkpoint is in its own workdir; then each
   trial resumed alone, which evaluates it (a diverged member of a grid: None). The population's time is shared
   equally among its members."""
@@ -232,8 +240,9 @@ def _train_together(trials: Sequence[Trial], data_dir: str | None, workdir: str
     members = [trials[i] for i in todo]
     digest = hashlib.sha256('\n'.join(d for _, d, _ in members).encode()).hexdigest()[:12]
     population_dir = os.path.join(workdir, POPULATIONS_DIR, digest)
-    for i, done in zip(todo, train.train_population([c for c, _, _ in members], [d for _, d, _ in members],
-                                                      population_dir, data_dir), strict=True):
+    trained = population.train_population([c for c, _, _ in members], [d for _, d, _ in members],
+                                          population_dir, data_dir)
+    for i, done in zip(todo, trained.finished, strict=True):
       finished[i] = done
     if jax.process_index() == 0:
       shutil.rmtree(population_dir)
@@ -256,9 +265,8 @@ def pick_learning_rates(configs: dict[str, ml_collections.ConfigDict], point_dir
   as the worst. Each round's trials, over all points, go to ``trainer`` together.
 
   Returns:
-    Per point: the pick's run, the choice ({'picked_lr', 'lr_grid' (every rate tried, ascending),
-    '<metric>_by_lr' (None where the loss diverged), 'picked_on_edge', 'lr_extensions'}; {} without a grid) and
-    the seconds its trials took.
+    Per point: the pick's run, the choice (``records.LrPick``; None without a grid) and the seconds its trials
+    took.
   """
   scores: dict[str, dict[float, float | None]] = {name: {} for name in configs}
   best: dict[str, tuple[float | None, train.TrainResult]] = {}
@@ -305,15 +313,14 @@ def _better(score: float, lr: float, current: tuple[float, train.TrainResult] | 
 
 
 def _choice(scores: dict[float, float | None], picked: float | None, config: ml_collections.ConfigDict,
-            trained: train.TrainResult) -> dict[str, Any]:
-  """What a point's result.json says of its learning-rate pick ({} without a grid)."""
+            trained: train.TrainResult) -> records.LrPick | None:
+  """What a point's result.json says of its learning-rate pick (None without a grid)."""
   if picked is None:
-    return {}
+    return None
   key, _ = trained.run.head.selection()
-  grid = sorted(scores)
-  return {'picked_lr': picked, 'lr_grid': grid, f'{key}_by_lr': [scores[lr] for lr in grid],
-          'picked_on_edge': len(grid) > 1 and picked in (grid[0], grid[-1]),
-          'lr_extensions': len(grid) - len(set(config.lr_grid))}
+  grid = tuple(sorted(scores))
+  return records.LrPick(picked, key, grid, tuple(scores[lr] for lr in grid),
+                        len(grid) > 1 and picked in (grid[0], grid[-1]), len(grid) - len(set(config.lr_grid)))
 
 
 def next_learning_rate(grid: Sequence[float], tried: Sequence[float], picked: float) -> float | None:
@@ -346,25 +353,9 @@ def _lr_dir(lr: float) -> str:
   return records.RunName('', lr=lr).lr_dir
 
 
-def _run_dir(point_dir: str, result: dict[str, Any]) -> str:
+def _run_dir(point_dir: str, pick: records.LrPick | None) -> str:
   """The directory of the run a point's result reports: the picked learning rate's, with a grid."""
-  return os.path.join(point_dir, _lr_dir(result['picked_lr'])) if 'picked_lr' in result else point_dir
-
-
-def _eval_sample(run: train.Run, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-  """Up to ``num`` real test examples as host arrays (images [N, H, W, C], normalised; targets [N])."""
-  if run.pipeline == 'device':
-    test, spec = run.arrays['test'], run.spec
-    images = device_pipeline.Preprocess(spec.mean, spec.std).normalize(test['image'][:num])
-    return np.asarray(images), test['target'][:num]
-  images, targets = [], []
-  for batch in run.eval_batches('test', num_devices=1):
-    mask = batch['mask'].reshape(-1)
-    images.append(batch['image'].reshape(-1, *batch['image'].shape[2:])[mask])
-    targets.append(batch['target'].reshape(-1, *batch['target'].shape[2:])[mask])
-    if sum(len(x) for x in images) >= num:
-      break
-  return np.concatenate(images)[:num], np.concatenate(targets)[:num]
+  return point_dir if pick is None else os.path.join(point_dir, _lr_dir(pick.picked))
 
 
 def read_metrics(run_dir: str) -> list[dict[str, float]]:
@@ -377,15 +368,18 @@ def read_metrics(run_dir: str) -> list[dict[str, float]]:
   return [row for row in rows if 'step' in row]
 
 
-def load_result(point_dir: str) -> dict[str, Any]:
+def load_result(point_dir: str) -> records.RunResult:
   """A finished point's result.json.
 
   Raises:
-    DamagedFile naming the file and the fix, for one that is cut or not JSON.
+    DamagedFile naming the file and the fix, for one that is cut, not JSON or not a run's record.
   """
-  return files.read_json(os.path.join(point_dir, RESULT_FILE),
-                         f'move it away and run the sweep again: the point resumes from its checkpoints and '
-                         f'writes {RESULT_FILE} anew')
+  path = os.path.join(point_dir, RESULT_FILE)
+  fix = f'move it away and run the sweep again: the point resumes from its checkpoints and writes {RESULT_FILE} anew'
+  try:
+    return records.RunResult.from_json(files.read_json(path, fix))
+  except (KeyError, TypeError, ValueError) as e:
+    raise DamagedFile(f'{path} is not a run\'s record ({e}); {fix}') from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -462,7 +456,7 @@ def run(config: ml_collections.ConfigDict, get_sweep: Callable[[], list[Override
       raise NoFinishedPoints(f'no finished sweep points in {workdir} to report; run the sweep (without --report_only) '
                              'or point --workdir at the sweep\'s directory')
     results = [load_result(os.path.join(workdir, p.name)) for p in done]
-    report.write(workdir, results, {r['name']: read_metrics(_run_dir(os.path.join(workdir, r['name']), r))
+    report.write(workdir, results, {r.name: read_metrics(_run_dir(os.path.join(workdir, r.name), r.lr))
                                     for r in results}, config.baseline_point)
     logging.info('Report: %s (%d of %d points finished).', os.path.join(workdir, 'report.md'), len(done),
                  len(points))
@@ -509,7 +503,7 @@ def run_experiment(config: ml_collections.ConfigDict, get_sweep: Callable[[], li
   _check_single_run(sweep_index, report_only)  # train.setup validates the config
   start = time.time()
   trained = train.train_and_evaluate(config, workdir, data_dir, overwrite)
-  finish_point(config, Point(SINGLE_POINT, SINGLE_POINT, {}), workdirs.resolve(workdir), trained, {},
+  finish_point(config, Point(SINGLE_POINT, SINGLE_POINT, {}), workdirs.resolve(workdir), trained, None,
                time.time() - start)  # its result.json, as a sweep point's
   return trained
 

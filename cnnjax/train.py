@@ -1,23 +1,20 @@
-"""Training: a run's set-up, once (``setup``), and the one loop that trains a run or a population of runs.
+"""Training: a run's set-up, once (``setup``), and a solo run's driver (``train_and_evaluate``).
 
 ``setup(config, data_dir)`` builds everything a run needs, for the loop, the sweeps, the benchmarks and the
-tests: the prepared data, the head, the model, the back-end, the schedule, the mapped steps and the initial
-state. The steps themselves are pure functions in ``cnnjax/steps.py``, bound here with ``functools.partial``
-and mapped over devices by ``--config.parallel`` (``jax.pmap``, default, or ``jax.jit`` of ``jax.shard_map``).
-Everything with side effects (logging, evaluation passes, checkpoints, signals) stays in the loop,
-``train_and_evaluate`` (``train_population`` for a population).
+tests: the data's pipeline (``pipelines``), the head, the model, the back-end, the schedule, the mapped steps and
+the initial state. The steps themselves are pure functions in ``steps.py``, bound here with ``functools.partial``,
+wrapped by the pipeline and mapped over devices by ``--config.parallel`` (``jax.pmap``, default, or ``jax.jit`` of
+``jax.shard_map``). ``train_and_evaluate`` restores, runs the one loop (``loop.train``) with a solo run's hooks and
+tests once; a population's driver is ``population.train_population``. Everything with side effects (logging,
+evaluation passes, checkpoints, signals) stays in the drivers and the hooks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
-import os
-import sys
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,34 +26,24 @@ from flax import traverse_util
 
 from cnnjax import (
   analysis,
-  arrays,
   checkpointing,
   data,
   device_pipeline,
   files,
   heads,
+  loop,
   models,
   optim,
   parallel,
+  pipelines,
   steps,
   workdirs,
   writers,
 )
 from cnnjax.config import apply_overrides, largest_divisor, validate_run
-from cnnjax.errors import ConfigError, NonFiniteLoss, Preempted
-
-if TYPE_CHECKING:  # the host pipeline's modules (TensorFlow) are imported only when a run uses it
-  import tensorflow_datasets as tfds
-
-  from cnnjax import input_pipeline
+from cnnjax.errors import ConfigError
 
 Metrics, PyTree = steps.Metrics, steps.PyTree
-
-
-
-# Steps dispatched ahead of the host. Unbounded queues of collectives time out XLA:CPU's in-process
-# all-reduce with many fake devices on few cores; two steps ahead keeps real accelerators busy.
-MAX_STEPS_IN_FLIGHT = 2
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -107,22 +94,6 @@ def platform_choices(config: ml_collections.ConfigDict, num_devices: int, platfo
   return size, {'on': True, 'off': False}.get(config.cpu_speedups, platform == 'cpu')
 
 
-# PRNGs whose draws under jax.vmap equal the draws of each key alone (rbg's batching rule draws every key's bits
-# from the first key), so that a population's member equals its solo run.
-VMAP_INVARIANT_RNGS = ('threefry2x32',)
-
-
-def population_on(config: ml_collections.ConfigDict, platform: str) -> bool:
-  """Whether a sweep trains a point's runs as one population (``train_population``) on ``platform``:
-  ``--config.population``, with auto = on for GPU/TPU where the runs can be (threefry2x32, the device pipeline,
-  the last weights tested), off on CPU, where vmapped convolutions run slower per member than one run's
-  (benchmarks/population.py)."""
-  if config.population != 'auto':
-    return config.population == 'on'
-  return (platform != 'cpu' and config.rng_impl in VMAP_INVARIANT_RNGS and config.data.pipeline != 'host'
-          and config.test_checkpoint == 'last')
-
-
 def population_map(config: ml_collections.ConfigDict, platform: str) -> str:
   """How a population's step maps over its members (``--config.population_map``): 'vmap' (one batched program,
   which fills an accelerator; a member equals its solo run to float32 rounding, which training can amplify) or
@@ -152,41 +123,8 @@ def steps_per_dispatch(config: ml_collections.ConfigDict, pipeline: str) -> int:
   return most
 
 
-def _chunk(step: int, most: int, config: ml_collections.ConfigDict) -> int:
-  """How many steps the call after ``step`` runs: ``most`` where the next log, eval or checkpoint step (or the
-  last one) is that far or farther, else 1, so that those happen exactly where they would one step at a time
-  and a run compiles two programs (``most`` steps and one step), not one per remainder."""
-  every = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
-  boundary = min([config.num_train_steps] + [(step // n + 1) * n for n in every])
-  return most if boundary - step >= most else 1
-
-
 # ---------------------------------------------------------------------------------------------------------
 # A run's set-up.
-
-@dataclasses.dataclass(frozen=True)
-class Population:
-  """Runs that train as one program (``--config.population``): configs that differ only in seed and peak
-  learning rate, and the workdirs where each member leaves what a solo run of its config leaves (config.json,
-  metrics.jsonl, TensorBoard events and the final checkpoint)."""
-  configs: tuple[ml_collections.ConfigDict, ...]
-  workdirs: tuple[str, ...]
-
-  def check(self) -> None:
-    """Raises ConfigError unless the members differ in seed and learning rate only, one workdir each."""
-    first = self.configs[0]
-    for config in self.configs[1:]:
-      same = apply_overrides(config, {'seed': first.seed, 'optimizer.learning_rate': first.optimizer.learning_rate})
-      if same != first:
-        raise ConfigError('a population\'s members must differ in seed and learning rate only; train the others '
-                          'with --config.population=off')
-    if len(set(self.workdirs)) != len(self.configs):
-      raise ConfigError('a population needs one workdir per member')
-
-  def members(self) -> list[tuple[ml_collections.ConfigDict, str]]:
-    """(config, workdir) of each member."""
-    return list(zip(self.configs, self.workdirs, strict=True))
-
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -195,31 +133,26 @@ class Run:
   Attributes:
     config: the experiment config.
     spec: the dataset's spec (``data.DATASETS``), resolved once here and passed on.
-    builder: the TFDS builder (prepared unless ``setup(prepare=False)``); None when the device pipeline reads
-      arrays written earlier (no TensorFlow).
+    pipeline: how data enters the steps (``pipelines.Pipeline``: host or device); None for ``setup(prepare=False)``.
     info: the model's input shape and output width.
     head: the task head.
     model: the Flax CNN.
     backend: how steps are mapped over devices and state and batches placed.
     schedule: the learning-rate schedule's shape (peak 1; the peak rate is in the optimizer state).
     tx: the optimizer.
-    train_step: ``(state, batch, rng) -> (state, metrics)`` mapped over devices, the state donated.
-    eval_step: ``(state, batch) -> metric sums`` mapped over devices.
+    train_step: ``(state, inputs, rng) -> (state, metrics)`` mapped over devices, the state donated.
+    eval_step: ``(state, inputs...) -> metric sums`` mapped over devices.
     microbatch_size: the per-device micro-batch the train step uses (0: the whole batch).
     cpu_speedups: whether the model uses XLA:CPU's faster forms (see ``platform_choices``).
-    pipeline: 'host' (tf.data batches fed to each step; needs TensorFlow) or 'device' (the splits on every
-      device; each step makes its own batch: ``device_pipeline``).
-    arrays: the device pipeline's data, host arrays {'train': {'image', 'target'}, 'test': ...} ('train' holds
-      the training examples, then the validation ones); None for the host pipeline.
-    num_examples: TFDS split name -> examples.
     steps_per_dispatch: the most training steps one call runs (``steps_per_dispatch``).
-    step_fn: the unmapped train step, which ``train_steps`` runs several times per call.
-    population: the members trained together (``Population``); None for a solo run. The steps then take and
-      return every member's state stacked on a leading axis, and ``step_rng`` gives each member's keys.
+    step_fn: the unmapped train step (the pipeline's), which ``train_steps`` runs several times per call.
+    members: the configs of a population's members (differing from ``config`` in seed and learning rate only),
+      trained as one program; () for a solo run. The steps then take and return every member's state stacked on
+      a leading axis, and ``step_rng`` gives each member's keys.
   """
   config: ml_collections.ConfigDict
   spec: data.DatasetSpec
-  builder: tfds.core.DatasetBuilder | None
+  pipeline: pipelines.Pipeline | None
   info: data.DataInfo
   head: heads.Head
   model: models.CNN
@@ -230,20 +163,10 @@ class Run:
   eval_step: Callable[..., Metrics]
   microbatch_size: int
   cpu_speedups: bool
-  pipeline: str = 'host'
-  arrays: dict[str, dict[str, np.ndarray]] | None = None
-  num_examples: dict[str, int] = dataclasses.field(default_factory=dict)
   steps_per_dispatch: int = 1
   step_fn: Callable | None = None
-  population: Population | None = None
+  members: tuple[ml_collections.ConfigDict, ...] = ()
   _multi: dict[int, Callable] = dataclasses.field(default_factory=dict, compare=False, repr=False)
-  _placed: dict[str, PyTree] = dataclasses.field(default_factory=dict, compare=False, repr=False)
-
-  def placed(self, which: str) -> PyTree:
-    """``arrays[which]`` on every device, placed once."""
-    if which not in self._placed:
-      self._placed[which] = self.backend.put_replicated(self.arrays[which])
-    return self._placed[which]
 
   def keys(self) -> tuple[jax.Array, jax.Array]:
     """(init key, dropout key), split from the run's one root key ``config.seed``."""
@@ -252,10 +175,10 @@ class Run:
   def initial_state(self) -> steps.TrainState:
     """The run's fresh state in the checkpoint layout: ``init_state`` of its init key; for a population, the
     members' states stacked on a leading axis, each with its own seed's weights and its own learning rate."""
-    if self.population is None:
+    if not self.members:
       return self.init_state(self.keys()[0])
     states = []
-    for config in self.population.configs:  # the model and optimizer are the members' own
+    for config in self.members:  # the model and optimizer are the members' own
       state = jax.tree.map(parallel.local_value, self.init_state(steps.root_keys(config)[0]))
       states.append(state.replace(opt_state=optim.with_learning_rate(state.opt_state,
                                                                      config.optimizer.learning_rate)))
@@ -264,12 +187,11 @@ class Run:
   def step_rng(self) -> PyTree:
     """What the train steps take as ``rng``: the dropout key (``keys``); for a population, per member (stacked)
     its seed, its data key and its dropout key, the keys a solo run of that seed uses."""
-    if self.population is None:
+    if not self.members:
       return self.keys()[1]
-    configs = self.population.configs
-    return {'seed': np.array([c.seed for c in configs], np.uint32),
-            'data': jnp.stack([steps.data_key(c) for c in configs]),
-            'dropout': jnp.stack([steps.root_keys(c)[1] for c in configs])}
+    return {'seed': np.array([c.seed for c in self.members], np.uint32),
+            'data': jnp.stack([steps.data_key(c) for c in self.members]),
+            'dropout': jnp.stack([steps.root_keys(c)[1] for c in self.members])}
 
   def init_state(self, rng: jax.Array) -> steps.TrainState:
     """Fresh parameters and optimizer state, replicated over all devices (the checkpoint layout); place it
@@ -277,185 +199,86 @@ class Run:
     x = jnp.zeros((1, *self.info.image_shape))
     variables = jax.jit(self.model.init, static_argnames='train')(rng, x, train=False)
     return self.backend.replicated(steps.TrainState.create(apply_fn=self.model.apply, params=variables['params'],
-                                                     batch_stats=variables.get('batch_stats', {}), tx=self.tx))
-
-  @property
-  def target(self) -> input_pipeline.Target:
-    """example -> target, as the head maps this dataset."""
-    return self.head.target(self.builder.info.features, self.config.data)
-
-  @property
-  def host_pipeline(self):
-    """The tf.data pipelines' module, imported when first used (it imports TensorFlow)."""
-    from cnnjax import input_pipeline
-    return input_pipeline
-
-  def train_batches(self, start_step: int = 0, shard: input_pipeline.Shard | None = None,
-                    num_devices: int | None = None) -> Iterator[input_pipeline.Batch]:
-    """Training batches from ``start_step`` on, [local devices, per-device batch, ...] (see input_pipeline)."""
-    return self.host_pipeline.train_iterator(self.config, self.spec, self.builder, self.target,
-                                         num_devices or jax.local_device_count(), start_step, shard)
-
-  @property
-  def splits(self) -> data.Splits:
-    """The TFDS split strings of train, validation (None when val_fraction is 0) and test."""
-    return data.splits(self.config.data, self.builder)
-
-  def eval_batches(self, split: str = 'test', num_devices: int | None = None) -> Iterable[input_pipeline.Batch]:
-    """The 'val' or 'test' split, padded and masked (see input_pipeline)."""
-    return self.host_pipeline.eval_batches(self.config, self.spec, self.builder, self.target,
-                                       num_devices or jax.local_device_count(), getattr(self.splits, split))
+                                                           batch_stats=variables.get('batch_stats', {}), tx=self.tx))
 
   def train_steps(self, num_steps: int) -> Callable[..., tuple[steps.TrainState, Metrics]]:
-    """``(state, data, rng) -> (state, metrics stacked over steps)``: ``num_steps`` train steps in one program
+    """``(state, inputs, rng) -> (state, metrics stacked over steps)``: ``num_steps`` train steps in one program
     (a ``lax.scan``), mapped over devices like ``train_step``; compiled once per ``num_steps``."""
     if num_steps == 1:
       return self.train_step
     if num_steps not in self._multi:
-      multi = (functools.partial(self.step_fn, num_steps=num_steps) if self.population
+      multi = (functools.partial(self.step_fn, num_steps=num_steps) if self.members
                else functools.partial(steps.multi_step, step=self.step_fn, num_steps=num_steps))
-      self._multi[num_steps] = self.backend.map_train_step(multi, self.pipeline == 'device')
+      self._multi[num_steps] = self.backend.map_train_step(multi, self.pipeline.replicated_input)
     return self._multi[num_steps]
-
-  def step_inputs(self, start_step: int) -> Callable[[], PyTree]:
-    """What feeds each train step from ``start_step`` on, placed for the devices: the next host batch, or the
-    device pipeline's arrays, placed once."""
-    if self.pipeline == 'device':
-      return lambda: self.placed('train')
-    batches = self.train_batches(start_step)
-    return lambda: self.backend.put_batch(next(batches))
-
-  def evaluation(self, split: str) -> tuple[Iterable[PyTree], Callable[[steps.TrainState, PyTree], Metrics]]:
-    """(host batches, eval function of (state, placed batch)) of the 'val' or 'test' split, for ``evaluate``."""
-    if self.pipeline == 'host':
-      return self.eval_batches(split), self.eval_step
-    n_train, n_val, _ = data.split_sizes(self.config.data, self.num_examples)
-    which = 'test' if split == 'test' else 'train'
-    start, count = (0, len(self.arrays['test']['target'])) if split == 'test' else (n_train, n_val)
-    batches = device_pipeline.eval_indices(start, count, self.config.eval_batch_size, *self.backend.eval_rows())
-    return batches, lambda state, batch: self.eval_step(state, self.placed(which), batch)
 
 
 def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepare: bool = True,
-          population: Population | None = None) -> Run:
+          members: Sequence[ml_collections.ConfigDict] = ()) -> Run:
   """Validates ``config`` and builds its run (nothing is compiled and nothing is written to a workdir).
 
   Args:
     config: the experiment config.
     data_dir: the TFDS data directory (None: tfds's default).
-    prepare: prepare the data (generate or download it into data_dir). False: only the dataset's features
-      are read, e.g. for synthetic batches or the analysis.
-    population: train these members as one program (their configs are ``config`` but for seed and learning
-      rate); it needs the device pipeline, whose batches each member makes from its own seed.
+    prepare: prepare the data (generate or download it into data_dir) and pick its pipeline. False: only the
+      dataset's features are read, e.g. for the analysis; the run has no pipeline and trains nothing.
+    members: train these configs (``config`` but for seed and learning rate) as one population; it needs the
+      device pipeline, whose batches each member makes from its own seed.
 
   Raises:
     ConfigError naming the flag for a config that cannot train; DataError for data that cannot be had or is
     damaged.
   """
   validate(config, jax.device_count())
-  spec = data.get_spec(config.data.name)  # resolved once; the pipelines and the sweep take it from the Run
-  if prepare and config.data.pipeline == 'host':
-    data.check_host_pipeline(config.data)  # before anything is prepared
-  head = heads.get_head(config.head)
-  directory = arrays.location(config.data, data_dir)
-  found = arrays.find(directory) if prepare and config.data.pipeline != 'host' else None
-  if found:  # the device pipeline's arrays, written earlier: no TFDS builder, no TensorFlow
-    builder = None
-  elif prepare:
-    builder = data.prepare(config.data, data_dir)
-  else:
-    builder = data.get_builder(config.data, data_dir)
-  features = found.features if found else builder.info.features
-  num_examples = found.num_examples if found else data.num_examples(builder)
-  head.check(features, config.data)
-  info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
-  if population is not None:  # a loop's members run on every device each, as their solo runs do
-    backend = parallel.PopulationBackend(len(population.configs),
-                                         shard_members=population_map(config, jax.default_backend()) == 'vmap')
+  spec, head, members = data.get_spec(config.data.name), heads.get_head(config.head), tuple(members)
+  mapping = population_map(config, jax.default_backend()) if members else None
+  if members:  # a loop's members run on every device each, as their solo runs do
+    _check_population(config, members)
+    backend = parallel.PopulationBackend(len(members), shard_members=mapping == 'vmap')
   else:
     backend = parallel.get_backend(config.parallel)
+  pipeline = pipelines.build(config, spec, head, backend, data_dir) if prepare else None
+  features = pipeline.features if pipeline else data.get_builder(config.data, data_dir).info.features
+  head.check(features, config.data)
+  info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
+  num_steps = steps_per_dispatch(config, pipeline.name) if pipeline else 1  # unprepared: nothing trains
+  if members and (pipeline is None or pipeline.name != 'device' or config.test_checkpoint != 'last'):
+    raise ConfigError('--config.population=on trains members on the device pipeline and tests their last '
+                      f'weights; --config.data.pipeline={config.data.pipeline} chose '
+                      f'{pipeline.name if pipeline else "none"} and --config.test_checkpoint={config.test_checkpoint}: '
+                      'set --config.population=off')
   microbatch_size, cpu_speedups = platform_choices(config, backend.data_devices, jax.default_backend())
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
   step = functools.partial(steps.train_step, head=head, schedule=schedule, microbatch_size=microbatch_size,
                            label_smoothing=config.label_smoothing)
-  model = models.build_model(config.model, info.num_outputs, parallel.AXIS, cpu_speedups)
   evaluation = functools.partial(steps.eval_step, head=head, flip=config.eval_flip, translate=config.eval_translate)
-  pipeline = data.pipeline(config.data, num_examples) if prepare else 'host'
-  num_steps = steps_per_dispatch(config, pipeline) if prepare else 1  # unprepared: nothing trains, nothing to pick
-  if prepare and pipeline == 'host' and config.data.pipeline == 'auto':  # an explicit host was checked above
-    data.check_host_pipeline(config.data)
-  if pipeline == 'host' and builder is None:  # auto chose the host pipeline for arrays too large for the device
-    builder = data.prepare(config.data, data_dir)
-  if population is not None:
-    population.check()
-    if config.rng_impl not in VMAP_INVARIANT_RNGS:
-      raise ConfigError(f'--config.population=on needs random numbers that are the same for a member as for its solo '
-                        f'run, which --config.rng_impl={config.rng_impl} does not give under vmap (every member '
-                        'would draw from the first member\'s key): set --config.rng_impl=threefry2x32, or '
-                        '--config.population=off')
-    if pipeline != 'device' or config.test_checkpoint != 'last':
-      raise ConfigError('--config.population=on trains members on the device pipeline and tests their last '
-                        f'weights; --config.data.pipeline={config.data.pipeline} chose {pipeline} and '
-                        f'--config.test_checkpoint={config.test_checkpoint}: set --config.population=off')
-  host_arrays = None
-  if pipeline == 'device':
-    found = found or arrays.write(builder, directory)
-    host_arrays, step, evaluation = _device_pipeline(config, spec, directory, found, head, step, evaluation,
-                                                     backend.data_devices, population is not None)
-  device = pipeline == 'device'
-  return Run(config, spec, builder, info, head, model, backend, schedule, optim.create_tx(config, schedule),
-             backend.map_train_step(step, device), backend.map_eval_step(evaluation, device), microbatch_size,
-             cpu_speedups, pipeline, host_arrays, num_examples, num_steps, step, population)
+  if pipeline:
+    step, evaluation = pipeline.train_step(step, mapping), pipeline.eval_step(evaluation, mapping)
+  replicated = bool(pipeline and pipeline.replicated_input)
+  return Run(config, spec, pipeline, info, head, models.build_model(config.model, info.num_outputs, parallel.AXIS,
+                                                                   cpu_speedups),
+             backend, schedule, optim.create_tx(config, schedule), backend.map_train_step(step, replicated),
+             backend.map_eval_step(evaluation, replicated), microbatch_size, cpu_speedups, num_steps, step, members)
 
 
-def _device_pipeline(config: ml_collections.ConfigDict, spec: data.DatasetSpec, directory: str, found: arrays.Info,
-                     head: heads.Head, step: Callable, evaluation: Callable, data_devices: int,
-                     population: bool = False) -> tuple[dict, Callable, Callable]:
-  """The device pipeline's host arrays and the train and eval steps that make their own batches from them, each
-  step's batch split over ``data_devices`` (for a population, the steps of every member, each making its batches
-  from its own seed)."""
-  target = head.target_array(found.features, config.data)
-  host = {}
-  for name, split in (('train', spec.train_split), ('test', spec.test_split)):
-    features = arrays.load(directory, split)
-    host[name] = {'image': features['image'], 'target': target(features)}
-  n_train, n_val, _ = data.split_sizes(config.data, found.num_examples)
-  host['train'] = jax.tree.map(lambda x: x[:n_train + n_val], host['train'])
-  d = config.data
-  preprocess = device_pipeline.Preprocess(spec.mean, spec.std)
-  augment = dataclasses.replace(preprocess, flip=d.augment_flip, crop_padding=d.crop_padding * d.augment_crop,
-                                random_erasing=d.random_erasing)
-  batches = functools.partial(  # (data, step, device, seed=, key=) -> batch
-      device_pipeline.train_batch, num_train=n_train, batch_size=config.batch_size,
-      per_device=config.batch_size // data_devices, preprocess=augment)
-  evaluate = functools.partial(steps.device_eval_step, evaluation=evaluation,
-                               make_batch=functools.partial(device_pipeline.eval_batch, preprocess=preprocess))
-  if population:
-    map_members = steps.MEMBER_MAPS[population_map(config, jax.default_backend())]
-    return (host, functools.partial(steps.population_train_step, step=step, batches=batches, map_members=map_members),
-            functools.partial(steps.population_eval_step, evaluation=evaluate, map_members=map_members))
-  make_batch = functools.partial(batches, seed=config.seed, key=steps.data_key(config))
-  return host, functools.partial(steps.device_train_step, step=step, make_batch=make_batch), evaluate
+# PRNGs whose draws under jax.vmap equal the draws of each key alone (rbg's batching rule draws every key's bits
+# from the first key), so that a population's member equals its solo run.
+VMAP_INVARIANT_RNGS = ('threefry2x32',)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+def _check_population(config: ml_collections.ConfigDict, members: tuple[ml_collections.ConfigDict, ...]) -> None:
+  """Raises ConfigError unless the members differ from ``config`` in seed and learning rate only, with random
+  numbers that are the same for a member as for its solo run."""
+  for member in members:
+    if apply_overrides(member, {'seed': config.seed, 'optimizer.learning_rate': config.optimizer.learning_rate}
+                       ) != config:
+      raise ConfigError('a population\'s members must differ in seed and learning rate only; train the others '
+                        'with --config.population=off')
+  if config.rng_impl not in VMAP_INVARIANT_RNGS:
+    raise ConfigError(f'--config.population=on needs random numbers that are the same for a member as for its solo '
+                      f'run, which --config.rng_impl={config.rng_impl} does not give under vmap (every member '
+                      'would draw from the first member\'s key): set --config.rng_impl=threefry2x32, or '
+                      '--config.population=off')
 
 
 def params_fingerprint(params: PyTree) -> str:
@@ -467,33 +290,7 @@ def params_fingerprint(params: PyTree) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Steps (pure; run under pmap with axis_name=parallel.AXIS).
-
-
-
-
-
-
-
-
-
-def evaluate(eval_fn: Callable, state: steps.TrainState, batches: Iterable[dict], backend: parallel.Backend,
-             prefix: str, members: int = 0) -> dict[str, float]:
-  """Mean metrics over one pass of ``batches``, named '<prefix>_<metric>' ('val_accuracy', 'test_loss', ...): floats,
-  or for a population of ``members`` a vector over them.
-
-  Each step is waited for before the next is dispatched: independent steps in flight at once can starve
-  the in-process collectives of many (fake) CPU devices sharing few cores.
-  """
-  sums = [jax.block_until_ready(eval_fn(state, backend.put_batch(b))) for b in batches]
-  read = functools.partial(parallel.per_member, members=members) if members else parallel.first
-  totals = jax.tree.map(lambda *xs: sum(read(x) for x in xs), *sums)
-  count = totals.pop('count')
-  return {f'{prefix}_{k}': v / count for k, v in totals.items()}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The loop.
+# A solo run's driver.
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
@@ -537,140 +334,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     skip_nonfinite); Preempted after saving a checkpoint on SIGTERM/SIGINT.
   """
   run = setup(config, data_dir)  # validates, then prepares and checks the data; writes nothing to the workdir
-  return _in_workdir(run, workdir, overwrite)
-
-
-def train_population(configs: list[ml_collections.ConfigDict], member_workdirs: list[str], workdir: str,
-                     data_dir: str | None = None) -> list[bool]:
-  """Trains the members ``configs`` (the same config but for seed and learning rate) as one program, each
-  member's state on a leading axis of one state (``Population``; ``population_train_step``), its checkpoints in
-  ``workdir``. Each member's workdir receives what a solo run of its config writes there while it trains
-  (config.json, metrics.jsonl, events) and, at the end, its final checkpoint, so that ``train_and_evaluate`` of
-  the member's config in its workdir resumes the finished run: it evaluates it and returns what a solo run
-  would. A member whose loss becomes NaN/Inf gets no final checkpoint (its solo run will say so).
-
-  Returns:
-    Per member, whether it finished (False: its loss diverged).
-
-  Raises:
-    What ``train_and_evaluate`` raises; ConfigError for members that differ in more than seed and learning rate.
-  """
-  population = Population(tuple(configs), tuple(workdirs.resolve(d) for d in member_workdirs))
-  run = setup(configs[0], data_dir, population=population)
-  return _in_workdir(run, workdir, False)
-
-
-def _in_workdir(run: Run, workdir: str, overwrite: bool) -> TrainResult | list[bool]:
-  """``_train_and_evaluate`` in ``workdir`` (a population's members' workdirs too), locked, with failed writes
-  turned into one line and SIGTERM/SIGINT into a checkpoint, after checking that the workdirs hold no other
-  config's run."""
   workdir = workdirs.resolve(workdir)  # a symbolic link is resolved once: the run stays in its target's tree
-  members = run.population.members() if run.population else []
-  with contextlib.ExitStack() as stack:
-    checkpoint_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)  # what is intact: asked when a write fails
-    stack.enter_context(files.storage_errors('writing the run', lambda: checkpointing.intact(checkpoint_dir)))
-    if jax.process_index() == 0:  # in a multi-host run, process 0 holds the workdirs
-      for directory in [workdir, *(d for _, d in members)]:
-        stack.enter_context(workdirs.WorkdirLock(directory))
-    preemption = stack.enter_context(workdirs.PreemptionSignals())  # SIGTERM/SIGINT: save, then stop
-    workdirs.check(run.config, workdir, overwrite)
-    for config, directory in members:
-      workdirs.check(config, directory, False)
-    outcome = _train_and_evaluate(run, workdir, preemption)
-    if preemption.requested is not None:  # it came after the last step (or while a finished run was evaluated):
-      raise Preempted(run.config.num_train_steps, workdir)  # stop a sweep here too, not at its next run
-    return outcome
+  with workdirs.held(run.config, workdir, overwrite) as preemption:
+    return _train_and_evaluate(run, workdir, preemption)
 
 
-def _start_writer(run: Run, workdir: str, start_step: int) -> writers.MultiWriter | writers.MemberWriters:
-  """The run's writer from ``start_step`` on (a population's: one per member), after writing config.json and,
-  on a fresh start, the hyper-parameters, to each workdir."""
-  runs = run.population.members() if run.population else [(run.config, workdir)]
-  members = []
-  for config, directory in runs:
-    members.append(writers.create_writer(directory, start_step))
-    if jax.process_index() == 0:
-      workdirs.write_config(config, directory)
-    if start_step == 0:
-      hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
-      members[-1].write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v)
-                                 for k, v in hparams.items()})
-  return writers.MemberWriters(members) if run.population else members[0]
+def start_writer(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> writers.MultiWriter:
+  """The run's writer from ``start_step`` on, after writing config.json and, on a fresh start, the
+  hyper-parameters to ``workdir``."""
+  writer = writers.create_writer(workdir, start_step)
+  if jax.process_index() == 0:
+    workdirs.write_config(config, workdir)
+  if start_step == 0:
+    hparams = traverse_util.flatten_dict(config.to_dict(), sep='.')
+    writer.write_hparams({k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()})
+  return writer
 
 
-def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionSignals) -> TrainResult | list[bool]:
+def restore(run: Run, checkpoints: checkpointing.Checkpoints, workdir: str) -> tuple[steps.TrainState, int]:
+  """The latest checkpoint's state (or a fresh one) in the checkpoint layout, and its step."""
+  state = checkpoints.restore_latest(run.initial_state())
+  start_step = int(parallel.local_value(state.step).reshape(-1)[0])  # a population's members share the step
+  if start_step:
+    logging.info('Resumed from %s at step %d.', workdir, start_step)
+  return state, start_step
+
+
+def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionSignals) -> TrainResult:
+  """The solo run: restore, the loop with a solo run's hooks, the selection of the tested weights, the test."""
   config, backend = run.config, run.backend
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   best = (checkpointing.Checkpoints(workdir, checkpointing.BEST_CHECKPOINT_DIR, best=run.head.selection())
           if config.test_checkpoint == 'best_val' else None)
-  template = run.initial_state()
-  state = checkpoints.restore_latest(template)
-  start_step = int(parallel.local_value(state.step).reshape(-1)[0])  # a population's members share the step
-  if start_step:
-    logging.info('Resumed from %s at step %d.', workdir, start_step)
-  writer = _start_writer(run, workdir, start_step)
-  num_params = _log_setup(run)
-  members = len(run.population.configs) if run.population else 0
-  state = backend.from_checkpoint(state)
-  has_val = data.split_sizes(config.data, run.num_examples)[1] > 0
-  periodic = 'val' if has_val else 'test'  # what the periodic evaluations (and any selection) see
-  next_input, (eval_batches, eval_fn), test = run.step_inputs(start_step), run.evaluation(periodic), None
-  if periodic != 'test' and not members:
-    test = run.evaluation('test')  # built before training, evaluated once after it (a member's: by its solo run)
-  report_progress = writers.Progress(config.num_train_steps, config.log_every_steps, writer, start_step)
-  pending: list[tuple[int, Metrics]] = []
-  eval_metrics: dict[str, float] = {}
-  rng, diverged = run.step_rng(), set()
-  try:
-    step = start_step
-    while step < config.num_train_steps:
-      chunk = _chunk(step, run.steps_per_dispatch, config)
-      state, metrics = run.train_steps(chunk)(state, next_input(), rng)
-      step += chunk
-      pending.append((step, metrics))
-      if len(pending) > MAX_STEPS_IN_FLIGHT:  # bound the async queue without stalling the devices
-        jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
-      report_progress(step)
-      last, stop = step == config.num_train_steps, preemption.requested is not None
-      save = step % config.checkpoint_every_steps == 0 or last or stop
-      if step % config.log_every_steps == 0 or save:  # train metrics are checked before any save
-        _write_train_metrics(writer, pending, config, checkpoints.latest_step(), run.population, diverged)
-        pending = []
-      if step % config.eval_every_steps == 0 or last:
-        eval_metrics = evaluate(eval_fn, state, eval_batches, backend, periodic, members)
-        writer.write_scalars(step, eval_metrics)
-        if best is not None and step not in best.all_steps():  # orbax keeps the best of these only
-          best.save(step, backend.to_checkpoint(state), metrics={k: float(v) for k, v in eval_metrics.items()})
-      if save:
-        checkpoints.save(step, backend.to_checkpoint(state))
-      if stop:
-        raise Preempted(step, workdir)
-    if members:
-      _save_members(run, backend.to_checkpoint(state), diverged)
-      return [i not in diverged for i in range(members)]
-    chosen = {}
+  state, start_step = restore(run, checkpoints, workdir)
+  writer = start_writer(config, workdir, start_step)
+  with files.closing(*[m.close for m in (checkpoints, best) if m is not None], writer.flush, writer.close):
+    num_params = log_setup(run)
+    has_val = data.split_sizes(config.data, run.pipeline.num_examples)[1] > 0
+    periodic = loop.Evaluation(run, 'val' if has_val else 'test', writer, best=best)  # what any selection sees
+    test = loop.Evaluation(run, 'test', writer) if has_val else None  # built before training, run once after it
+    progress = writers.Progress(config.num_train_steps, config.log_every_steps, writer, start_step)
+    metrics = loop.TrainMetrics([writer], loop.stop_on_nonfinite(checkpoints), config.skip_nonfinite,
+                                loop.read_first_device)  # checked before any save
+    hooks = [lambda at, *_: progress(at.step), metrics, periodic, loop.checkpoint(checkpoints, backend)]
+    state = loop.train(run, backend.from_checkpoint(state), start_step, hooks, preemption, workdir)
+    chosen, eval_metrics = {}, periodic.latest
     if best is not None:  # test the best weights by validation, not the last
       chosen = {'selected_step': best.best_step()}
       if chosen['selected_step'] != config.num_train_steps:  # the last weights are in hand, evaluated
-        state = backend.from_checkpoint(best.restore(chosen['selected_step'], template))
+        state = backend.from_checkpoint(best.restore(chosen['selected_step'], run.initial_state()))
         eval_metrics = {}
-    if not eval_metrics:  # resumed a finished run, or chose an earlier checkpoint: evaluate what it left
-      eval_metrics = evaluate(eval_fn, state, eval_batches, backend, periodic)
-    variables = _test_once(run, state, test, writer, eval_metrics, {'num_params': num_params, **chosen})
-  finally:  # however the loop ends, close what it opened; after a failure, a failing close is not news
-    failing = sys.exc_info()[1] is not None
-    for close in [m.close for m in (checkpoints, best) if m is not None] + [writer.flush, writer.close]:
-      try:
-        close()
-      except Exception:  # noqa: BLE001
-        if not failing:
-          raise
-  return TrainResult({**eval_metrics, 'num_params': num_params, **chosen}, variables, start_step, run)
+    eval_metrics = dict(eval_metrics or periodic.evaluate(state))  # resumed a finished run, or chose an earlier one
+    if test is not None:
+      test.latest = test.evaluate(state)
+      writer.write_scalars(config.num_train_steps, test.latest)
+      eval_metrics.update(test.latest)
+    final = {'num_params': num_params, **chosen}
+    writer.write_scalars(config.num_train_steps, final)
+    variables = jax.tree.map(parallel.local_value, backend.to_checkpoint(state).variables())
+    logging.info('Process %d: final params fingerprint %s', jax.process_index(),
+                 params_fingerprint(variables['params']))
+  return TrainResult({**eval_metrics, **final}, variables, start_step, run)
 
 
-def _log_setup(run: Run) -> int:
+def log_setup(run: Run) -> int:
   """Logs the platform's choices and the model (its widths and per-layer table); returns its parameter count."""
-  config, members = run.config, len(run.population.configs) if run.population else 0
+  config, members = run.config, len(run.members)
   speedups = (['two-step bias', 'NHWC/HWIO conv gradients'] + ['two-step BatchNorm'] * models.batch_normed(config.model)
               + ['per-element max-pool gradient'] * (config.model.pool == 'max'))
   logging.info('Platform %s x%d: micro-batches of %s per device; CPU speed-ups %s%s.', jax.default_backend(),
@@ -683,81 +412,3 @@ def _log_setup(run: Run) -> int:
                f'{num_params:,}',
                analysis.format_table(analysis.analyze(config.model, image_shape, run.info.num_outputs)))
   return num_params
-
-
-def _test_once(run: Run, state: steps.TrainState, test: tuple | None, writer: writers.MultiWriter,
-               eval_metrics: dict[str, float], final: dict[str, float]) -> PyTree:
-  """The test split, once, at the end (into ``eval_metrics``; ``test`` is None without a validation split, whose
-  periodic evaluations were the test's), the ``final`` scalars written; returns the tested variables (host)."""
-  step = run.config.num_train_steps
-  if test is not None:
-    test_metrics = evaluate(test[1], state, test[0], run.backend, 'test')
-    writer.write_scalars(step, test_metrics)
-    eval_metrics.update(test_metrics)
-  writer.write_scalars(step, final)
-  variables = jax.tree.map(parallel.local_value, run.backend.to_checkpoint(state).variables())
-  logging.info('Process %d: final params fingerprint %s', jax.process_index(),
-               params_fingerprint(variables['params']))
-  return variables
-
-
-def _save_members(run: Run, state: steps.TrainState, diverged: set[int]) -> None:
-  """Each finished member's state (``state`` in the checkpoint layout, members stacked) as the final checkpoint
-  in its own workdir, where its solo run will find it."""
-  for i, directory in enumerate(run.population.workdirs):
-    if i in diverged:
-      continue
-    member = run.backend.replicated(jax.tree.map(lambda x, i=i: parallel.local_value(x)[i], state))
-    saver = checkpointing.Checkpoints(directory, keep=run.config.keep_checkpoints)
-    try:
-      saver.save(run.config.num_train_steps, member)
-    finally:
-      saver.close()
-
-
-def _write_train_metrics(writer, pending: list[tuple[int, Metrics]], config: ml_collections.ConfigDict,
-                         last_checkpoint: int | None, population: Population | None = None,
-                         diverged: set[int] | None = None) -> None:
-  """Writes the mean of the pending calls' metrics (one host sync); stops on a non-finite loss. ``pending`` holds
-  (last step, metrics) of each call, its metrics stacked over the call's steps when it ran several, with a
-  leading member axis for a ``population`` (``parallel.PopulationBackend``), whose member with a non-finite loss
-  is added to ``diverged`` and written no more, instead of stopping the others."""
-  members = len(population.configs) if population else 0
-  metrics = [m for _, m in pending]
-  local = (jax.tree.map(parallel.gathered, metrics) if members  # every member's, whichever devices hold it
-           else jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), metrics)))  # one sync
-  losses_by_member = []
-  for member in range(max(members, 1)):
-    if diverged and member in diverged:
-      continue
-    rows, numbers = [], []
-    for (last, _), m in zip(pending, local, strict=True):
-      values = {k: v.reshape(max(members, 1), -1)[member] for k, v in m.items()}  # one per step
-      count = len(values['loss'])
-      rows += [{k: float(v[i]) for k, v in values.items()} for i in range(count)]
-      numbers += range(last - count + 1, last + 1)
-    losses = np.array([r['loss'] for r in rows])
-    bad = ~np.isfinite(losses)
-    if bad.any() and not config.skip_nonfinite:
-      step = numbers[int(bad.argmax())]
-      if members:
-        member_config = population.configs[member]
-        logging.warning('Member %d (seed %d, learning rate %g): the training loss is %s at step %d; it trains on '
-                        'with the others but gets no final checkpoint.', member, member_config.seed,
-                        member_config.optimizer.learning_rate, losses[bad][0], step)
-        diverged.add(member)
-        writer.drop(member)
-        continue
-      kept = (f'the last good checkpoint is step {last_checkpoint} (kept)' if last_checkpoint is not None
-              else 'no checkpoint was written yet')
-      raise NonFiniteLoss(f'the training loss is {losses[bad][0]} at step {step}; {kept}. Lower '
-                          '--config.optimizer.learning_rate, clip with --config.optimizer.grad_clip_norm, or skip '
-                          'such updates with --config.skip_nonfinite=True')
-    scalars = {f'train_{k}': np.mean([r[k] for r, b in zip(rows, bad, strict=True) if not b] or [np.nan])
-               for k in rows[0]}
-    scalars = {**scalars, 'train_skipped_steps': int(bad.sum())} if bad.any() else scalars
-    (writer.member(member) if members else writer).write_scalars(pending[-1][0], scalars, log=not members)
-    losses_by_member.append(scalars['train_loss'])
-  if members and losses_by_member:
-    logging.info('[%d] %d members: train_loss=%.4g..%.4g', pending[-1][0], len(losses_by_member),
-                 min(losses_by_member), max(losses_by_member))

@@ -1,4 +1,5 @@
-"""A run's workdir: its lock, which config it holds, moving an old run aside, and preemption signals.
+"""A run's workdir: its lock, which config it holds, moving an old run aside, preemption signals, and ``held``,
+which holds all of them while a run trains.
 
 Nothing here deletes anything: --overwrite moves the old run to WORKDIR.overwritten-<time>, and refuses while
 any run below the workdir is training. A workdir is locked by the process training in it; a symbolic link is
@@ -15,14 +16,16 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from cnnjax import files, optim
-from cnnjax.errors import ConfigError, WorkdirInUse
+from cnnjax import checkpointing, files, optim
+from cnnjax.errors import ConfigError, Preempted, WorkdirInUse
 
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'lock'
@@ -195,3 +198,29 @@ class PreemptionSignals:
   def __exit__(self, *exc) -> None:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def held(config: ml_collections.ConfigDict, workdir: str, overwrite: bool,
+         members: Sequence[tuple[ml_collections.ConfigDict, str]] = ()) -> Iterator[PreemptionSignals]:
+  """Holds ``workdir`` (and a population's members' (config, workdir) pairs) locked, with failed writes turned
+  into one line and SIGTERM/SIGINT into a request the training loop answers with a checkpoint, after checking that
+  the workdirs hold no other config's run; yields the preemption signals.
+
+  Raises:
+    WorkdirInUse, ConfigError (another config's run) before anything is written; Preempted after the block when
+    a signal came after the loop's last step.
+  """
+  with contextlib.ExitStack() as stack:
+    checkpoint_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)  # what is intact: asked when a write fails
+    stack.enter_context(files.storage_errors('writing the run', lambda: checkpointing.intact(checkpoint_dir)))
+    if jax.process_index() == 0:  # in a multi-host run, process 0 holds the workdirs
+      for directory in [workdir, *(d for _, d in members)]:
+        stack.enter_context(WorkdirLock(directory))
+    preemption = stack.enter_context(PreemptionSignals())  # SIGTERM/SIGINT: save, then stop
+    check(config, workdir, overwrite)
+    for member, directory in members:
+      check(member, directory, False)
+    yield preemption
+    if preemption.requested is not None:  # it came after the last step (or while a finished run was evaluated):
+      raise Preempted(config.num_train_steps, workdir)  # stop a sweep here too, not at its next run

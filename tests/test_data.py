@@ -60,7 +60,7 @@ def test_validation_split_of_shapes_and_of_a_dataset_without_a_test_split(config
   builder = data.prepare(config.data, data_dir)  # 10,000 train: 1/12 is 833
   assert data.splits(config.data, builder) == data.Splits('train[:9167]', 'train[9167:10000]', 'test')
   run = train.setup(config, data_dir)
-  assert sum(b['mask'].sum() for b in run.eval_batches('val')) == 833
+  assert sum(b['mask'].sum() for b in run.pipeline.eval_batches('val')) == 833
   config.data.name, config.data.image_size = 'cats_vs_dogs', 64
   with mock_dataset('cats_vs_dogs', 23_262):  # its one split: the last 20% test (4,652), 1/12 of the rest val
     got = data.splits(config.data, data.get_builder(config.data))

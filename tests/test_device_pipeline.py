@@ -1,4 +1,4 @@
-"""device_pipeline: the per-epoch permutation, the augmentations against their closed forms, batches that do not
+"""device_pipeline: the per-epoch permutation, batches that do not
 depend on the number of devices, evaluation indices; the device pipeline end to end (resume, back-ends)."""
 
 import functools
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import data, errors, train
+from cnnjax import data, errors, loop, train
 from cnnjax import device_pipeline as dp
 
 
@@ -55,47 +55,6 @@ def test_a_steps_batch_is_the_same_on_one_device_or_eight():
     np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), one[key])
 
 
-def test_normalisation_and_flips():
-  image = jnp.asarray(np.random.default_rng(0).integers(0, 256, (5, 4, 3), np.uint8))
-  plain = dp.Preprocess((0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
-  want = (np.asarray(image, np.float32) / 255 - [0.1, 0.2, 0.3]) / [0.5, 0.25, 2.0]
-  np.testing.assert_allclose(plain.normalize(image), want, rtol=1e-6)
-  flip = dp.Preprocess((0.1, 0.2, 0.3), (0.5, 0.25, 2.0), flip=True)
-  outs = [np.asarray(flip.augment(image, jax.random.key(k))) for k in range(200)]
-  flipped = [np.allclose(o, want[:, ::-1], rtol=1e-6) for o in outs]
-  assert all(f or np.allclose(o, want, rtol=1e-6) for f, o in zip(flipped, outs, strict=True))
-  assert 70 <= sum(flipped) <= 130  # Binomial(200, 0.5): mean 100, sd 7
-
-
-def test_pad_and_crop_is_a_window_of_the_reflect_padded_image():
-  image = np.arange(5 * 6 * 2, dtype=np.float32).reshape(5, 6, 2)
-  padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode='reflect')  # numpy's reflect: the edge not repeated
-  offsets = set()
-  for k in range(300):
-    key = jax.random.key(k)
-    out = np.asarray(dp.pad_and_crop(jnp.asarray(image), 2, key))
-    dy, dx = (int(v) for v in jax.random.randint(key, (2,), 0, 5))
-    np.testing.assert_array_equal(out, padded[dy:dy + 5, dx:dx + 6])
-    offsets.add((dy, dx))
-  assert offsets == {(y, x) for y in range(5) for x in range(5)}  # every offset in [0, 2 * pad] occurs
-
-
-def test_random_erasing_zeroes_one_rectangle_of_the_stated_size():
-  """p=1: one axis-aligned rectangle (all channels) of 2-40 % of the area (up to rounding of the sides); p=0.5
-  about half of 400 images; p=0 none."""
-  ones = jnp.ones((28, 28, 2))
-  for i in range(50):
-    erased = np.asarray(dp.random_erasing(ones, 1.0, jax.random.key(i)))
-    zero = erased[:, :, 0] == 0
-    np.testing.assert_array_equal(zero, erased[:, :, 1] == 0)
-    rows, cols = np.flatnonzero(zero.any(1)), np.flatnonzero(zero.any(0))
-    assert zero.sum() == len(rows) * len(cols) == (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)  # a box
-    assert 0.02 * 784 * 0.7 <= zero.sum() <= 0.4 * 784 * 1.3, zero.sum()
-  count = sum(bool((np.asarray(dp.random_erasing(ones, 0.5, jax.random.key(1000 + i))) == 0).any()) for i in range(400))
-  assert 160 <= count <= 240  # Binomial(400, 0.5): mean 200, sd 10
-  np.testing.assert_array_equal(dp.random_erasing(ones, 0.0, jax.random.key(0)), ones)
-
-
 def test_eval_indices_cover_the_range_once_split_over_devices_and_processes():
   start, count, batch = 100, 21, 8
   rows = [dp.eval_indices(start, count, batch, num_devices=4, first_device=2 * p, local_devices=2) for p in (0, 1)]
@@ -132,7 +91,7 @@ def test_the_device_pipeline_learns_and_resumes_bitwise(device_config, data_dir,
   device_config.checkpoint_every_steps = 75
   full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
   result = train.train_and_evaluate(device_config, full, data_dir)
-  assert result.run.pipeline == 'device' and result.metrics['test_accuracy'] > 0.5  # chance is 1/6
+  assert result.run.pipeline.name == 'device' and result.metrics['test_accuracy'] > 0.5  # chance is 1/6
   shutil.copytree(full, resumed)
   shutil.rmtree(os.path.join(resumed, 'checkpoints', '150'))  # as if killed after step 75's checkpoint
   again = train.train_and_evaluate(device_config, resumed, data_dir)
@@ -145,15 +104,16 @@ def test_the_device_pipeline_evaluates_every_example_once_as_the_host_pipeline_d
   host = train.setup(config, data_dir)
   config.data.pipeline = 'device'
   device = train.setup(config, data_dir)
-  assert data.split_sizes(config.data, device.num_examples) == (9167, 833, 0)
-  assert len(device.arrays['train']['target']) == 10_000 and len(device.arrays['test']['target']) == 2000
+  assert data.split_sizes(config.data, device.pipeline.num_examples) == (9167, 833, 0)
+  held = device.pipeline.arrays
+  assert len(held['train']['target']) == 10_000 and len(held['test']['target']) == 2000
   state = host.backend.from_checkpoint(host.init_state(host.keys()[0]))
   for split, count in (('val', 833), ('test', 2000)):
-    batches, eval_fn = device.evaluation(split)
+    batches, eval_fn = device.pipeline.evaluation(split, device.eval_step)
     assert sum(int(b['mask'].sum()) for b in batches) == count
-    got = train.evaluate(eval_fn, state, batches, device.backend, split)
-    host_batches, host_fn = host.evaluation(split)
-    want = train.evaluate(host_fn, state, host_batches, host.backend, split)
+    got = loop.evaluate(eval_fn, state, batches, device.backend, split)
+    host_batches, host_fn = host.pipeline.evaluation(split, host.eval_step)
+    want = loop.evaluate(host_fn, state, host_batches, host.backend, split)
     assert got.keys() == want.keys()
     for k in got:
       np.testing.assert_allclose(got[k], want[k], rtol=1e-5)
@@ -178,7 +138,7 @@ def test_a_call_ends_at_every_log_eval_and_checkpoint_step(config, step, expecte
   """Ten steps, or one where a log (every 50), eval (100), checkpoint (45) or the end (150) comes sooner."""
   config.num_train_steps, config.log_every_steps, config.eval_every_steps = 150, 50, 100
   config.checkpoint_every_steps = 45
-  assert train._chunk(step, 10, config) == expected
+  assert loop.chunk(step, 10, config) == expected
 
 
 def _rows(workdir):
@@ -236,4 +196,4 @@ def test_several_steps_per_call_are_refused_where_auto_chose_the_host_pipeline(c
     train.setup(config, data_dir)
   config.steps_per_dispatch = 'auto'
   run = train.setup(config, data_dir)
-  assert (run.pipeline, run.steps_per_dispatch) == ('host', 1)
+  assert (run.pipeline.name, run.steps_per_dispatch) == ('host', 1)

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from cnnjax import sweep
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -93,10 +95,10 @@ def test_a_cluster_array_under_lr_pick_point_finishes_every_task_at_once(data_di
   for status, stderr in tasks:
     assert status == 0 and 'Traceback' not in stderr and 'Stopped' not in stderr, stderr[-3000:]
   assert any('Waiting for base,seed=0 to pick the learning rate' in stderr for _, stderr in tasks)  # not who trains it
-  picked = json.loads((tmp_path / 'sweep' / 'base,seed=0' / 'result.json').read_text())['picked_lr']
+  picked = sweep.load_result(str(tmp_path / 'sweep' / 'base,seed=0')).lr.picked
   for seed in (1, 2):
-    result = json.loads((tmp_path / 'sweep' / f'base,seed={seed}' / 'result.json').read_text())
-    assert (result['picked_lr'], result['lr_grid'], result['lr_picked_by']) == (picked, [picked], 'base,seed=0')
+    result = sweep.load_result(str(tmp_path / 'sweep' / f'base,seed={seed}'))
+    assert (result.lr.picked, result.lr.grid, result.lr.picked_by) == (picked, (picked,), 'base,seed=0')
 
 
 def test_a_lead_whose_pick_fails_stops_every_task_in_one_line(data_dir, tmp_path):

@@ -1,6 +1,5 @@
 """Two real processes on 127.0.0.1 (2 CPU devices each, gloo collectives) against a one-process run."""
 
-import functools
 import os
 import re
 import socket
@@ -12,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnnjax import parallel, steps, train
+from cnnjax import parallel, train
 from cnnjax.config import apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +44,10 @@ def _one_process_reference(config, data_dir):
   """The same 6 steps in this process on 4 devices, each global batch built from both processes' shards."""
   run = train.setup(config, data_dir)
   init_rng, dropout_rng = run.keys()
-  step = jax.pmap(functools.partial(steps.train_step, head=run.head, schedule=run.schedule),
-                  axis_name=parallel.AXIS, in_axes=(0, 0, None))
+  step = jax.pmap(run.step_fn, axis_name=parallel.AXIS, in_axes=(0, 0, None))  # the host pipeline's step
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:4]), (parallel.AXIS,))
   state = parallel.replicate(run.init_state(init_rng), mesh)
-  shards = [run.train_batches(shard=(i, 2), num_devices=2) for i in range(2)]
+  shards = [run.pipeline.train_batches(shard=(i, 2), num_devices=2) for i in range(2)]
   for _ in range(config.num_train_steps):
     batch = jax.tree.map(lambda *xs: np.concatenate(xs), *(next(it) for it in shards))  # [4, 8, ...]
     state, _ = step(state, parallel.shard(batch, mesh), dropout_rng)

@@ -1,4 +1,5 @@
-"""Run names: formatted and parsed in one place, each the other's inverse."""
+"""Run records: names formatted and parsed in one place, each the other's inverse; result.json's typed, versioned
+schema, and the flat schema of earlier records read as well."""
 
 import pytest
 
@@ -14,3 +15,49 @@ from cnnjax import records
 def test_a_run_name_is_formatted_and_parsed_back(name, run, lr_dir):
   assert (name.run, name.lr_dir) == (run, lr_dir)
   assert records.RunName.parse(run, lr_dir) == name
+
+
+def _record(**changes):
+  pick = records.LrPick(3e-3, 'val_accuracy', (1e-3, 3e-3, 1e-2), (0.8, 0.9, None), extensions=0,
+                        picked_by='pool=max,seed=0')
+  fields = {'name': 'pool=max,seed=1', 'point': 'pool=max', 'overrides': {'model.pool': 'max', 'seed': 1}, 'seed': 1,
+            'metrics': {'train_loss': 0.3, 'val_accuracy': 0.9, 'test_accuracy': 0.89}, 'num_params': 8718,
+            'flops': 1.5e6, 'steps_per_sec': 12.0, 'wall_time_s': 40.0, 'selected_step': 90, 'lr': pick,
+            'invariance': {'shift': [0, 1], 'accuracy': [0.89, 0.8]}}
+  return records.RunResult(**{**fields, **changes})
+
+
+def test_a_run_result_goes_through_json_and_back_unchanged():
+  import json
+  for record in (_record(), _record(lr=None, selected_step=None, invariance=None)):
+    written = json.loads(json.dumps(record.to_json()))
+    assert written['schema'] == records.SCHEMA and records.RunResult.from_json(written) == record
+  assert _record().lr.by_rate() == {1e-3: 0.8, 3e-3: 0.9, 1e-2: None}
+
+
+def test_a_flat_schema_1_result_json_from_the_committed_study_reads_as_a_record():
+  """results/runs/ holds records written before the schema had a version: each reads, its pick typed."""
+  import glob
+  import json
+  import os
+  paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'results', 'runs', '*', '*',
+                                        'result.json')))
+  assert paths
+  for path in paths:
+    with open(path) as f:
+      flat = json.load(f)
+    record = records.RunResult.from_json(flat)
+    assert record.name == flat['name'] and record.metrics['test_accuracy'] == flat['test_accuracy']
+    assert not any(k.endswith('_by_lr') or k.startswith('picked') for k in record.metrics)
+    if 'picked_lr' in flat:
+      assert (record.lr.picked, list(record.lr.grid)) == (flat['picked_lr'], flat['lr_grid'])
+      assert list(record.lr.scores) == flat[f'{record.lr.metric}_by_lr']
+
+
+def test_a_record_of_a_later_schema_or_missing_a_field_is_refused(tmp_path):
+  from cnnjax import errors, sweep
+  with pytest.raises(ValueError, match='schema 3 is newer'):
+    records.RunResult.from_json({**_record().to_json(), 'schema': 3})
+  (tmp_path / sweep.RESULT_FILE).write_text('{"schema": 2, "name": "a"}')
+  with pytest.raises(errors.DamagedFile, match='is not a run\'s record'):
+    sweep.load_result(str(tmp_path))

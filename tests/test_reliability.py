@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cnnjax import errors, models, train, workdirs
+from cnnjax import errors, loop, models, train, workdirs
 from cnnjax.cli import load_experiment
 from cnnjax.errors import ConfigError, DownloadTimeout, StorageError, WorkdirInUse
 
@@ -111,13 +111,13 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(config, data_dir, tm
 def test_a_signal_while_a_finished_run_is_evaluated_still_stops(config, data_dir, tmp_path, monkeypatch):
   """A sweep resumes its finished runs (evaluating them); SIGTERM then must stop it, not only that run."""
   train.train_and_evaluate(config, str(tmp_path), data_dir)
-  evaluate = train.evaluate
+  evaluate = loop.evaluate
 
   def evaluate_and_signal(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread before the next bytecode
     return evaluate(*args, **kwargs)
 
-  monkeypatch.setattr(train, 'evaluate', evaluate_and_signal)
+  monkeypatch.setattr(loop, 'evaluate', evaluate_and_signal)
   with pytest.raises(errors.Preempted, match='saved a checkpoint at step 20'):
     train.train_and_evaluate(config, str(tmp_path), data_dir)
 

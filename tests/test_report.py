@@ -1,25 +1,35 @@
 """The sweep report: tables, Welch's test against its formulas, intervals, plots and the one-seed case."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from cnnjax import report
+from cnnjax import records, report
 
 
 def _fake_result(name, pool, seed, accuracy):
-  return {'name': name, 'point': name.split(',seed=')[0], 'overrides': {'model.pool': pool, 'seed': seed},
-          'seed': seed, 'num_params': 100,
-          'flops': 1000, 'test_accuracy': accuracy, 'test_loss': 1 - accuracy, 'train_loss': 0.5,
-          'steps_per_sec': 10.0, 'wall_time_s': 3.0,
-          'invariance': {'shift': [0, 1], 'accuracy': [accuracy, accuracy - 0.1], 'agreement': [1.0, 0.8],
-                         'consistent_correct': [accuracy, accuracy - 0.2]}}
+  return records.RunResult(
+      name, name.split(',seed=')[0], {'model.pool': pool, 'seed': seed}, seed,
+      {'test_accuracy': accuracy, 'test_loss': 1 - accuracy, 'train_loss': 0.5}, num_params=100, flops=1000,
+      steps_per_sec=10.0, wall_time_s=3.0,
+      invariance={'shift': [0, 1], 'accuracy': [accuracy, accuracy - 0.1], 'agreement': [1.0, 0.8],
+                  'consistent_correct': [accuracy, accuracy - 0.2]})
+
+
+def _bare(point, seed=0, name=None, lr=None, invariance=None, **metrics):
+  """A record with only what a test looks at."""
+  return records.RunResult(name or point, point, {}, seed, metrics, 0, 0, lr=lr, invariance=invariance)
+
+
+def _pick(grid, scores, picked, metric='val_accuracy', on_edge=False, picked_by=None):
+  return records.LrPick(picked, metric, tuple(grid), tuple(scores), on_edge, picked_by=picked_by)
 
 def test_report_from_fake_finished_runs(tmp_path):
   results = [_fake_result('pool=max,seed=0', 'max', 0, 0.8), _fake_result('pool=max,seed=1', 'max', 1, 0.9),
              _fake_result('pool=avg,seed=0', 'avg', 0, 0.7), _fake_result('pool=avg,seed=1', 'avg', 1, 0.7)]
-  histories = {r['name']: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.5, 'val_accuracy': 0.8}]
+  histories = {r.name: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.5, 'val_accuracy': 0.8}]
                for r in results}
   report.write(str(tmp_path), results, histories)
   text = (tmp_path / 'report.md').read_text()
@@ -56,7 +66,8 @@ def test_a_report_that_fails_to_write_leaves_the_previous_one_whole(tmp_path, mo
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
   monkeypatch.setattr(files.os, 'fsync', full_disk)
   with pytest.raises(OSError, match='No space left'):
-    report.write(str(tmp_path), [{**r, 'test_accuracy': 0.1} for r in results], {})
+    report.write(str(tmp_path), [dataclasses.replace(r, metrics={**r.metrics, 'test_accuracy': 0.1}) for r in results],
+                 {})
   assert {n: (tmp_path / n).read_bytes() for n in before} == before
   assert not [n for n in os.listdir(tmp_path) if '.tmp' in n]
 
@@ -98,7 +109,7 @@ def test_significance_table_names_the_verdicts(tmp_path):
 def test_a_point_without_a_grid_beside_points_with_one_gets_a_dash_for_its_picked_rate():
   """A diagnostic point at a fixed rate (no lr_grid, so no picked_lr) in a sweep whose other points pick theirs:
   every row has the column, the fixed point's cell a dash."""
-  picked = {**_fake_result('pool=max,seed=0', 'max', 0, 0.8), 'picked_lr': 1e-3, 'picked_on_edge': False}
+  picked = dataclasses.replace(_fake_result('pool=max,seed=0', 'max', 0, 0.8), lr=_pick([1e-3], [0.8], 1e-3))
   fixed = _fake_result('pool=avg,seed=0', 'avg', 0, 0.7)
   text = report.markdown_table(report.summarize([picked, fixed]))
   assert '| pool=max | 1 | max | 100 | 1,000 | 0.001 | 0.5 |' in text
@@ -108,9 +119,8 @@ def test_a_point_without_a_grid_beside_points_with_one_gets_a_dash_for_its_picke
 def test_the_grid_table_names_each_points_own_selection_metric():
   """A sweep whose points pick by different metrics (classification: accuracy; regression: loss), as the
   heads sweep does: one row each, with its own metric."""
-  common = {'lr_grid': [1e-3, 1e-2], 'picked_lr': 1e-2, 'picked_on_edge': True}
-  results = [{'point': 'head=multiclass', 'val_accuracy_by_lr': [0.5, 0.75], **common},
-             {'point': 'head=regression', 'val_loss_by_lr': [2.0, 1.5], **common}]
+  results = [_bare('head=multiclass', lr=_pick([1e-3, 1e-2], [0.5, 0.75], 1e-2, on_edge=True)),
+             _bare('head=regression', lr=_pick([1e-3, 1e-2], [2.0, 1.5], 1e-2, 'val_loss', on_edge=True))]
   text = report.grid_table(results)
   assert '| head=multiclass | val_accuracy | 0.001 … 0.01 (2) | 0.5 | 0.75 |' in text
   assert '| head=regression | val_loss | 0.001 … 0.01 (2) | 2 | 1.5 |' in text
@@ -119,12 +129,9 @@ def test_the_grid_table_names_each_points_own_selection_metric():
 def test_the_grid_table_shows_each_points_extended_grid_and_divergence():
   """Seeds of one point may extend their grids differently: a column per value tried by any run, the mean over
   the runs that tried it, and 'diverged' where all of them diverged."""
-  results = [{'point': 'a', 'lr_grid': [1e-3, 1e-2, 0.0316], 'val_accuracy_by_lr': [0.5, 0.7, 0.6], 'picked_lr': 1e-2,
-              'picked_on_edge': False},
-             {'point': 'a', 'lr_grid': [1e-3, 1e-2], 'val_accuracy_by_lr': [0.6, 0.5], 'picked_lr': 1e-3,
-              'picked_on_edge': False},
-             {'point': 'b', 'lr_grid': [1e-3, 1e-2, 0.0316, 0.1], 'val_accuracy_by_lr': [0.1, 0.2, 0.3, None],
-              'picked_lr': 0.0316, 'picked_on_edge': False}]
+  results = [_bare('a', 0, 'a,seed=0', _pick([1e-3, 1e-2, 0.0316], [0.5, 0.7, 0.6], 1e-2)),
+             _bare('a', 1, 'a,seed=1', _pick([1e-3, 1e-2], [0.6, 0.5], 1e-3)),
+             _bare('b', lr=_pick([1e-3, 1e-2, 0.0316, 0.1], [0.1, 0.2, 0.3, None], 0.0316))]
   text = report.grid_table(results)
   assert '| point | picked by | grid tried | lr 0.001 | lr 0.01 | lr 0.0316 | lr 0.1 |' in text
   assert '| a | val_accuracy | 0.001 … 0.0316 (3) | 0.55 | 0.6 | 0.6 (1 of 2 runs) | – |' in text
@@ -157,10 +164,8 @@ def test_holm_against_hand_computed_values():
 def test_with_lr_pick_point_the_grid_table_shows_what_the_picking_seed_compared():
   """Seed 0 compares the rates; seeds 1 and 2 train at its pick. Each cell is seed 0's validation metric, not
   the mean of the three runs at the pick, so the picked rate's cell is the row's best."""
-  results = [{'point': 'a', 'seed': 0, 'lr_grid': [1e-3, 3e-3], 'val_accuracy_by_lr': [0.92, 0.91], 'picked_lr': 1e-3,
-              'picked_on_edge': False, 'lr_picked_by': 0},
-             *({'point': 'a', 'seed': s, 'lr_grid': [1e-3], 'val_accuracy_by_lr': [v], 'picked_lr': 1e-3,
-                'picked_on_edge': False, 'lr_picked_by': 0} for s, v in ((1, 0.90), (2, 0.90)))]
+  results = [_bare('a', 0, lr=_pick([1e-3, 3e-3], [0.92, 0.91], 1e-3)),
+             *(_bare('a', s, lr=_pick([1e-3], [v], 1e-3, picked_by='a,seed=0')) for s, v in ((1, 0.90), (2, 0.90)))]
   assert '| a | val_accuracy | 0.001 … 0.003 (2) | 0.92 | 0.91 |' in report.grid_table(results)
 
 
@@ -175,7 +180,8 @@ def test_points_sharing_seeds_are_paired_and_several_comparisons_are_holm_adjust
   text = report.significance_table(results)
   avg = next(line for line in text.splitlines() if line.startswith('| pool=avg |'))
   assert '| +0.0050 |' in avg and '| paired t (5 seeds) |' in avg and 'significantly higher |' in avg
-  assert report.welch([r['test_accuracy'] for r in results[5:10]], [r['test_accuracy'] for r in results[:5]])['p'] > 0.5
+  accuracy = [r.metrics['test_accuracy'] for r in results]
+  assert report.welch(accuracy[5:10], accuracy[:5])['p'] > 0.5
   odd = next(line for line in text.splitlines() if line.startswith('| pool=odd |'))
   assert '| Welch t |' in odd  # seeds 7, 8: none shared with the baseline's 0..4
   raw, adjusted = (float(x) for x in avg.split('|')[8:10])
@@ -189,8 +195,8 @@ def test_shift_tolerance_is_paired_per_shift_and_holm_adjusted_over_points_and_s
   curves = {'max': [[0.90, 0.80, 0.60], [0.91, 0.82, 0.63], [0.89, 0.79, 0.58]],
             'avg': [[0.91, 0.83, 0.61], [0.92, 0.83, 0.66], [0.90, 0.81, 0.60]],
             'none': [[0.92, 0.70, 0.40], [0.93, 0.74, 0.47], [0.91, 0.69, 0.41]]}
-  results = [{'point': f'pool={p}', 'seed': seed, 'test_accuracy': c[0],
-              'invariance': {'shift': [0, 1, 2], 'accuracy': c, 'agreement': [1.0, 0.9, 0.8], 'consistent_correct': c}}
+  results = [_bare(f'pool={p}', seed, test_accuracy=c[0], invariance={
+                'shift': [0, 1, 2], 'accuracy': c, 'agreement': [1.0, 0.9, 0.8], 'consistent_correct': c})
              for p, runs in curves.items() for seed, c in enumerate(runs)]
   text = report.invariance_table(results)
   base = np.asarray(curves['max'])
@@ -212,7 +218,7 @@ def test_shift_tolerance_is_paired_per_shift_and_holm_adjusted_over_points_and_s
 
 def test_a_one_seed_report_has_no_nan_and_says_why_it_has_no_intervals(tmp_path):
   results = [_fake_result('pool=max', 'max', 0, 0.8), _fake_result('pool=avg', 'avg', 0, 0.7)]
-  histories = {r['name']: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.9}] for r in results}
+  histories = {r.name: [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.9}] for r in results}
   report.write(str(tmp_path), results, histories)
   text = (tmp_path / 'report.md').read_text()
   assert 'nan' not in text.lower() and 'One seed per point: no intervals and no significance tests' in text
@@ -232,7 +238,7 @@ def test_plots_are_wide_enough_for_their_titles(tmp_path):
   """A sweep of two points once gave a 400-pixel plot whose title was cut off."""
   from PIL import Image
   results = [_fake_result('pool=max', 'max', 0, 0.8), _fake_result('pool=avg', 'avg', 0, 0.7)]
-  report.write(str(tmp_path), results, {r['name']: [{'step': 1, 'train_loss': 1.0}] for r in results})
+  report.write(str(tmp_path), results, {r.name: [{'step': 1, 'train_loss': 1.0}] for r in results})
   for png in ('test_accuracy_per_setting.png', 'test_accuracy_vs_params.png'):
     assert Image.open(tmp_path / png).size[0] >= 650
 
@@ -252,7 +258,7 @@ def test_plateau_is_the_first_evaluation_whose_next_two_gain_less_than_the_thres
 
 
 def test_curve_table_averages_seeds_per_evaluation_and_marks_the_plateau():
-  results = [{'name': f'a,seed={s}', 'point': 'a'} for s in (0, 1)] + [{'name': 'b', 'point': 'b'}]
+  results = [_bare('a', s, f'a,seed={s}') for s in (0, 1)] + [_bare('b')]
   histories = {'a,seed=0': [{'step': 10, 'val_accuracy': 0.5}, {'step': 10, 'train_loss': 1.0},
                             {'step': 20, 'val_accuracy': 0.7}, {'step': 30, 'val_accuracy': 0.7},
                             {'step': 40, 'val_accuracy': 0.69}],
@@ -267,7 +273,7 @@ def test_curve_table_averages_seeds_per_evaluation_and_marks_the_plateau():
 
 def test_curve_table_aligns_points_that_evaluate_at_other_steps_by_their_kth_evaluation():
   # a evaluates every 10 steps, b every 4 (a larger batch's epochs): the table pairs their k-th evaluations
-  results = [{'name': 'a', 'point': 'a'}, {'name': 'b', 'point': 'b'}]
+  results = [_bare('a'), _bare('b')]
   histories = {'a': [{'step': 10, 'val_accuracy': 0.5}, {'step': 20, 'val_accuracy': 0.6}],
                'b': [{'step': 4 * k, 'val_accuracy': v} for k, v in enumerate((0.3, 0.4, 0.401, 0.401), 1)]}
   table = report.curve_table(results, histories)
@@ -281,9 +287,8 @@ def test_what_a_new_reader_met_in_reports(tmp_path):
   difference" verdict say nothing they cannot; accuracy bars from 2 seeds stay within [0, 1] and say so."""
   results = [_fake_result(f'pool={p},seed={s}', p, s, a) for p, accs in (('max', (0.95, 0.99)), ('avg', (0.1, 0.2)))
              for s, a in enumerate(accs)]
-  for r in results:
-    r.update(picked_lr=0.01, lr_grid=[0.01], val_accuracy_by_lr=[0.5], picked_on_edge=False, lr_extensions=0)
-  report.write(str(tmp_path), results, {r['name']: [{'step': 10, 'val_accuracy': 0.5}] for r in results})
+  results = [dataclasses.replace(r, lr=_pick([0.01], [0.5], 0.01)) for r in results]
+  report.write(str(tmp_path), results, {r.name: [{'step': 10, 'val_accuracy': 0.5}] for r in results})
   header = (tmp_path / 'results.csv').read_text().splitlines()[0].split(',')
   assert header.count('seed') == 1
   text = (tmp_path / 'report.md').read_text()

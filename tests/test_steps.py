@@ -9,15 +9,18 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import optim, parallel, steps, train
+from cnnjax import augment, optim, parallel, steps, train
 
 
 def _three_steps_setup(config, data_dir):
-  """The run, its fresh state and three global batches of 64 shaped [1, 64, ...]."""
+  """The run, its fresh state and three global batches of 64 shaped [1, 64, ...], normalised as the host
+  pipeline's step does (the config augments nothing)."""
   run = train.setup(config, data_dir)
   state = run.init_state(run.keys()[0])
-  batches = run.train_batches(num_devices=1)
-  return run, state, [next(batches) for _ in range(3)]
+  batches = run.pipeline.train_batches(num_devices=1)
+  normalize = augment.preprocessing(config.data, run.spec)[0].normalize
+  return run, state, [{'image': np.asarray(normalize(b['image'])), 'target': b['target']}
+                      for b in (next(batches) for _ in range(3))]
 
 
 def _run_on_one_device(state, step, batches):

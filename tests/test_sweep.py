@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from cnnjax import errors, sweep, train
+from cnnjax import errors, records, sweep, train
 from cnnjax.cli import load_experiment
 from cnnjax.config import ConfigError, apply_overrides
 from cnnjax.errors import NoFinishedPoints
@@ -54,8 +54,8 @@ def test_tiny_sweep_end_to_end_and_sweep_index(config, data_dir, tmp_path):
   files = set(os.listdir(full))
   assert {'report.md', 'results.csv', 'results.json', 'test_accuracy_vs_params.png', 'test_accuracy_vs_flops.png',
           'test_accuracy_per_setting.png', 'learning_curves.png', 'invariance.png', 'filters.png'} <= files
-  result = json.loads((full / 'pool=max' / 'result.json').read_text())
-  assert result['num_params'] == 8718 and len(result['invariance']['accuracy']) == 3
+  result = sweep.load_result(str(full / 'pool=max'))
+  assert result.num_params == 8718 and len(result.invariance['accuracy']) == 3
 
 
 def test_a_learning_rate_grid_picks_on_validation_and_reports_the_picks_test_metrics(config, data_dir, tmp_path):
@@ -64,16 +64,16 @@ def test_a_learning_rate_grid_picks_on_validation_and_reports_the_picks_test_met
   with pytest.raises(ConfigError, match=r"--config.baseline_point='pool=avg' is not a point of this sweep"):
     sweep.run(apply_overrides(config, {'baseline_point': 'pool=avg'}), lambda: [{'model.pool': 'max'}], str(tmp_path))
   sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path), data_dir)
-  result = json.loads((tmp_path / 'pool=max' / 'result.json').read_text())
+  result = sweep.load_result(str(tmp_path / 'pool=max'))
   last = {}  # each trial's final rows, read from its own metrics.jsonl
   for lr in config.lr_grid:
     rows = [json.loads(line) for line in open(tmp_path / 'pool=max' / f'lr={lr:g}' / 'metrics.jsonl')]
     last[lr] = {k: v for r in rows if r.get('step') == 6 for k, v in r.items()}
   best = max(config.lr_grid, key=lambda lr: last[lr]['val_accuracy'])
-  assert result['picked_lr'] == best and result['val_accuracy_by_lr'] == [last[lr]['val_accuracy']
-                                                                          for lr in config.lr_grid]
-  assert result['test_accuracy'] == last[best]['test_accuracy']  # the pick's test metrics only
-  assert result['picked_on_edge'] == (best != 3e-3)
+  assert (result.lr.picked, result.lr.metric) == (best, 'val_accuracy')
+  assert list(result.lr.scores) == [last[lr]['val_accuracy'] for lr in config.lr_grid]
+  assert result.metrics['test_accuracy'] == last[best]['test_accuracy']  # the pick's test metrics only
+  assert result.lr.on_edge == (best != 3e-3)
   text = (tmp_path / 'report.md').read_text()
   assert '| point | picked by | grid tried | lr 0.0001 | lr 0.003 | lr 0.1 |' in text and 'picked lr' in text
   values = ' | '.join(f"{last[lr]['val_accuracy']:.4g}" for lr in config.lr_grid)
@@ -92,13 +92,13 @@ def test_seeds_on_an_experiment_without_a_sweep_are_honoured_as_a_one_point_swee
   config.num_train_steps, config.seeds = 2, 2
   points = sweep.run_experiment(config, None, str(tmp_path), data_dir)
   assert [p.name for p in points] == ['base,seed=0', 'base,seed=1']
-  results = [json.loads((tmp_path / p.name / 'result.json').read_text()) for p in points]
-  assert [r['seed'] for r in results] == [0, 1] and (tmp_path / 'report.md').exists()
+  results = [sweep.load_result(str(tmp_path / p.name)) for p in points]
+  assert [r.seed for r in results] == [0, 1] and (tmp_path / 'report.md').exists()
   config.seeds = 1  # a single run, in the workdir itself
   single = sweep.run_experiment(config, None, str(tmp_path / 'single'), data_dir)
   assert isinstance(single, train.TrainResult)
   result = sweep.load_result(str(tmp_path / 'single'))  # a single run's record, as a sweep point's
-  assert result['name'] == sweep.SINGLE_POINT and result['test_accuracy'] == single.metrics['test_accuracy']
+  assert result.name == sweep.SINGLE_POINT and result.metrics['test_accuracy'] == single.metrics['test_accuracy']
   assert (tmp_path / 'single' / 'metrics.jsonl').exists()
   with pytest.raises(ConfigError, match='has no get_sweep'):
     sweep.run_experiment(config, None, str(tmp_path / 'x'), data_dir, sweep_index=0)
@@ -158,9 +158,9 @@ def test_a_pick_on_the_grids_edge_extends_the_grid_up_to_the_limit(config, tmp_p
   picks = sweep.pick_learning_rates({'p': config}, {'p': str(tmp_path)},
                                     functools.partial(sweep._train_alone, data_dir=None))
   result, choice, _ = picks['p']
-  assert calls == trained and choice['picked_lr'] == picked and choice['picked_on_edge'] == on_edge
-  assert choice['lr_grid'] == sorted(trained) and choice['lr_extensions'] == len(trained) - 3
-  assert choice['val_accuracy_by_lr'] == [accuracy_by_lr[lr] for lr in sorted(trained)]
+  assert calls == trained and choice.picked == picked and choice.on_edge == on_edge
+  assert list(choice.grid) == sorted(trained) and choice.extensions == len(trained) - 3
+  assert list(choice.scores) == [accuracy_by_lr[lr] for lr in sorted(trained)]
   assert result.metrics['val_accuracy'] == accuracy_by_lr[picked]
 
 
@@ -178,12 +178,14 @@ def test_the_pooling_sweep_with_population_on_gives_the_runs_of_population_off_b
   for mode in ('off', 'on'):
     config.population = mode
     sweep.run(config, load_experiment('pooling').get_sweep, str(tmp_path / mode), data_dir)
-    points[mode] = json.loads((tmp_path / mode / 'results.json').read_text())['points']
-  assert [r['name'] for r in points['on']] == [r['name'] for r in points['off']]
-  assert len(points['on']) == 8 and len({r['picked_lr'] for r in points['off']}) == 2
+    written = json.loads((tmp_path / mode / 'results.json').read_text())['points']
+    points[mode] = [records.RunResult.from_json(r) for r in written]
+  assert [r.name for r in points['on']] == [r.name for r in points['off']]
+  assert len(points['on']) == 8 and len({r.lr.picked for r in points['off']}) == 2
   for on, off in zip(points['on'], points['off'], strict=True):
-    for key in ('picked_lr', 'lr_grid', 'val_accuracy_by_lr', 'test_accuracy', 'test_loss', 'val_loss'):
-      assert on[key] == off[key], (on['name'], key)
+    assert on.lr == off.lr, on.name  # the pick, the rates tried and each one's validation accuracy
+    for key in ('test_accuracy', 'test_loss', 'val_accuracy', 'val_loss'):
+      assert on.metrics[key] == off.metrics[key], (on.name, key)
   assert not os.listdir(tmp_path / 'on' / sweep.POPULATIONS_DIR)
 
 
@@ -193,8 +195,9 @@ def test_lr_pick_point_lets_the_first_seed_pick_and_the_others_train_its_pick_on
 
   def finish(config, point, point_dir, trained, choice, seconds):
     os.makedirs(point_dir, exist_ok=True)
+    record = records.RunResult(point.name, point.group, point.overrides, config.seed, {}, 0, 0, lr=choice)
     with open(os.path.join(point_dir, sweep.RESULT_FILE), 'w') as f:
-      json.dump({'name': point.name, **choice}, f)
+      json.dump(record.to_json(), f)
 
   monkeypatch.setattr(sweep, 'finish_point', finish)
   config.seeds, config.lr_grid, config.lr_grid_extensions, config.lr_pick = 3, (1e-3, 3e-3, 1e-2), 2, 'point'
@@ -207,10 +210,10 @@ def test_lr_pick_point_lets_the_first_seed_pick_and_the_others_train_its_pick_on
   sweep.run(config, get_sweep, str(tmp_path), sweep_index=1)
   assert calls[4:] == [3e-3]
   lead = sweep.load_result(str(tmp_path / 'pool=avg,seed=0'))
-  assert (lead['picked_lr'], lead['lr_grid'], 'lr_picked_by' in lead) == (3e-3, [1e-3, 3e-3, 1e-2], False)
+  assert (lead.lr.picked, lead.lr.grid, lead.lr.picked_by) == (3e-3, (1e-3, 3e-3, 1e-2), None)
   for seed in (1, 2):
     other = sweep.load_result(str(tmp_path / f'pool=avg,seed={seed}'))
-    assert (other['picked_lr'], other['lr_grid'], other['lr_picked_by']) == (3e-3, [3e-3], 'pool=avg,seed=0')
+    assert (other.lr.picked, other.lr.grid, other.lr.picked_by) == (3e-3, (3e-3,), 'pool=avg,seed=0')
 
 
 @pytest.mark.parametrize('steps', [1, 10, 'auto'])

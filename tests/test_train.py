@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnnjax import parallel, steps, train
+from cnnjax import parallel, population, steps, train
 from cnnjax.cli import load_experiment
 from cnnjax.config import ConfigError, apply_overrides
 
@@ -67,7 +67,7 @@ def test_learning_rates_and_seeds_share_one_compiled_program(config, data_dir, b
     run = train.setup(apply_overrides(config, {'optimizer.learning_rate': lr, 'seed': seed}), data_dir)
     state = run.backend.from_checkpoint(run.init_state(run.keys()[0]))
     assert float(parallel.first(state.opt_state.hyperparams['learning_rate'])) == pytest.approx(lr)
-    batch = run.backend.put_batch(next(run.train_batches()))
+    batch = run.pipeline.train_inputs(0)()
     programs.add(run.train_step.lower(state, batch, run.keys()[1]).as_text())
   assert len(programs) == 1
 
@@ -210,7 +210,8 @@ def test_each_population_member_equals_the_solo_run_of_its_seed_and_learning_rat
   config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 50, 50, 25
   members = _members(config, pairs)
   dirs = [str(tmp_path / f'member{i}') for i in range(len(members))]
-  assert train.train_population(members, dirs, str(tmp_path / 'population'), data_dir) == [True] * len(members)
+  trained = population.train_population(members, dirs, str(tmp_path / 'population'), data_dir)
+  assert trained.finished == (True,) * len(members)
   for i, (member, directory) in enumerate(zip(members, dirs, strict=True)):
     solo = train.train_and_evaluate(member, str(tmp_path / f'solo{i}'), data_dir)
     resumed = train.train_and_evaluate(member, directory, data_dir)  # finds its final checkpoint: evaluates it
@@ -234,14 +235,16 @@ def test_a_population_resumes_exactly_and_a_diverged_member_leaves_the_others_tr
   members = _members(config, [(0, 0.01), (1, 0.03), (0, 1e30)])
   full, resumed = tmp_path / 'full', tmp_path / 'resumed'
   dirs = [str(full / f'member{i}') for i in range(3)]
-  assert train.train_population(members, dirs, str(full / 'population'), data_dir) == [True, True, False]
+  trained = population.train_population(members, dirs, str(full / 'population'), data_dir)
+  assert trained.finished == (True, True, False)
   assert not os.path.exists(os.path.join(dirs[2], 'checkpoints'))
   shutil.copytree(full, resumed)
   shutil.rmtree(resumed / 'population' / 'checkpoints' / '20')
   for i in range(3):
     shutil.rmtree(resumed / f'member{i}' / 'checkpoints', ignore_errors=True)
   again = [str(resumed / f'member{i}') for i in range(3)]
-  assert train.train_population(members, again, str(resumed / 'population'), data_dir) == [True, True, False]
+  trained = population.train_population(members, again, str(resumed / 'population'), data_dir)
+  assert trained.finished == (True, True, False) and trained.start_step == 10
   for i in range(2):
     jax.tree.map(np.testing.assert_array_equal, _checkpoint(again[i], 20), _checkpoint(dirs[i], 20))
   def values(rows):
@@ -261,5 +264,5 @@ def test_populations_that_cannot_equal_their_solo_runs_are_refused(config, data_
   if 'model.stride' not in overrides:
     members[0] = apply_overrides(members[0], overrides)
   with pytest.raises(ConfigError, match=message):
-    train.train_population(members, [str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'p'), data_dir)
+    population.train_population(members, [str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'p'), data_dir)
   assert not os.listdir(tmp_path)
