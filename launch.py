@@ -23,6 +23,8 @@ flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: ~/tensorflo
 flags.DEFINE_integer('sweep_index', None, 'Sweeps: run only point i (0-based), e.g. $SLURM_ARRAY_TASK_ID.')
 flags.DEFINE_bool('report_only', False, 'Sweeps: rebuild report.md and plots from the finished points only.')
 flags.DEFINE_bool('list_points', False, 'Sweeps: print the point names, one per line (index = line number), and exit.')
+flags.DEFINE_multi_string('predict', None, 'Classify these image files (or every file in these folders) with the '
+                          'trained run in --workdir and print each one\'s top classes; repeat the flag for several.')
 flags.DEFINE_bool('analyze', False, 'Print per-layer shapes, params, FLOPs and receptive fields, then exit.')
 flags.DEFINE_bool('overwrite', False, 'Move a previous run in --workdir aside (to WORKDIR.overwritten-TIME) and '
                   'start again, instead of resuming it.')
@@ -87,14 +89,16 @@ def main(argv: list[str]) -> None:
   logging.info('Compilation cache: %r', compiler.set_compilation_cache(FLAGS.compilation_cache_dir))
   import jax  # after flag parsing and XLA_FLAGS: jax/tf imports are slow
 
-  from cnnjax import parallel, sweep
+  from cnnjax import parallel, predict, sweep
 
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
   get_sweep = getattr(load_experiment(FLAGS.experiment), 'get_sweep', None)
   try:
-    if FLAGS.list_points:
+    if FLAGS.predict:
+      print(predict.report(FLAGS.workdir, FLAGS.predict))
+    elif FLAGS.list_points:
       print(sweep.list_points(FLAGS.config, get_sweep))
     elif FLAGS.analyze:
       print(sweep.analyze(FLAGS.config, get_sweep, FLAGS.data_dir))

@@ -11,15 +11,16 @@ imported. Processes that share a data_dir write them once, under a lock.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import data, files
+from cnnjax import data, files, sources
 from cnnjax.errors import DataError
 
 if TYPE_CHECKING:
@@ -39,15 +40,26 @@ class Feature:
 
 @dataclasses.dataclass(frozen=True)
 class Info:
-  """A dataset's features (name -> Feature) and its splits' sizes (TFDS split name -> examples)."""
+  """A dataset's features (name -> Feature) and its splits' sizes (TFDS split name -> examples); for a user's
+  data (``sources``) also its class names, the training images' per-channel mean and std, and the source's
+  record (kind, path, fingerprint), by which a changed source is prepared anew."""
   features: dict[str, Feature]
   num_examples: dict[str, int]
+  classes: tuple[str, ...] | None = None
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
+  source: dict[str, Any] | None = None
 
 
 def location(data_config: ml_collections.ConfigDict, data_dir: str | None) -> str:
   """Where the arrays of ``config.data`` live in ``data_dir``."""
-  spec = data.get_spec(data_config.name)
+  spec = data.get_spec(data_config)
   name = f'{data_config.name}-{data.image_size(data_config)}' if spec.sizes else data_config.name
+  if spec.source:  # a user's folder or file: its name, a digest of its path, and how it was fitted
+    path = sources.path_of(data_config.name)
+    digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+    name = (f'{spec.source}-{os.path.basename(path.rstrip(os.sep)) or "root"}-{digest}-{data.image_size(data_config)}'
+            + '-gray' * bool(data_config.grayscale))
   root = data_dir or os.environ.get('TFDS_DATA_DIR', DEFAULT_DATA_DIR)
   return os.path.join(os.path.expanduser(root), ARRAYS_DIR, name)
 
@@ -65,8 +77,9 @@ def find(directory: str) -> Info | None:
     raise DataError(f'the dataset arrays in {directory} are damaged ({problem}); move that directory away and run '
                     'again to write them anew')
   raw = files.read_json(os.path.join(directory, INFO_FILE), f'move {directory} away and run again')
+  stats = {k: tuple(raw[k]) if k in raw else None for k in ('classes', 'mean', 'std')}
   return Info({k: Feature(tuple(v['shape']), v['num_classes']) for k, v in raw['features'].items()},
-              raw['num_examples'])
+              raw['num_examples'], source=raw.get('source'), **stats)
 
 
 def write(builder: tfds.core.DatasetBuilder, directory: str) -> Info:
@@ -89,8 +102,10 @@ def _write(builder: tfds.core.DatasetBuilder, directory: str) -> None:
       np.save(os.path.join(tmp, f'{split}.{name}.npy'), value)
   features = {name: {'shape': list(feature.shape), 'num_classes': getattr(feature, 'num_classes', None)}
               for name, feature in builder.info.features.items()}
+  label = builder.info.features['label'] if 'label' in builder.info.features else None
+  classes = {'classes': list(label.names)} if getattr(label, 'names', None) else {}
   files.write_json(os.path.join(tmp, INFO_FILE), {'features': features, 'num_examples': data.num_examples(builder),
-                                                  'tfds': f'{builder.name}/{builder.info.full_name}'})
+                                                  'tfds': f'{builder.name}/{builder.info.full_name}', **classes})
   files.seal(tmp)
   shutil.rmtree(directory, ignore_errors=True)  # an unsealed leftover of a killed writer
   os.rename(tmp, directory)
@@ -110,8 +125,9 @@ def _read_split(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.n
   return tfds.as_numpy(ds)
 
 
-def load(directory: str, split: str) -> dict[str, np.ndarray]:
-  """The features of ``split`` as arrays: {'image': uint8 [N, H, W, C], 'label': [N], ...}."""
+def load(directory: str, split: str, mmap: bool = False) -> dict[str, np.ndarray]:
+  """The features of ``split`` as arrays: {'image': uint8 [N, H, W, C], 'label': [N], ...}; memory-mapped (read
+  from disk as they are indexed) with ``mmap``."""
   prefix = f'{split}.'
-  return {name[len(prefix):-len('.npy')]: np.load(os.path.join(directory, name))
+  return {name[len(prefix):-len('.npy')]: np.load(os.path.join(directory, name), mmap_mode='r' if mmap else None)
           for name in sorted(os.listdir(directory)) if name.startswith(prefix) and name.endswith('.npy')}

@@ -13,7 +13,7 @@ import importlib.util
 import io
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -50,6 +50,7 @@ class DatasetSpec:
       them (``--config.data.source_dir``).
     source_dir: the default of ``--config.data.source_dir`` ('' = none).
     install_hint: how to get the IDX files into ``source_dir`` on this kind of machine.
+    source: 'folder' or 'npz' for a user's data (``sources``), prepared straight into arrays; '' for TFDS.
   """
   image_size: int
   channels: int
@@ -64,6 +65,7 @@ class DatasetSpec:
   idx: bool = False
   source_dir: str = ''
   install_hint: str = ''
+  source: str = ''
 
 
 def _shapes_config(image_size: int) -> Any:
@@ -96,7 +98,7 @@ def split_sizes(data_config: ml_collections.ConfigDict, num_examples: Mapping[st
   """(train, validation, test-from-train) example counts of the dataset's train split (``num_examples``: TFDS
   split name -> examples), carved in its order: training first, then the last ``val_fraction`` (before the test
   part, for datasets without a test split) is the validation split."""
-  spec = get_spec(data_config.name)
+  spec = get_spec(data_config)
   n = num_examples[spec.train_split]
   n_test = 0 if spec.test_split else round(spec.test_fraction * n)
   n_val = round(data_config.val_fraction * (n - n_test))
@@ -111,7 +113,7 @@ def num_examples(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
 def splits(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> Splits:
   """The run's TFDS split strings, carved deterministically from the prepared builder's train split (see
   ``split_sizes``)."""
-  spec = get_spec(data_config.name)
+  spec = get_spec(data_config)
   n_train, n_val, n_test = split_sizes(data_config, num_examples(builder))
   end, name = n_train + n_val, spec.train_split
   return Splits(train=f'{name}[:{n_train}]', val=f'{name}[{n_train}:{end}]' if n_val else None,
@@ -124,7 +126,7 @@ DEVICE_MEMORY_SHARE = 0.25  # pipeline=auto: the device pipeline when the uint8 
 
 def fits_device_pipeline(spec: DatasetSpec) -> bool:
   """Whether the device pipeline can hold the dataset: images of one size and a test split of its own."""
-  return bool(spec.image_size and spec.test_split)
+  return bool(spec.source or (spec.image_size and spec.test_split))
 
 
 def tensorflow_available() -> bool:
@@ -143,23 +145,23 @@ def file_format() -> str:
 
 
 def check_host_pipeline(data_config: ml_collections.ConfigDict) -> None:
-  """Raises DataError, saying what to install or choose, where the host pipeline is chosen without TensorFlow."""
-  if tensorflow_available():
-    return
-  other = ('; or --config.data.pipeline=device' if fits_device_pipeline(get_spec(data_config.name)) else '')
-  raise DataError(f'--config.data.pipeline={data_config.pipeline} chose the host pipeline (tf.data) for '
-                  f'{data_config.name}, and tf.data needs TensorFlow: pip install tensorflow-cpu{other}')
+  """Raises DataError, saying what to install, where tf.data must read a dataset (images of varying sizes)
+  without TensorFlow."""
+  if not tensorflow_available():
+    raise DataError(f'{data_config.name} has images of varying sizes, which tf.data reads and resizes, and tf.data '
+                    'needs TensorFlow: pip install tensorflow-cpu')
 
 
 def pipeline(data_config: ml_collections.ConfigDict, examples: Mapping[str, int]) -> str:
-  """'host' (tf.data) or 'device' (the splits on every device; ``device_pipeline``) for ``--config.data.pipeline``:
+  """'host' (batches made on the host) or 'device' (the splits on every device; ``device_pipeline``) for
+  ``--config.data.pipeline``:
   auto is the device pipeline for images of one size whose uint8 splits (``examples``: split -> examples) take
   at most DEVICE_MEMORY_SHARE of a local device's memory (the machine's for a CPU). In a multi-host run every
   process takes process 0's choice (hosts may differ in memory; the processes must agree)."""
   if data_config.pipeline != 'auto':
     return data_config.pipeline
   choice = 'host'
-  if fits_device_pipeline(get_spec(data_config.name)):
+  if fits_device_pipeline(get_spec(data_config)):
     size = sum(examples.values()) * int(np.prod(image_shape(data_config)))
     stats = jax.local_devices()[0].memory_stats() or {}
     memory = stats.get('bytes_limit') or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
@@ -176,19 +178,34 @@ class DataInfo:
   num_outputs: int
 
 
-def get_spec(name: str) -> DatasetSpec:
-  """The DatasetSpec of ``--config.data.name``."""
-  return lookup('data.name', name, DATASETS)
+def get_spec(data_config: ml_collections.ConfigDict | str) -> DatasetSpec:
+  """The DatasetSpec of ``config.data`` (or of a built-in dataset's name): a built-in dataset's, or a user's
+  folder or NumPy file's (``sources``; its mean and std are the prepared arrays', ``with_stats``)."""
+  name = data_config if isinstance(data_config, str) else data_config.name
+  from cnnjax import sources
+  if sources.kind(name):
+    grayscale = not isinstance(data_config, str) and bool(data_config.grayscale)
+    return DatasetSpec(mean=(0.5,), std=(0.25,), offline=True, source=sources.kind(name),
+                       **sources.spec_fields(name, grayscale))
+  try:
+    return lookup('data.name', name, DATASETS)
+  except ConfigError as e:
+    raise ConfigError(f'{e}, or folder:PATH or npz:PATH for your own data') from None
+
+
+def with_stats(spec: DatasetSpec, mean: Sequence[float] | None, std: Sequence[float] | None) -> DatasetSpec:
+  """``spec`` with the per-channel statistics measured when the data was prepared, where it was."""
+  return spec if mean is None else dataclasses.replace(spec, mean=tuple(mean), std=tuple(std))
 
 
 def image_size(data_config: ml_collections.ConfigDict) -> int:
   """The side of the images the model sees: config.data.image_size, or the dataset's own when it is 0."""
-  spec = get_spec(data_config.name)
+  spec = get_spec(data_config)
   size = data_config.image_size or spec.image_size or RESIZE_DEFAULT
   if spec.sizes and not spec.sizes[0] <= size <= spec.sizes[1]:
     raise ConfigError(f'--config.data.image_size={size}: {data_config.name} are generated at sizes '
                       f'{spec.sizes[0]}..{spec.sizes[1]}')
-  if not spec.sizes and spec.image_size and size != spec.image_size:
+  if not spec.sizes and not spec.source and spec.image_size and size != spec.image_size:
     raise ConfigError(f'--config.data.image_size={size}: {data_config.name} images are {spec.image_size}x'
                       f'{spec.image_size}; set --config.data.image_size={spec.image_size} (or 0 for native)')
   return size
@@ -197,15 +214,19 @@ def image_size(data_config: ml_collections.ConfigDict) -> int:
 def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(H, W, C) of the images the model sees."""
   size = image_size(data_config)
-  return size, size, get_spec(data_config.name).channels
+  return size, size, get_spec(data_config).channels
 
 
 def validate(data_config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the ``--config.data.*`` flag for a value that cannot serve (an unknown dataset or
   image size, a fraction or probability out of range, a pipeline size out of range, a source_dir for a
   dataset that is not read from IDX files); pure: reads no file."""
-  check_choice('data.name', data_config.name, DATASETS)
+  spec = get_spec(data_config)
   check_int('data.image_size', data_config.image_size, 0)
+  check_bool('data.grayscale', data_config.grayscale)
+  if data_config.grayscale and spec.source != 'folder':
+    raise ConfigError(f'--config.data.grayscale=True converts the images of a folder: dataset; '
+                      f'{data_config.name}\'s channels are its own: drop the flag')
   size = image_size(data_config)
   check_number('data.val_fraction', data_config.val_fraction, 0, 1, high_open=True,
                hint='0 = no validation split (evaluate on test)')
@@ -221,7 +242,6 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   check_number('data.download_timeout_s', data_config.download_timeout_s, 0, low_open=True)
   check_str('data.source_dir', data_config.source_dir)
   check_choice('data.pipeline', data_config.pipeline, PIPELINES)
-  spec = get_spec(data_config.name)
   if data_config.pipeline == 'device' and not fits_device_pipeline(spec):
     raise ConfigError(f'--config.data.pipeline=device keeps a dataset of fixed-size images with its own test split '
                       f'on the devices; {data_config.name} is not one: use --config.data.pipeline=host (or auto)')
@@ -242,9 +262,17 @@ def get_builder(data_config: ml_collections.ConfigDict, data_dir: str | None = N
                     f'preparing it needs TensorFlow Datasets ({e}); pip install tensorflow-datasets, '
                     'or prepare it once where they are installed (any run of it with --config.data.pipeline=device) '
                     'and bring that --data_dir') from None
-  spec = get_spec(data_config.name)
+  spec = get_spec(data_config)
   config = spec.builder_config(image_size(data_config)) if spec.builder_config else None
   return tfds.builder(data_config.name, config=config, data_dir=data_dir)
+
+
+def features(data_config: ml_collections.ConfigDict, data_dir: str | None) -> Any:
+  """The dataset's features (name -> shape and classes), without preparing it."""
+  if get_spec(data_config).source:
+    from cnnjax import sources
+    return sources.features(data_config, image_shape(data_config))
+  return get_builder(data_config, data_dir).info.features
 
 
 def prepare(data_config: ml_collections.ConfigDict, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -340,7 +368,7 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Conf
   """Generates, reads from local IDX files, or downloads the data into ``data_dir``."""
   from cnnjax.datasets import idx
 
-  spec = get_spec(data_config.name)
+  spec = get_spec(data_config)
   source_dir = data_config.source_dir or spec.source_dir
   if spec.idx and source_dir and idx.find(source_dir):
     logging.info('Preparing %s from the IDX files in %s (once per data_dir).', data_config.name, source_dir)
@@ -379,7 +407,7 @@ def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_config: ml_col
   tfds retries a failing download for a long time; offline, that is a hang. The download runs in a daemon
   thread so that a timeout can end the run with advice instead.
   """
-  if get_spec(data_config.name).offline:  # generated locally: no network, no timeout
+  if get_spec(data_config).offline:  # generated locally: no network, no timeout
     logging.info('Generating %s in %s (once per data_dir).', data_config.name, builder.data_dir_root)
     with _quiet_tfds():
       builder.download_and_prepare(file_format=file_format())
@@ -396,7 +424,7 @@ def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_config: ml_col
   thread.start()
   thread.join(data_config.download_timeout_s)
   if thread.is_alive():
-    name, spec = data_config.name, get_spec(data_config.name)
+    name, spec = data_config.name, get_spec(data_config)
     remedies = [f'put its IDX files in --config.data.source_dir={spec.source_dir or "DIR"}'
                 + (f' ({spec.install_hint})' if spec.install_hint else '')] if spec.idx else []
     remedies += ['download it once on a machine with internet into that --data_dir (python -c "import '

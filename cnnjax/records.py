@@ -1,6 +1,7 @@
-"""A run's records: its directory's name (``RunName``) and what it writes to result.json and a sweep hands the
-report (``RunResult``, with its learning-rate pick, ``LrPick``). Each is formatted and parsed here only; the
-result's schema is versioned, and result.json files of the earlier, flat schema are read too."""
+"""A run's records: its directory's name (``RunName``), what it writes to result.json and a sweep hands the
+report (``RunResult``, with its learning-rate pick, ``LrPick``), and what its trained model needs to classify raw
+images (``DataRecord``, data.json). Each is formatted and parsed here only; the result's schema is versioned, and
+result.json files of the earlier, flat schema are read too."""
 
 from __future__ import annotations
 
@@ -144,3 +145,42 @@ class RunResult:
     step = {} if self.selected_step is None else {'selected_step': self.selected_step}
     return {'name': self.name, 'point': self.point, 'seed': self.seed, **self.metrics, 'num_params': self.num_params,
             'flops': self.flops, 'steps_per_sec': self.steps_per_sec, 'wall_time_s': self.wall_time_s, **step, **pick}
+
+
+DATA_FILE = 'data.json'  # in a run's workdir: its DataRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRecord:
+  """What a trained run's model needs to classify raw images, written to its workdir when it starts, so that
+  ``predict.load(WORKDIR)`` needs neither the config by hand nor the training data.
+
+  Attributes:
+    dataset: ``config.data.name``.
+    image_size: the side images are fitted to (short side scaled, centre cropped).
+    grayscale: one gray channel instead of RGB.
+    mean, std: the per-channel normalisation of pixel values in [0, 1].
+    head: the task head ('multiclass', 'binary', 'regression').
+    num_outputs: the model's output width.
+    classes: the class names (for a binary head on a multi-class dataset: ('other', positive class)).
+  """
+  dataset: str
+  image_size: int
+  grayscale: bool
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  head: str
+  num_outputs: int
+  classes: tuple[str, ...]
+  schema: int = 1
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, record: Mapping[str, Any]) -> DataRecord:
+    """Raises ValueError for a record of a later schema, TypeError/KeyError for one without a field."""
+    if record.get('schema', 1) > 1:
+      raise ValueError(f'data.json has schema {record["schema"]}, newer than this cnnjax reads (1)')
+    fields = {**record, 'mean': tuple(record['mean']), 'std': tuple(record['std']), 'classes': tuple(record['classes'])}
+    return cls(**fields)

@@ -1,5 +1,6 @@
 """The pure per-device steps that ``train.setup`` binds and maps over the devices: one SGD step, several in one
-program, evaluation sums, the device pipeline's steps that make their own batches, and a population's steps
+program, evaluation sums, the pipelines' steps (the host's, which augments the raw batch it is handed; the
+device's, which makes its own batch), and a population's steps
 over its members. Each is a pure function of (state, batch or data[, rng]) on one device's shard, with
 collectives over ``parallel.AXIS``; hyper-parameters come bound with ``functools.partial``. Nothing here has a
 side effect.

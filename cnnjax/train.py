@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -36,6 +37,7 @@ from cnnjax import (
   optim,
   parallel,
   pipelines,
+  records,
   steps,
   workdirs,
   writers,
@@ -230,7 +232,7 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
     damaged.
   """
   validate(config, jax.device_count())
-  spec, head, members = data.get_spec(config.data.name), heads.get_head(config.head), tuple(members)
+  spec, head, members = data.get_spec(config.data), heads.get_head(config.head), tuple(members)
   mapping = population_map(config, jax.default_backend()) if members else None
   if members:  # a loop's members run on every device each, as their solo runs do
     _check_population(config, members)
@@ -238,7 +240,8 @@ def setup(config: ml_collections.ConfigDict, data_dir: str | None = None, prepar
   else:
     backend = parallel.get_backend(config.parallel)
   pipeline = pipelines.build(config, spec, head, backend, data_dir) if prepare else None
-  features = pipeline.features if pipeline else data.get_builder(config.data, data_dir).info.features
+  spec = pipeline.spec if pipeline else spec  # with the statistics measured when the data was prepared
+  features = pipeline.features if pipeline else data.features(config.data, data_dir)
   head.check(features, config.data)
   info = data.DataInfo(data.image_shape(config.data), head.num_outputs(features, config.data))
   num_steps = steps_per_dispatch(config, pipeline.name) if pipeline else 1  # unprepared: nothing trains
@@ -368,6 +371,8 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
           if config.test_checkpoint == 'best_val' else None)
   state, start_step = restore(run, checkpoints, workdir)
   writer = start_writer(config, workdir, start_step)
+  if jax.process_index() == 0:  # what the trained model needs to classify raw images (predict.load)
+    files.write_json(os.path.join(workdir, records.DATA_FILE), data_record(run).to_json())
   with files.closing(*[m.close for m in (checkpoints, best) if m is not None], writer.flush, writer.close):
     num_params = log_setup(run)
     has_val = data.split_sizes(config.data, run.pipeline.num_examples)[1] > 0
@@ -395,6 +400,18 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
     logging.info('Process %d: final params fingerprint %s', jax.process_index(),
                  params_fingerprint(variables['params']))
   return TrainResult({**eval_metrics, **final}, variables, start_step, run)
+
+
+def data_record(run: Run) -> records.DataRecord:
+  """The run's ``records.DataRecord``: its input size and normalisation, its head and its classes' names."""
+  config, outputs = run.config, run.info.num_outputs
+  labels = run.pipeline.features['label'] if 'label' in run.pipeline.features else None
+  names = (run.pipeline.classes or tuple(str(i) for i in range(labels.num_classes))) if labels else ()
+  if config.head == 'binary' and len(names) != 2:  # label == positive_class against the rest
+    names = (f'not {names[config.data.positive_class]}', names[config.data.positive_class])
+  return records.DataRecord(config.data.name, run.info.image_shape[0], bool(config.data.grayscale),
+                            tuple(run.spec.mean), tuple(run.spec.std), config.head, outputs,
+                            names if config.head != 'regression' else ())
 
 
 def log_setup(run: Run) -> int:

@@ -39,8 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_translate = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'shapes'  # shapes | digits (offline) | mnist | fashion_mnist | cifar10 | cats_vs_dogs
-  config.data.image_size = 0  # 0 = the dataset's own (shapes: 32; 8..224 generates another size)
+  # shapes | digits (offline) | mnist | fashion_mnist | cifar10 | cats_vs_dogs, or your own data:
+  # folder:PATH (one folder of images per class, or PATH/train/<class> and PATH/test/<class>) | npz:PATH (x_train,
+  # y_train, x_test, y_test); prepared once into --data_dir (docs/data.md).
+  config.data.name = 'shapes'
+  config.data.image_size = 0  # 0 = the dataset's own (shapes: 32; 8..224 generates another size; folder: 224)
+  config.data.grayscale = False  # folder: images as one gray channel instead of RGB
   # The last 1/12 of the train split is the validation split (5,000 of MNIST's and Fashion-MNIST's 60,000):
   # periodic evaluations and every choice use it; the test split is evaluated once, at the end. 0 = none
   # (periodic evaluations on test).
@@ -56,11 +60,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Random erasing (Zhong et al. 2020): with this probability, one rectangle of 2-40 % of the image, aspect 0.3-3.3,
   # is set to the dataset's mean (0 after normalisation).
   config.data.random_erasing = 0.0
-  # Where batches are made: host (tf.data: read, shuffle, augment on the CPU) | device (every split on every
-  # device as arrays, each batch chosen and augmented inside the jitted step; images of one size) | auto (device
-  # when the splits take at most a quarter of the device's memory, else host).
+  # Where batches are made: host (the prepared arrays read on the host, memory-mapped; tf.data for images of
+  # varying sizes) | device (every split on every device) | auto (device when the splits take at most a quarter
+  # of the device's memory, else host). Both draw the same batches and augment them inside the jitted step.
   config.data.pipeline = 'auto'
-  config.data.shuffle_buffer = 10_000  # host pipeline
+  config.data.shuffle_buffer = 10_000  # tf.data (images of varying sizes)
   config.data.cache = True
   config.data.prefetch = 2
   config.data.download_timeout_s = 300  # datasets that need a download: give up (with advice) after this

@@ -39,9 +39,9 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def config():
-  """The baseline config with the tiny test model and a short, fast schedule, on the host pipeline (tf.data),
-  which the unit tests exercise; the default (auto: the device pipeline here) is tested by test_device_pipeline
-  and the launcher's end-to-end tests."""
+  """The baseline config with the tiny test model and a short, fast schedule, on the host pipeline (the arrays
+  read on the host), which the unit tests exercise; the default (auto: the device pipeline here) is tested by
+  test_device_pipeline and the launcher's end-to-end tests."""
   config = load_experiment('shapes').get_config()
   config.data.pipeline = 'host'
   config.model.variant = 'tiny'

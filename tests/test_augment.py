@@ -57,8 +57,7 @@ def test_the_host_pipelines_step_augments_each_example_from_its_stream_position(
   config.data.pipeline, config.data.augment_flip, config.data.augment_crop = 'host', True, True
   config.rng_impl = 'threefry2x32'
   run = train.setup(config, data_dir)
-  batches = run.pipeline.train_batches(num_devices=1)
-  first, second = next(batches), next(batches)
+  first, second = (run.pipeline.batch(step, rows=(1, 0, 1)) for step in range(2))
   assert first['image'].dtype == np.uint8 and first['image'].shape == (1, config.batch_size, 32, 32, 3)
   np.testing.assert_array_equal(first['position'][0], np.arange(config.batch_size))
   np.testing.assert_array_equal(second['position'][0], np.arange(config.batch_size, 2 * config.batch_size))

@@ -193,13 +193,21 @@ def test_without_tensorflow_a_fresh_data_dir_is_prepared_as_array_record_with_th
       np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_without_tensorflow_the_host_pipeline_stops_in_one_line_before_preparing(tmp_path):
+def test_without_tensorflow_the_host_pipeline_trains_from_the_arrays(tmp_path):
+  """The host pipeline reads the prepared arrays (memory-mapped) as the device pipeline does: no TensorFlow."""
   proc = subprocess.run([sys.executable, '-c', NO_TF, f'--workdir={tmp_path / "run"}', '--experiment=digits',
-                         f'--data_dir={tmp_path / "data"}', '--config.data.pipeline=host'],
+                         f'--data_dir={tmp_path / "data"}', '--config.data.pipeline=host',
+                         '--config.num_train_steps=20'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0 and 'imported: []' in proc.stdout and 'test_accuracy=' in proc.stderr, proc.stderr[-2000:]
+
+
+def test_without_tensorflow_images_of_varying_sizes_stop_in_one_line_before_preparing(tmp_path):
+  proc = subprocess.run([sys.executable, '-c', NO_TF, f'--workdir={tmp_path / "run"}',
+                         '--config.data.name=cats_vs_dogs', f'--data_dir={tmp_path / "data"}'],
                         capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-  assert ('Stopped: --config.data.pipeline=host chose the host pipeline (tf.data) for digits, and tf.data needs '
-          'TensorFlow: pip install tensorflow-cpu; or --config.data.pipeline=device') in proc.stderr
+  assert ('Stopped: cats_vs_dogs has images of varying sizes, which tf.data reads and resizes, and tf.data needs '
+          'TensorFlow: pip install tensorflow-cpu') in proc.stderr
   assert not (tmp_path / 'run').exists() and not (tmp_path / 'data').exists()
 
 

@@ -41,15 +41,14 @@ def _run_two_processes(workdir, data_dir, backend, *extra_flags):
 
 
 def _one_process_reference(config, data_dir):
-  """The same 6 steps in this process on 4 devices, each global batch built from both processes' shards."""
+  """The same 6 steps in this process on 4 devices, each global batch both processes' rows of it."""
   run = train.setup(config, data_dir)
   init_rng, dropout_rng = run.keys()
   step = jax.pmap(run.step_fn, axis_name=parallel.AXIS, in_axes=(0, 0, None))  # the host pipeline's step
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:4]), (parallel.AXIS,))
   state = parallel.replicate(run.init_state(init_rng), mesh)
-  shards = [run.pipeline.train_batches(shard=(i, 2), num_devices=2) for i in range(2)]
-  for _ in range(config.num_train_steps):
-    batch = jax.tree.map(lambda *xs: np.concatenate(xs), *(next(it) for it in shards))  # [4, 8, ...]
+  for i in range(config.num_train_steps):
+    batch = run.pipeline.batch(i, rows=(4, 0, 4))  # [4, 8, ...]: both processes' rows
     state, _ = step(state, parallel.shard(batch, mesh), dropout_rng)
   return jax.tree.map(lambda x: parallel.local_value(x)[0], state.params), run
 
