@@ -1,5 +1,5 @@
-r"""Preparing an image folder, measured: cnnjax's preparation (pillow in a worker per core, short side scaled and
-centre cropped, written chunk by chunk into memory-mapped arrays) against a PyTorch DataLoader with a worker per
+r"""Preparing an image folder, measured: cnnjax's preparation (pillow on a thread per core, short side scaled and
+centre cropped, written chunk by chunk into the arrays) against a PyTorch DataLoader with a worker per
 core decoding the same files as torchvision's ImageFolder does (PIL, RGB, Resize(224) then CenterCrop(224)),
 rounds alternating; images/s (medians), the prepared size on disk, and the peak resident memory of a preparation
 against the decoded images' size.
@@ -74,16 +74,16 @@ def torch_pass(folder: str, size: int) -> tuple[float, int]:
   return time.perf_counter() - start, len(dataset)
 
 
-PREPARE = ('import sys, resource; from cnnjax import sources; '
+PREPARE = ('import sys; from cnnjax import sources; '
            'listing = sources.list_folder(sys.argv[1]); '
            'sources.prepare_folder("folder:" + sys.argv[1], listing, sys.argv[2], int(sys.argv[3]), False); '
-           'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, '
-           'resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)')
+           'status = dict(line.split(":", 1) for line in open("/proc/self/status")); '
+           'print(int(status["VmHWM"].split()[0]))')  # this program's own peak (ru_maxrss counts the parent's too)
 
 
-def cnnjax_pass(folder: str, size: int, target: str) -> tuple[float, int, int, int]:
-  """(seconds, images, peak KiB of the preparing process, peak KiB of its largest worker) of one preparation of
-  the folder, in a process of its own."""
+def cnnjax_pass(folder: str, size: int, target: str) -> tuple[float, int, int]:
+  """(seconds, images, peak resident KiB) of one preparation of the folder, in a process of its own (its start
+  included; its decoding threads share its memory)."""
   shutil.rmtree(target, ignore_errors=True)
   start = time.perf_counter()
   proc = subprocess.run([sys.executable, '-c', PREPARE, folder, target, str(size)], capture_output=True, text=True,
@@ -91,8 +91,7 @@ def cnnjax_pass(folder: str, size: int, target: str) -> tuple[float, int, int, i
   seconds = time.perf_counter() - start
   with open(os.path.join(target, 'info.json')) as f:
     images = sum(json.load(f)['num_examples'].values())
-  parent, worker = (int(v) for v in proc.stdout.split())
-  return seconds, images, parent, worker
+  return seconds, images, int(proc.stdout.split()[-1])
 
 
 def disk_bytes(directory: str) -> int:
@@ -107,7 +106,7 @@ def main(argv):
   with tempfile.TemporaryDirectory(prefix='cnnjax-prepare-') as scratch:
     target = os.path.join(scratch, 'arrays')
     for _ in range(FLAGS.rounds):
-      s, images, parent_kib, worker_kib = cnnjax_pass(FLAGS.folder, FLAGS.size, target)
+      s, images, parent_kib = cnnjax_pass(FLAGS.folder, FLAGS.size, target)
       seconds['cnnjax'].append(s)
       t, samples = torch_pass(FLAGS.folder, FLAGS.size)
       seconds['torch DataLoader (ImageFolder)'].append(t)
@@ -121,8 +120,7 @@ def main(argv):
             'ratio_cnnjax_to_torch': round(rates['cnnjax'] / rates['torch DataLoader (ImageFolder)'], 3),
             'seconds': {k: [round(x, 2) for x in v] for k, v in seconds.items()},
             'prepared_bytes_on_disk': on_disk, 'decoded_images_bytes': decoded,
-            'peak_resident_MiB': {'preparing process': round(parent_kib / 1024, 1),
-                                  'largest worker': round(worker_kib / 1024, 1)},
+            'peak_resident_MiB_of_the_preparing_process': round(parent_kib / 1024, 1),
             'peak_resident_of_preparing_process_to_decoded_images': round(parent_kib * 1024 / decoded, 3)}
   print(json.dumps(result, indent=1))
   stamp.write(FLAGS.out, result)

@@ -1,7 +1,7 @@
 """Decoding one image file into the model's square input: pillow reads it (JPEG, PNG, BMP, GIF's first frame,
 WebP where pillow has it), converts it to RGB or grayscale (palette, RGBA, CMYK and 16-bit modes included), scales
-its short side to the target and crops the centre. Light on imports (numpy and pillow only): preparation runs it
-in worker processes that do not import JAX.
+its short side to the target and crops the centre. Preparation runs it on a thread per core: pillow releases the
+GIL while it decodes and resizes.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-RESAMPLE = Image.Resampling.BICUBIC  # with pillow's antialiasing when shrinking
+RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking, as torchvision's Resize on PIL images
 
 
 def fit(image: Image.Image, size: int, grayscale: bool = False) -> tuple[np.ndarray, bool]:

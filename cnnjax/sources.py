@@ -4,10 +4,10 @@ the training split's per-channel mean and std, sealed), which both pipelines rea
 
 A folder holds one subdirectory per class (``PATH/cat/*.jpg``), or ``PATH/train/<class>/`` and
 ``PATH/test/<class>/``; without a test folder a seeded, stratified ``TEST_FRACTION`` of each class is held out.
-Images are decoded by pillow in worker processes (``images.decode``), their short side scaled to the run's image
-size and the centre cropped. Preparation writes into ``<arrays>.partial`` chunk by chunk, so an interrupted one
-resumes where it stopped; the arrays record the source's fingerprint (each file's size and modification time),
-and a source that changed is prepared anew.
+Images are decoded by pillow on a thread per core (``images.decode``; pillow releases the GIL while it decodes
+and resizes), their short side scaled to the run's image size and the centre cropped. Preparation writes into
+``<arrays>.partial`` chunk by chunk, so an interrupted one resumes where it stopped; the arrays record the
+source's fingerprint (each file's size and modification time), and a source that changed is prepared anew.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
-import multiprocessing
 import os
 import shutil
 import time
@@ -33,7 +32,8 @@ KINDS = ('folder', 'npz')
 TEST_FRACTION = 0.2  # a folder without a test folder: the share of each class held out for testing
 SPLIT_SEED = 0  # the held-out test split and the training order do not move with config.seed
 DEFAULT_SIZE = 224  # folder images: the side they are fitted to when --config.data.image_size is 0
-CHUNK = 512  # images decoded between two saves of a preparation's progress
+CHUNK = 512  # the most images decoded between two saves of a preparation's progress
+CHUNK_BYTES = 24 << 20  # ... and at most this many bytes of them, which the preparing process holds at once
 SKIPPED_NAMED = 5  # bad files named in the log (all are counted)
 PROGRESS_EVERY_S = 10.0
 
@@ -163,8 +163,6 @@ def list_folder(root: str) -> Listing:
 # ---------------------------------------------------------------------------------------------------------
 # Preparing a folder: decode in worker processes, resumably, into the arrays.
 
-def _decode_chunk(paths: Sequence[str], size: int, grayscale: bool) -> list[tuple[np.ndarray | None, bool, str]]:
-  return [images.decode(p, size, grayscale) for p in paths]
 
 
 class _Progress:
@@ -199,45 +197,70 @@ def prepare_folder(name: str, listing: Listing, directory: str, size: int, grays
   channels = 1 if grayscale else 3
   total = sum(len(v) for v in listing.items.values())
   progress = _Progress(name, total, sum(state['done'].values()))
-  context = multiprocessing.get_context('spawn')  # workers import pillow, not JAX
-  with concurrent.futures.ProcessPoolExecutor(os.cpu_count(), mp_context=context) as pool:
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count(), thread_name_prefix='cnnjax-decode') as pool:
     for split, paths in listing.items.items():
-      shape = (len(paths), size, size, channels)
-      out_path = os.path.join(partial, f'{split}.raw.npy')
-      mode = 'r+' if os.path.exists(out_path) else 'w+'
-      out = np.lib.format.open_memmap(out_path, mode=mode, dtype=np.uint8, shape=shape)
-      valid_path = os.path.join(partial, f'{split}.valid.npy')
-      valid = np.lib.format.open_memmap(valid_path, mode=mode, dtype=bool, shape=(len(paths),))
-      for start in range(state['done'][split], len(paths), CHUNK):
-        chunk = paths[start:start + CHUNK]
-        pieces = [chunk[i::os.cpu_count()] for i in range(os.cpu_count())]
-        decoded = list(pool.map(_decode_chunk, pieces, [size] * len(pieces), [grayscale] * len(pieces)))
-        for offset, (array, upscaled, why) in enumerate(_interleave(decoded, len(chunk))):
-          valid[start + offset] = array is not None
+      out = Rows(os.path.join(partial, f'{split}.raw.npy'), (len(paths), size, size, channels))
+      step = min(CHUNK, max(1, CHUNK_BYTES // (size * size * channels)))
+      for start in range(state['done'][split], len(paths), step):
+        chunk = paths[start:start + step]
+        rows = np.zeros((len(chunk), size, size, channels), np.uint8)
+        for offset, (array, upscaled, why) in enumerate(pool.map(lambda p: images.decode(p, size, grayscale), chunk)):
           if array is None:
-            state['bad'].append([os.path.relpath(chunk[offset], path_of(name)), why])
+            state['bad'].append([split, start + offset, os.path.relpath(chunk[offset], path_of(name)), why])
           else:
-            out[start + offset] = array
+            rows[offset] = array  # each decoded image is dropped once copied in
             state['upscaled'] += upscaled
-        out.flush()
-        valid.flush()
+        out.write(start, rows)
+        out.sync()
         state['done'][split] = start + len(chunk)
-        files.write_json(state_file, state)
+        files.write_json(state_file, state)  # after the rows are on disk: a resumed run trusts them
         progress(sum(state['done'].values()))
-      del out, valid
+      out.close()
   _finish(name, listing, partial, directory, state)
 
 
-def _interleave(pieces: list[list], count: int) -> list:
-  """The inverse of splitting a list into ``pieces[i] = items[i::len(pieces)]``."""
-  return [pieces[i % len(pieces)][i // len(pieces)] for i in range(count)]
+class Rows:
+  """An .npy file of fixed shape [N, ...] (uint8) written and read a few rows at a time with positioned reads
+  and writes, not memory-mapped, so that its rows never count towards this process's memory; an existing file of
+  that shape is opened as it is (a resumed preparation's)."""
+
+  def __init__(self, path: str, shape: tuple[int, ...]):
+    header = {'descr': np.lib.format.dtype_to_descr(np.dtype(np.uint8)), 'fortran_order': False, 'shape': shape}
+    self.row_bytes = int(np.prod(shape[1:]))
+    self.shape = shape
+    if not os.path.exists(path):
+      with open(path, 'wb') as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.truncate(f.tell() + shape[0] * self.row_bytes)
+    with open(path, 'rb') as f:
+      np.lib.format.read_magic(f)
+      np.lib.format.read_array_header_1_0(f)
+      self.offset = f.tell()
+    self.fd = os.open(path, os.O_RDWR)
+
+  def write(self, start: int, rows: np.ndarray) -> None:
+    os.pwrite(self.fd, memoryview(np.ascontiguousarray(rows, np.uint8)).cast('B'),
+              self.offset + start * self.row_bytes)  # no copy of a contiguous array
+
+  def read(self, index: Sequence[int]) -> np.ndarray:
+    rows = np.empty((len(index), *self.shape[1:]), np.uint8)
+    flat = rows.reshape(len(index), -1)
+    for k, i in enumerate(index):
+      os.preadv(self.fd, [memoryview(flat[k])], self.offset + int(i) * self.row_bytes)  # straight into ``rows``
+    return rows
+
+  def sync(self) -> None:
+    os.fsync(self.fd)
+
+  def close(self) -> None:
+    os.close(self.fd)
 
 
 def _finish(name: str, listing: Listing, partial: str, directory: str, state: dict) -> None:
   """Drops the bad files' rows, computes the training split's statistics, writes info.json, seals, and moves
   the arrays into ``directory``."""
   if state['bad']:
-    named = '; '.join(f'{p} ({why})' for p, why in state['bad'][:SKIPPED_NAMED])
+    named = '; '.join(f'{p} ({why})' for _, _, p, why in state['bad'][:SKIPPED_NAMED])
     more = ', ...' if len(state['bad']) > SKIPPED_NAMED else ''
     logging.warning('Skipped %d file(s) of %s that pillow cannot read as images (not images, or cut short): %s%s.',
                     len(state['bad']), name, named, more)
@@ -247,25 +270,28 @@ def _finish(name: str, listing: Listing, partial: str, directory: str, state: di
   out = f'{directory}.tmp-{os.getpid()}'
   shutil.rmtree(out, ignore_errors=True)
   os.makedirs(out)
-  counts = {}
-  for split in listing.items:
-    valid = np.load(os.path.join(partial, f'{split}.valid.npy'))
-    raw = np.load(os.path.join(partial, f'{split}.raw.npy'), mmap_mode='r')
-    kept = np.flatnonzero(valid)
+  counts, histograms, shape = {}, None, None
+  side, channels = state['key']['size'], 1 if state['key']['grayscale'] else 3
+  for split, paths in listing.items.items():
+    bad = {i for s, i, *_ in state['bad'] if s == split}
+    kept = np.array([i for i in range(len(paths)) if i not in bad], np.int64)
     labels = listing.labels[split][kept]
     missing = sorted(set(range(len(listing.classes))) - set(labels.tolist()))
     if missing:
       raise DataError(f'no readable image of class {", ".join(listing.classes[i] for i in missing)} in the {split} '
                       f'split of {name}; add images that pillow reads')
-    images_out = np.lib.format.open_memmap(os.path.join(out, f'{split}.image.npy'), mode='w+', dtype=np.uint8,
-                                           shape=(len(kept), *raw.shape[1:]))
-    for start in range(0, len(kept), CHUNK):  # chunk by chunk: the images are never held twice in memory
-      images_out[start:start + CHUNK] = raw[kept[start:start + CHUNK]]
-    images_out.flush()
+    raw = Rows(os.path.join(partial, f'{split}.raw.npy'), (len(paths), side, side, channels))
+    images_out = Rows(os.path.join(out, f'{split}.image.npy'), (len(kept), side, side, channels))
+    for start in range(0, len(kept), STATS_CHUNK):  # a few rows at a time: never the images twice in memory
+      rows = raw.read(kept[start:start + STATS_CHUNK])
+      images_out.write(start, rows)
+      if split == 'train':
+        histograms = pixel_counts(rows, histograms)
+    raw.close()
+    images_out.close()
     np.save(os.path.join(out, f'{split}.label.npy'), labels)
-    counts[split] = len(kept)
-    del images_out, raw
-  write_info(out, listing.classes, counts, np.load(os.path.join(out, 'train.image.npy'), mmap_mode='r'),
+    counts[split], shape = len(kept), (side, side, channels)
+  write_info(out, listing.classes, counts, shape, *stats_of(histograms),
              {'kind': 'folder', 'path': path_of(name), 'fingerprint': listing.fingerprint,
               'compared': 'each file\'s path, size and modification time'},
              skipped=len(state['bad']))
@@ -275,25 +301,35 @@ def _finish(name: str, listing: Listing, partial: str, directory: str, state: di
   shutil.rmtree(partial, ignore_errors=True)
 
 
-def channel_stats(images_u8: np.ndarray) -> tuple[list[float], list[float]]:
-  """Per-channel mean and std of pixel values in [0, 1] over ``images_u8`` [N, H, W, C], read in chunks."""
+STATS_CHUNK = 64  # images counted at a time for the statistics
+
+
+def pixel_counts(images_u8: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+  """``counts`` (channels x 256, int64; None: zeros) plus each channel's histogram of ``images_u8`` [N, H, W, C],
+  counted STATS_CHUNK images at a time."""
   channels = images_u8.shape[-1]
-  total, squares, count = np.zeros(channels), np.zeros(channels), 0
-  for start in range(0, len(images_u8), CHUNK):
-    x = np.asarray(images_u8[start:start + CHUNK], np.float64).reshape(-1, channels) / 255.0
-    total += x.sum(0)
-    squares += (x * x).sum(0)
-    count += len(x)
-  mean = total / count
-  return mean.round(6).tolist(), np.sqrt(np.maximum(squares / count - mean**2, 1e-12)).round(6).tolist()
+  counts = np.zeros((channels, 256), np.int64) if counts is None else counts
+  for start in range(0, len(images_u8), STATS_CHUNK):
+    chunk = np.asarray(images_u8[start:start + STATS_CHUNK])
+    for c in range(channels):
+      counts[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
+  return counts
 
 
-def write_info(directory: str, classes: Sequence[str], counts: dict[str, int], train_images: np.ndarray,
-               source: dict[str, Any], **extra: Any) -> None:
+def stats_of(counts: np.ndarray) -> tuple[list[float], list[float]]:
+  """Per-channel mean and std of pixel values in [0, 1] from their histograms (``pixel_counts``): exact."""
+  values = np.arange(256) / 255.0
+  total = counts.sum(1)
+  mean = counts @ values / total
+  variance = counts @ values**2 / total - mean**2
+  return mean.round(6).tolist(), np.sqrt(np.maximum(variance, 0.0)).round(6).tolist()
+
+
+def write_info(directory: str, classes: Sequence[str], counts: dict[str, int], image_shape: Sequence[int],
+               mean: Sequence[float], std: Sequence[float], source: dict[str, Any], **extra: Any) -> None:
   """info.json of prepared arrays: the features as the task heads read them, the splits' sizes, the classes, the
   training images' per-channel mean and std, and where they came from."""
-  mean, std = channel_stats(train_images)
-  features = {'image': {'shape': list(train_images.shape[1:]), 'num_classes': None},
+  features = {'image': {'shape': list(image_shape), 'num_classes': None},
               'label': {'shape': [], 'num_classes': len(classes)}}
   files.write_json(os.path.join(directory, 'info.json'),
                    {'features': features, 'num_examples': counts, 'classes': list(classes), 'mean': mean, 'std': std,
@@ -394,7 +430,7 @@ def prepare_npz(name: str, directory: str, size: int) -> None:
   out = f'{directory}.tmp-{os.getpid()}'
   shutil.rmtree(out, ignore_errors=True)
   os.makedirs(out)
-  counts, labels = {}, {}
+  counts, labels, histograms = {}, {}, None
   with np.load(path) as archive:
     for split in ('train', 'test'):
       x, said = _npz_images(archive[f'x_{split}'], layout, path)
@@ -405,12 +441,12 @@ def prepare_npz(name: str, directory: str, size: int) -> None:
       if said and split == 'train':
         logging.info('%s: %s.', name, '; '.join(said))
       np.save(os.path.join(out, f'{split}.image.npy'), x)
-      counts[split] = len(x)
+      counts[split], shape = len(x), x.shape[1:]
+      histograms = pixel_counts(x) if split == 'train' else histograms
   num_classes = int(max(labels['train'].max(initial=0), labels['test'].max(initial=0))) + 1
   for split, y in labels.items():
     np.save(os.path.join(out, f'{split}.label.npy'), y)
-  write_info(out, [str(c) for c in range(num_classes)], counts,
-             np.load(os.path.join(out, 'train.image.npy'), mmap_mode='r'),
+  write_info(out, [str(c) for c in range(num_classes)], counts, shape, *stats_of(histograms),
              {'kind': 'npz', 'path': path, 'fingerprint': fingerprint([path]),
               'compared': 'the file\'s size and modification time'})
   files.seal(out)

@@ -89,42 +89,25 @@ def test_train_and_test_folders_and_grayscale(config, tmp_path):
 def test_an_interrupted_preparation_resumes_where_it_stopped(pets, tmp_path, monkeypatch):
   listing = sources.list_folder(str(pets))
   monkeypatch.setattr(sources, 'CHUNK', 4)
-  calls = []
-  real = sources._decode_chunk
+  calls, real = [], sources.images.decode
 
-  def dying(paths, size, grayscale):
-    calls.append(len(paths))
-    if len(calls) == 3:
+  def dying(path, size, grayscale=False):
+    calls.append(path)
+    if len(calls) == 6:
       raise KeyboardInterrupt  # the user stops it in its second chunk
-    return real(paths, size, grayscale)
-  monkeypatch.setattr(sources, '_decode_chunk', dying)
-  monkeypatch.setattr(sources.concurrent.futures, 'ProcessPoolExecutor', _InlinePool)
+    return real(path, size, grayscale)
+  monkeypatch.setattr(sources.images, 'decode', dying)
   with pytest.raises(KeyboardInterrupt):
     sources.prepare_folder('folder:pets', listing, str(tmp_path / 'arrays'), 16, False)
   progress = json.loads((tmp_path / 'arrays.partial' / 'progress.json').read_text())
   assert progress['done']['train'] == 4 and not (tmp_path / 'arrays').exists()
-  monkeypatch.setattr(sources, '_decode_chunk', real)
+  monkeypatch.setattr(sources.images, 'decode', real)
   sources.prepare_folder('folder:pets', listing, str(tmp_path / 'arrays'), 16, False)
   fresh = tmp_path / 'fresh'
   sources.prepare_folder('folder:pets', listing, str(fresh), 16, False)
   for name in ('train.image.npy', 'train.label.npy', 'test.image.npy'):
     np.testing.assert_array_equal(np.load(tmp_path / 'arrays' / name), np.load(fresh / name))
   assert not (tmp_path / 'arrays.partial').exists()
-
-
-class _InlinePool:
-  """ProcessPoolExecutor's map, in this process (so that a test can make a worker fail)."""
-  def __init__(self, *args, **kwargs):
-    pass
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
-
-  def map(self, fn, *iterables):
-    return [fn(*args) for args in zip(*iterables, strict=True)]
 
 
 @pytest.mark.parametrize('layout,message', [
