@@ -1,7 +1,8 @@
-r"""The host pipeline's loader, measured: tf.data (what `--config.data.pipeline=host` uses, as it ships) against
-grain over TFDS's array_record data source, both delivering Fashion-MNIST training batches (shuffled, normalised,
-float32 [batch, 28, 28, 1]) with no train step, in one process, arms alternating window by window, after one
-warm-up epoch each (tf.data's cache filled).
+r"""The host pipeline's loader, measured: the prepared arrays, memory-mapped and gathered in the device
+pipeline's order (what `--config.data.pipeline=host` uses), against tf.data over the TFDS files (the host
+pipeline before the arrays) and grain over TFDS's array_record data source, each delivering Fashion-MNIST
+training batches (shuffled, raw uint8 [batch, 28, 28, 1]; the step normalises) with no train step, in one
+process, arms alternating window by window, after one warm-up epoch each (tf.data's cache filled).
 
   pip install grain
   python benchmarks/host_loaders.py --out=results/host_loaders/cpu.json
@@ -31,10 +32,14 @@ flags.DEFINE_string('out', None, 'Write the results here as JSON.')
 FLAGS = flags.FLAGS
 
 
-def tf_data_batches(config):
-  """The host pipeline's training batches, as a run draws them."""
-  from cnnjax import train
-  return train.setup(apply_overrides(config, {'data.pipeline': 'host'}), FLAGS.data_dir).pipeline.train_batches()
+def host_batches(config, tf_data: bool = False):
+  """The host pipeline's training batches, as a run draws them; ``tf_data``: tf.data's over the TFDS files."""
+  from cnnjax import data, heads, pipelines, train
+  run = train.setup(apply_overrides(config, {'data.pipeline': 'host'}), FLAGS.data_dir)
+  if tf_data:
+    return pipelines.HostPipeline(run.config, run.spec, data.prepare(run.config.data, FLAGS.data_dir),
+                                  heads.get_head(run.config.head), run.backend).train_batches()
+  return run.pipeline.train_batches()
 
 
 def grain_batches(config, data_dir: str):
@@ -58,7 +63,7 @@ def main(argv):
   from cnnjax import stamp
   config = apply_overrides(load_experiment('fashion_mnist').get_config(), {'batch_size': FLAGS.batch_size})
   with tempfile.TemporaryDirectory(prefix='cnnjax-grain-') as grain_dir:
-    arms = {'tf.data (host pipeline)': tf_data_batches(config),
+    arms = {'arrays (host pipeline)': host_batches(config), 'tf.data (TFDS files)': host_batches(config, True),
             'grain (array_record)': grain_batches(config, grain_dir)}
     epoch = 60_000 // FLAGS.batch_size
     for batches in arms.values():  # one epoch each: tf.data fills its cache, grain its page cache

@@ -32,16 +32,10 @@ Target = Callable[[dict], tf.Tensor]
 
 
 def _resize(config: ml_collections.ConfigDict, spec: data.DatasetSpec) -> Callable[[dict], dict]:
-  """example -> the example with its image at the run's size: float32 on the 0-255 scale for a dataset of
-  varying sizes (resized), else the stored uint8 image untouched."""
+  """example -> the example with its image resized to the run's size, float32 on the 0-255 scale (for a dataset
+  of varying sizes; others keep their stored uint8 images)."""
   size = data.image_size(config.data)
-
-  def fn(ex: dict) -> dict:
-    if spec.image_size == 0:
-      return {**ex, 'image': tf.image.resize(tf.cast(ex['image'], tf.float32), (size, size), antialias=True)}
-    return ex
-
-  return fn
+  return lambda ex: {**ex, 'image': tf.image.resize(tf.cast(ex['image'], tf.float32), (size, size), antialias=True)}
 
 
 Shard = tuple[int, int]  # (this process's index, number of processes)
@@ -62,8 +56,10 @@ def _source(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
   return ds.cache() if config.data.cache else ds
 
 
-def _position(n: tf.Tensor, shard: Shard) -> tf.Tensor:
-  """The stream position (uint32, modulo 2**32) of this process's ``n``-th training example."""
+def _positions(i: tf.Tensor, batch: int, shard: Shard) -> tf.Tensor:
+  """The stream positions (uint32, modulo 2**32) of this process's ``i``-th batch of ``batch`` examples: its n-th
+  example overall is n * processes + process."""
+  n = i * batch + tf.range(batch, dtype=tf.int64)
   return tf.cast(tf.math.floormod(n * shard[1] + shard[0], 2**32), tf.uint32)
 
 
@@ -101,9 +97,11 @@ def train_iterator(config: ml_collections.ConfigDict, spec: data.DatasetSpec, bu
   shard = shard or process_shard()
   batch = config.batch_size // shard[1]
   ds = _source(config, builder, target, data.splits(config.data, builder).train, drop_remainder=True, shard=shard)
-  ds = ds.repeat().shuffle(config.data.shuffle_buffer, seed=config.seed).enumerate().skip(start_step * batch)
-  ds = ds.map(lambda n, ex: {**ex, 'position': _position(n, shard)})
-  ds = ds.map(_resize(config, spec), num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
+  ds = ds.repeat().shuffle(config.data.shuffle_buffer, seed=config.seed).skip(start_step * batch)
+  if spec.image_size == 0:
+    ds = ds.map(_resize(config, spec), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True).enumerate(start_step)
+  ds = ds.map(lambda i, b: {**b, 'position': _positions(i, batch, shard)}, num_parallel_calls=tf.data.AUTOTUNE)
   ds = _device_batches(ds, num_devices)
   return iter(tfds.as_numpy(ds.prefetch(config.data.prefetch).with_options(_options())))
 
@@ -121,7 +119,8 @@ def eval_batches(config: ml_collections.ConfigDict, spec: data.DatasetSpec, buil
   index, count = process_shard()
   batch = config.eval_batch_size // count
   ds = _source(config, builder, target, split, drop_remainder=False, shard=(index, count))
-  ds = ds.map(_resize(config, spec), num_parallel_calls=tf.data.AUTOTUNE)
+  if spec.image_size == 0:
+    ds = ds.map(_resize(config, spec), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: {**ex, 'mask': tf.constant(True)})
   ds = ds.padded_batch(batch).map(lambda b: _pad_to(b, batch))
   if count > 1:
