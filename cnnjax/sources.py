@@ -40,6 +40,8 @@ PROGRESS_EVERY_S = 10.0
 
 def kind(name: str) -> str | None:
   """'folder' or 'npz' for a ``folder:PATH`` or ``npz:PATH`` name, else None (a built-in or TFDS dataset)."""
+  if not isinstance(name, str):
+    return None  # not a name at all: the look-up of the built-in datasets refuses it
   prefix, sep, _ = name.partition(':')
   return prefix if sep and prefix in KINDS else None
 

@@ -39,7 +39,7 @@ OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 
 ADDED_FIELDS = {'optimizer.ema_decay': 0.0, 'eval_translate': 0, 'model.norm_scale': True,
                 'model.conv_init': 'lecun_normal', 'model.kernel_sizes': (), 'model.pool_padding': 'VALID',
                 'model.pool_blocks': (), 'model.block_dropout': 0.0, 'model.dense_norm': 'none',
-                'optimizer.dense_max_norm': 0.0}
+                'optimizer.dense_max_norm': 0.0, 'data.grayscale': False}
 _HELD: set[str] = set()  # the lock files this process holds
 
 

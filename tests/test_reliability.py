@@ -303,6 +303,7 @@ VALID = {
     'analysis.invariance_shifts': {0}, 'baseline_point': set(), 'batch_size': set(), 'checkpoint_every_steps': set(),
     'cpu_speedups': set(), 'data.augment_crop': {True}, 'data.augment_flip': {True}, 'data.cache': {True},
     'data.crop_padding': {0}, 'data.download_timeout_s': {0.5}, 'data.image_size': {0}, 'data.name': set(),
+    'data.grayscale': set(),  # True: only a folder's images are converted
     'data.positive_class': {0}, 'data.prefetch': set(), 'data.random_erasing': {0, 0.5},
     'data.regression_target': {'abc'},  # a feature name; the regression head refuses one its dataset lacks
     'data.pipeline': set(), 'data.shuffle_buffer': set(), 'data.source_dir': set(), 'data.val_fraction': {0, 0.5},
