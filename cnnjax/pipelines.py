@@ -1,4 +1,4 @@
-"""How data enters a run: ``Pipeline``, the one interface of the host (tf.data) and device pipelines, and
+"""How data enters a run: ``Pipeline``, the one interface of the host and device pipelines, and
 ``build``, the one place where a run's pipeline is chosen and made.
 
 A pipeline answers what the loop asks of data: what each train call takes (``train_inputs``), how a pure step of
@@ -33,8 +33,8 @@ class Pipeline(Protocol):
   """What a run's loop, sweep and benchmarks ask of its data, whichever pipeline holds it.
 
   Attributes:
-    name: 'host' (tf.data batches fed to each call) or 'device' (the splits on every device; each step makes its
-      own batch).
+    name: 'host' (a batch made on the host fed to each call) or 'device' (the splits on every device; each step
+      makes its own batch).
     features: the dataset's features (name -> shape and classes), as the task heads read them.
     num_examples: TFDS split name -> examples.
     classes: the class names, where the dataset has them (a user's folder: its folder names).
