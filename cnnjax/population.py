@@ -16,7 +16,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from cnnjax import checkpointing, data, files, loop, parallel, steps, train, workdirs, writers
+from cnnjax import checkpointing, files, loop, parallel, steps, train, workdirs, writers
 from cnnjax.errors import ConfigError
 
 
@@ -64,15 +64,11 @@ def train_population(configs: list[ml_collections.ConfigDict], member_workdirs: 
                                   run.config.skip_nonfinite, lambda ms: jax.tree.map(parallel.gathered, ms),
                                   summary=loop.log_population)
       progress = writers.Progress(run.config.num_train_steps, run.config.log_every_steps, writer, start_step)
-      periodic = loop.Evaluation(run, 'val' if _has_val(run) else 'test', writer, members=len(configs))
+      periodic = loop.Evaluation(run, train.periodic_split(run), writer, members=len(configs))
       hooks = [lambda at, *_: progress(at.step), metrics, periodic, loop.checkpoint(checkpoints, run.backend)]
       state = loop.train(run, run.backend.from_checkpoint(state), start_step, hooks, preemption, workdir)
       _save_members(run, member_dirs, run.backend.to_checkpoint(state), metrics.dropped)
   return PopulationResult(tuple(i not in metrics.dropped for i in range(len(configs))), start_step)
-
-
-def _has_val(run: train.Run) -> bool:
-  return data.split_sizes(run.config.data, run.pipeline.num_examples)[1] > 0
 
 
 def _drop(run: train.Run, writer: writers.MemberWriters) -> loop.NonFinitePolicy:

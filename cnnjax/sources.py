@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -72,11 +73,13 @@ def check_path(name: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Listing:
   """A source's examples, in the order they are written: per split the files (folder) or row indices (npz), and
-  their labels; the class names; and the source's fingerprint."""
+  their labels; the class names; the source's fingerprint; and whether the test split was held out of the
+  training files (no test folder)."""
   classes: tuple[str, ...]
   items: dict[str, list[Any]]  # split -> files (folder) or row indices (npz)
   labels: dict[str, np.ndarray]
   fingerprint: str
+  held_out: bool = False
 
 
 def _class_dirs(root: str) -> dict[str, str]:
@@ -150,7 +153,8 @@ def list_folder(root: str) -> Listing:
   split_files = {split: [(f, classes.index(c)) for c, found in by_class.items() for f in found]
                  for split, by_class in layout.items()}
   every = [f for pairs in split_files.values() for f, _ in pairs]
-  if 'test' not in split_files:
+  held_out = 'test' not in split_files
+  if held_out:
     pairs = split_files['train']
     test = _held_out(np.array([label for _, label in pairs]))
     split_files = {'train': [p for p, t in zip(pairs, test, strict=True) if not t],
@@ -159,7 +163,7 @@ def list_folder(root: str) -> Listing:
   split_files['train'] = [split_files['train'][i] for i in order]
   return Listing(classes, {s: [f for f, _ in pairs] for s, pairs in split_files.items()},
                  {s: np.array([label for _, label in pairs], np.int32) for s, pairs in split_files.items()},
-                 fingerprint(every))
+                 fingerprint(every), held_out)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -345,11 +349,20 @@ NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
 
 
 def npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  """Each array's (shape, dtype) in the .npz file, read from the headers only.
+  """Each array's (shape, dtype) in the .npz file, read from the headers only, once per version of the file
+  (the dataset's spec asks for them at every look-up).
 
   Raises:
     DataError for a file that is not an .npz archive or lacks one of NPZ_KEYS.
   """
+  stat = os.stat(path)
+  return _npz_headers(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _npz_headers(path: str, size: int, mtime_ns: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """``npz_headers`` of ``path`` as it is at (``size``, ``mtime_ns``), which key the cache."""
+  del size, mtime_ns
   import zipfile
   try:
     with zipfile.ZipFile(path) as archive:
@@ -477,17 +490,13 @@ def spec_fields(name: str, grayscale: bool) -> dict[str, Any]:
   return {'image_size': height if height == width else 0, 'channels': min(channels, 3)}
 
 
-def current_fingerprint(name: str) -> str:
-  """The source's fingerprint now (``fingerprint``)."""
-  path = check_path(name)
-  return list_folder(path).fingerprint if kind(name) == 'folder' else fingerprint([path])
-
-
 def prepare(data_config: ml_collections.ConfigDict, directory: str, size: int, prepared: dict | None) -> bool:
   """Prepares the source of ``config.data`` into ``directory`` unless ``prepared`` (the arrays' recorded source)
   matches it; True when it prepared. Processes sharing a data_dir prepare it once, under a lock."""
   name = data_config.name
-  now = current_fingerprint(name)
+  path = check_path(name)
+  listing = list_folder(path) if kind(name) == 'folder' else None  # listed once: the fingerprint and the files
+  now = listing.fingerprint if listing else fingerprint([path])
   if prepared and prepared.get('fingerprint') == now:
     return False
   if prepared:
@@ -499,9 +508,8 @@ def prepare(data_config: ml_collections.ConfigDict, directory: str, size: int, p
     if os.path.exists(info) and files.read_json(info, 'it is rewritten').get('source', {}).get('fingerprint') == now:
       return False  # another process prepared it meanwhile
     logging.info('Preparing %s into %s (once; a later run reuses it while the source is unchanged).', name, directory)
-    if kind(name) == 'folder':
-      listing = list_folder(path_of(name))
-      if not folder_layout(path_of(name)).get('test'):
+    if listing:
+      if listing.held_out:
         logging.info('%s has no test folder: %d of its %d files (%g of each class, seeded) are held out for testing.',
                      name, len(listing.items['test']), sum(len(v) for v in listing.items.values()), TEST_FRACTION)
       prepare_folder(name, listing, directory, size, bool(data_config.grayscale))

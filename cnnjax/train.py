@@ -375,9 +375,9 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
     files.write_json(os.path.join(workdir, records.DATA_FILE), data_record(run).to_json())
   with files.closing(*[m.close for m in (checkpoints, best) if m is not None], writer.flush, writer.close):
     num_params = log_setup(run)
-    has_val = data.split_sizes(config.data, run.pipeline.num_examples)[1] > 0
-    periodic = loop.Evaluation(run, 'val' if has_val else 'test', writer, best=best)  # what any selection sees
-    test = loop.Evaluation(run, 'test', writer) if has_val else None  # built before training, run once after it
+    periodic = loop.Evaluation(run, periodic_split(run), writer, best=best)  # what any selection sees
+    test = (loop.Evaluation(run, 'test', writer) if periodic.split != 'test'  # built before training, run once after
+            else None)
     progress = writers.Progress(config.num_train_steps, config.log_every_steps, writer, start_step)
     metrics = loop.TrainMetrics([writer], loop.stop_on_nonfinite(checkpoints), config.skip_nonfinite,
                                 loop.read_first_device)  # checked before any save
@@ -400,6 +400,11 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
     logging.info('Process %d: final params fingerprint %s', jax.process_index(),
                  params_fingerprint(variables['params']))
   return TrainResult({**eval_metrics, **final}, variables, start_step, run)
+
+
+def periodic_split(run: Run) -> str:
+  """The split the periodic evaluations (and any choice made on them) see: 'val', or 'test' without one."""
+  return 'val' if data.split_sizes(run.config.data, run.pipeline.num_examples)[1] > 0 else 'test'
 
 
 def data_record(run: Run) -> records.DataRecord:
