@@ -9,7 +9,8 @@ r"""Cats vs dogs at 224x224 from an image folder: a conv-ReLU-maxpool stack whos
 The folder holds a subfolder per class (Kaggle's PetImages/Cat and PetImages/Dog, with its unreadable files,
 which preparation skips and counts); each image's short side is scaled to 224 and its centre cropped, once, into
 --data_dir. Without a test folder, 20 % of each class is held out (seeded). `--analyze` prints the resolutions.
-What it shows on the generated folder: results/experiments/cats_vs_dogs_generated.json.
+What it shows on the generated folder: results/experiments/cats_vs_dogs_generated.json (its run records,
+no checkpoints: results/runs/cats_vs_dogs_generated/).
 """
 
 import ml_collections
