@@ -78,10 +78,10 @@ def main(argv: list[str]) -> None:
   sys.unraisablehook = _quiet_unraisable
   if not FLAGS.workdir and not (FLAGS.analyze or FLAGS.list_points):
     raise app.UsageError('--workdir is required (except with --analyze or --list_points)')
-  # TensorFlow (tf.data only) logs C++ notices twice per process: oneDNN's, and tf.data's note that a run shorter
-  # than an epoch did not read its cache whole. Neither is the user's to act on; errors still show. TensorFlow
-  # 2.21 prints oneDNN's notice whatever TF_CPP_MIN_LOG_LEVEL says, so its oneDNN kernels are turned off: here
-  # TensorFlow only decodes and casts images (JAX computes the model), which oneDNN does not change.
+  # TensorFlow (where TFDS prepares or reads tfrecord files) logs C++ notices, oneDNN's among them, which are not
+  # the user's to act on; errors still show. TensorFlow 2.21 prints oneDNN's notice whatever TF_CPP_MIN_LOG_LEVEL
+  # says, so its oneDNN kernels are turned off: here TensorFlow only reads and encodes records (JAX computes the
+  # model), which oneDNN does not change.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   from cnnjax import compiler

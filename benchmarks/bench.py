@@ -41,12 +41,10 @@ def synthetic_batch(run, batch_size: int) -> dict:
   of the dataset (class 0, size 0, ...), which costs the step what any target does."""
   import jax
   import numpy as np
-  import tensorflow as tf
 
-  from cnnjax import data
-  features = data.get_builder(run.config.data, FLAGS.data_dir).info.features
-  zeros = {k: tf.zeros([d or 1 for d in f.shape], f.tf_dtype) for k, f in features.items()}
-  target = np.asarray(run.head.target(features, run.config.data)(zeros))
+  features = run.pipeline.features
+  zeros = {k: np.zeros([1, *[d or 1 for d in f.shape]], np.int64) for k, f in features.items()}
+  target = np.asarray(run.head.target_array(features, run.config.data)(zeros))[0]
   n = jax.local_device_count()
   images = np.random.default_rng(0).normal(size=(n, batch_size // n, *run.info.image_shape)).astype(np.float32)
   return {'image': images, 'target': np.broadcast_to(target, (n, batch_size // n, *target.shape)).copy(),
@@ -199,7 +197,7 @@ def bench_batch(base_config, batch_size: int, peak: MatmulPeak) -> dict:
 
 
 def pipeline_stall(config, jx: JaxRunner, batch_size: int) -> dict:
-  """Throughput with the real tf.data pipeline (offline `shapes` at the model's image size, cut to the model's
+  """Throughput with the real host pipeline (offline `shapes` at the model's image size, cut to the model's
   channels) against the same steps on a device-resident batch."""
   import numpy as np
 

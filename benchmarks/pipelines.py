@@ -1,8 +1,9 @@
 r"""Where batches are made, measured: the same train step fed by the host pipeline (the prepared arrays,
-memory-mapped, gathered on a prefetching thread), by tf.data (the host pipeline it replaced for fixed-size
-images), by the device pipeline one step per call and several steps per call, and by one synthetic batch kept on
-the device (the step alone, the ceiling), in one process, arms alternating window by window; medians and ratios
-to the host pipeline.
+memory-mapped, gathered on a prefetching thread), by the device pipeline one step per call and several steps per
+call, and by one synthetic batch kept on the device (the step alone, the ceiling), in one process, arms
+alternating window by window; medians and ratios to the host pipeline. (The tf.data arm of the results measured at
+0efa554 was the host pipeline before the arrays; tf.data has since gone, and that commit's copy of this script
+reruns it.)
 
   python benchmarks/pipelines.py --out=results/pipelines/cpu.json               # fashion_mnist, batch 128
   python benchmarks/pipelines.py --experiment=shapes --out=/tmp/shapes.json
@@ -28,21 +29,12 @@ flags.DEFINE_string('out', None, 'Write the results here as JSON.')
 FLAGS = flags.FLAGS
 
 
-def _arm(config, data_dir, pipeline: str, steps_per_call: int, synthetic: bool = False, tf_data: bool = False):
-  """A function running n steps of the arm, blocking, compiled and warmed up; ``tf_data``: the host pipeline read
-  by tf.data from the TFDS files instead of the arrays."""
+def _arm(config, data_dir, pipeline: str, steps_per_call: int, synthetic: bool = False):
+  """A function running n steps of the arm, blocking, compiled and warmed up."""
   from timing import cnnjax_steps
 
-  from cnnjax import data, pipelines
   overrides = {'data.pipeline': pipeline, 'steps_per_dispatch': steps_per_call}
-  build = pipelines.build
-  if tf_data:  # the run's set-up as before the arrays: tf.data over the prepared TFDS builder
-    pipelines.build = lambda config, spec, head, backend, data_dir: pipelines.HostPipeline(
-        config, spec, data.prepare(config.data, data_dir), head, backend)
-  try:
-    steps, _ = cnnjax_steps(apply_overrides(config, overrides), data_dir, synthetic)
-  finally:
-    pipelines.build = build
+  steps, _ = cnnjax_steps(apply_overrides(config, overrides), data_dir, synthetic)
   steps(2 * steps_per_call)
   return steps
 
@@ -51,10 +43,7 @@ def main(argv):
   del argv
   from cnnjax import stamp
   config = FLAGS.config
-  from cnnjax import data
   arms = {'host (arrays)': _arm(config, FLAGS.data_dir, 'host', 1)}
-  if not data.get_spec(config.data).source:  # a TFDS dataset, which tf.data can read too
-    arms['host (tf.data)'] = _arm(config, FLAGS.data_dir, 'host', 1, tf_data=True)
   arms['synthetic batch on the device'] = _arm(config, FLAGS.data_dir, 'host', 1, synthetic=True)
   for k in map(int, FLAGS.steps_per_dispatch):
     arms[f'device, {k} step{"s" * (k > 1)} per call'] = _arm(config, FLAGS.data_dir, 'device', k)

@@ -74,9 +74,9 @@ def torch_pass(folder: str, size: int) -> tuple[float, int]:
   return time.perf_counter() - start, len(dataset)
 
 
-PREPARE = ('import sys; from cnnjax import sources; '
+PREPARE = ('import sys; from cnnjax import preparation, sources; '
            'listing = sources.list_folder(sys.argv[1]); '
-           'sources.prepare_folder("folder:" + sys.argv[1], listing, sys.argv[2], int(sys.argv[3]), False); '
+           'preparation.prepare(listing, sys.argv[2], int(sys.argv[3]), False); '
            'status = dict(line.split(":", 1) for line in open("/proc/self/status")); '
            'print(int(status["VmHWM"].split()[0]))')  # this program's own peak (ru_maxrss counts the parent's too)
 

@@ -8,9 +8,9 @@ torch.compile) on the same model, data, optimizer, schedule and batch, in one pr
 Every arm trains on all 60,000 training images (val_fraction=0) and evaluates the 10,000 test images after
 each epoch; an arm's seconds to target are the wall seconds from its start to the end of the first evaluation
 whose test accuracy reaches --target (training, evaluation and compilation included; data already prepared).
-cnnjax: train.train_and_evaluate with its tf.data pipeline (arm cnnjax) or its device pipeline (cnnjax_device:
-the data on the device, 10 steps per call), checkpoints and logging, in a fresh workdir, the evaluation times
-read from metrics.jsonl. PyTorch: benchmarks/torch_reference.py's mirror, data as in-memory
+cnnjax: train.train_and_evaluate with its host pipeline (arm cnnjax: the arrays read on the host) or its device
+pipeline (cnnjax_device: the data on the device, 10 steps per call), checkpoints and logging, in a fresh workdir,
+the evaluation times read from metrics.jsonl. PyTorch: benchmarks/torch_reference.py's mirror, data as in-memory
 arrays normalised as cnnjax's pipeline does, shuffled per epoch. Medians over --rounds rounds (each round runs
 every arm once); the JSON has every run. Needs torch (pip install torch).
 """

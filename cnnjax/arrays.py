@@ -1,11 +1,13 @@
-"""A prepared dataset's splits as arrays that numpy alone loads, for the device pipeline.
+"""A prepared dataset's splits as arrays that numpy alone loads, which both pipelines read.
 
-Each split of a prepared TFDS dataset of fixed-size images is written once to
+Each split of a built-in TFDS dataset (fixed-size images) is written once to
 DATA_DIR/cnnjax_arrays/<dataset>[-<image size>]/ as one ``<split>.<feature>.npy`` file per feature (images as
 uint8 [N, H, W, C], in the TFDS split's own order, the order the validation split is carved by) with
 ``info.json`` (each feature's shape and classes, each split's size), sealed by a manifest of checksums. Later
 runs check the seal and read the files with numpy alone: neither TensorFlow nor TensorFlow Datasets is
-imported. Processes that share a data_dir write them once, under a lock.
+imported. Processes that share a data_dir write them once, under a lock. Data whose images are decoded and fitted
+as they are prepared (a folder, an npz file, any TFDS dataset by name) is written in the same format by
+``sources`` and ``preparation``.
 """
 
 from __future__ import annotations
@@ -55,10 +57,13 @@ def location(data_config: ml_collections.ConfigDict, data_dir: str | None) -> st
   """Where the arrays of ``config.data`` live in ``data_dir``."""
   spec = data.get_spec(data_config)
   name = f'{data_config.name}-{data.image_size(data_config)}' if spec.sizes else data_config.name
-  if spec.source:  # a user's folder or file: its name, a digest of its path, and how it was fitted
+  if spec.source in ('folder', 'npz'):  # a user's folder or file: its name, a digest of its path, how it was fitted
     path = sources.path_of(data_config.name)
     digest = hashlib.sha256(path.encode()).hexdigest()[:8]
     name = (f'{spec.source}-{os.path.basename(path.rstrip(os.sep)) or "root"}-{digest}-{data.image_size(data_config)}'
+            + '-gray' * bool(data_config.grayscale))
+  elif spec.source:  # a TFDS dataset decoded and fitted: its name (a config's '/' as '.') and how it was fitted
+    name = (f'tfds-{sources.tfds_name(data_config.name).replace("/", ".")}-{data.image_size(data_config)}'
             + '-gray' * bool(data_config.grayscale))
   root = data_dir or os.environ.get('TFDS_DATA_DIR', DEFAULT_DATA_DIR)
   return os.path.join(os.path.expanduser(root), ARRAYS_DIR, name)
@@ -118,7 +123,7 @@ def _read_split(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.n
 
   if builder.info.file_format.value == 'array_record':
     source = builder.as_data_source(split)
-    examples = source.__getitems__(range(len(source)))
+    examples = [source[i] for i in range(len(source))]
     return {name: np.stack([e[name] for e in examples]) for name in builder.info.features}
   ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False,
                           read_config=tfds.ReadConfig(add_tfds_id=False))

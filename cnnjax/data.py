@@ -39,10 +39,7 @@ class DatasetSpec:
   Attributes:
     image_size: native side; 0 = images vary in size and are resized to config.data.image_size.
     channels: image channels.
-    mean, std: per-channel statistics of pixel values in [0, 1].
-    train_split: the TFDS split that training (and validation) examples come from.
-    test_split: the TFDS test split; None: the last ``test_fraction`` of ``train_split``.
-    test_fraction: see test_split.
+    mean, std: per-channel statistics of pixel values in [0, 1] (a ``source``'s are measured when it is prepared).
     offline: True: generated or shipped with a package, no download.
     sizes: (min, max) sides the dataset can be generated at; None: only its own.
     builder_config: the TFDS builder config for a generated side (datasets with ``sizes``).
@@ -50,15 +47,13 @@ class DatasetSpec:
       them (``--config.data.source_dir``).
     source_dir: the default of ``--config.data.source_dir`` ('' = none).
     install_hint: how to get the IDX files into ``source_dir`` on this kind of machine.
-    source: 'folder' or 'npz' for a user's data (``sources``), prepared straight into arrays; '' for TFDS.
+    source: 'folder', 'npz' or 'tfds' for data whose images are decoded and fitted when they are prepared
+      (``sources``), its statistics measured; '' for a built-in dataset that TFDS's arrays hold as they are.
   """
   image_size: int
   channels: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  train_split: str = 'train'
-  test_split: str | None = 'test'
-  test_fraction: float = 0.0
   offline: bool = False
   sizes: tuple[int, int] | None = None
   builder_config: Callable[[int], Any] | None = None
@@ -81,28 +76,16 @@ DATASETS: dict[str, DatasetSpec] = {
     'fashion_mnist': DatasetSpec(28, 1, (0.2860,), (0.3530,), idx=True, source_dir='/usr/share/datasets/fashion-mnist',
                                  install_hint='apt-get install -y dataset-fashion-mnist (as root)'),
     'cifar10': DatasetSpec(32, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'cats_vs_dogs': DatasetSpec(0, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), test_split=None,
-                                test_fraction=0.2),
+    'cats_vs_dogs': DatasetSpec(0, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), source='tfds'),  # no test split
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Splits:
-  """TFDS split strings of a run: train, validation (None when val_fraction is 0) and test."""
-  train: str
-  val: str | None
-  test: str
-
-
-def split_sizes(data_config: ml_collections.ConfigDict, num_examples: Mapping[str, int]) -> tuple[int, int, int]:
-  """(train, validation, test-from-train) example counts of the dataset's train split (``num_examples``: TFDS
-  split name -> examples), carved in its order: training first, then the last ``val_fraction`` (before the test
-  part, for datasets without a test split) is the validation split."""
-  spec = get_spec(data_config)
-  n = num_examples[spec.train_split]
-  n_test = 0 if spec.test_split else round(spec.test_fraction * n)
-  n_val = round(data_config.val_fraction * (n - n_test))
-  return n - n_test - n_val, n_val, n_test
+def split_sizes(data_config: ml_collections.ConfigDict, num_examples: Mapping[str, int]) -> tuple[int, int]:
+  """(train, validation) example counts of the arrays' train split (``num_examples``: split -> examples), carved
+  in its order: the last ``val_fraction`` is the validation split."""
+  n = num_examples['train']
+  n_val = round(data_config.val_fraction * n)
+  return n - n_val, n_val
 
 
 def num_examples(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
@@ -110,28 +93,13 @@ def num_examples(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
   return {name: split.num_examples for name, split in builder.info.splits.items()}
 
 
-def splits(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> Splits:
-  """The run's TFDS split strings, carved deterministically from the prepared builder's train split (see
-  ``split_sizes``)."""
-  spec = get_spec(data_config)
-  n_train, n_val, n_test = split_sizes(data_config, num_examples(builder))
-  end, name = n_train + n_val, spec.train_split
-  return Splits(train=f'{name}[:{n_train}]', val=f'{name}[{n_train}:{end}]' if n_val else None,
-                test=spec.test_split or f'{name}[{end}:]')
-
-
 PIPELINES = ('auto', 'host', 'device')
 DEVICE_MEMORY_SHARE = 0.25  # pipeline=auto: the device pipeline when the uint8 splits take at most this share
 
 
-def fits_device_pipeline(spec: DatasetSpec) -> bool:
-  """Whether the device pipeline can hold the dataset: images of one size and a test split of its own."""
-  return bool(spec.source or (spec.image_size and spec.test_split))
-
-
 def tensorflow_available() -> bool:
-  """Whether TensorFlow can be imported (without importing it): the host pipeline (tf.data) and TFDS's tfrecord
-  files need it; without it TFDS prepares and reads datasets as array_record files."""
+  """Whether TensorFlow can be imported (without importing it): TFDS's tfrecord files and its downloads need it;
+  without it TFDS prepares and reads datasets as array_record files."""
   try:
     return importlib.util.find_spec('tensorflow') is not None
   except (ImportError, ValueError):  # an import hook that refuses it; a module object without a spec
@@ -144,28 +112,18 @@ def file_format() -> str:
   return 'tfrecord' if tensorflow_available() else 'array_record'
 
 
-def check_host_pipeline(data_config: ml_collections.ConfigDict) -> None:
-  """Raises DataError, saying what to install, where tf.data must read a dataset (images of varying sizes)
-  without TensorFlow."""
-  if not tensorflow_available():
-    raise DataError(f'{data_config.name} has images of varying sizes, which tf.data reads and resizes, and tf.data '
-                    'needs TensorFlow: pip install tensorflow-cpu')
-
-
 def pipeline(data_config: ml_collections.ConfigDict, examples: Mapping[str, int]) -> str:
   """'host' (batches made on the host) or 'device' (the splits on every device; ``device_pipeline``) for
   ``--config.data.pipeline``:
-  auto is the device pipeline for images of one size whose uint8 splits (``examples``: split -> examples) take
-  at most DEVICE_MEMORY_SHARE of a local device's memory (the machine's for a CPU). In a multi-host run every
+  auto is the device pipeline where the uint8 splits (``examples``: split -> examples) take at most
+  DEVICE_MEMORY_SHARE of a local device's memory (the machine's for a CPU). In a multi-host run every
   process takes process 0's choice (hosts may differ in memory; the processes must agree)."""
   if data_config.pipeline != 'auto':
     return data_config.pipeline
-  choice = 'host'
-  if fits_device_pipeline(get_spec(data_config)):
-    size = sum(examples.values()) * int(np.prod(image_shape(data_config)))
-    stats = jax.local_devices()[0].memory_stats() or {}
-    memory = stats.get('bytes_limit') or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-    choice = 'device' if size <= DEVICE_MEMORY_SHARE * memory else 'host'
+  size = sum(examples.values()) * int(np.prod(image_shape(data_config)))
+  stats = jax.local_devices()[0].memory_stats() or {}
+  memory = stats.get('bytes_limit') or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  choice = 'device' if size <= DEVICE_MEMORY_SHARE * memory else 'host'
   if jax.process_count() > 1:
     choice = PIPELINES[int(multihost_utils.broadcast_one_to_all(np.int32(PIPELINES.index(choice))))]
   return choice
@@ -179,18 +137,19 @@ class DataInfo:
 
 
 def get_spec(data_config: ml_collections.ConfigDict | str) -> DatasetSpec:
-  """The DatasetSpec of ``config.data`` (or of a built-in dataset's name): a built-in dataset's, or a user's
-  folder or NumPy file's (``sources``; its mean and std are the prepared arrays', ``with_stats``)."""
+  """The DatasetSpec of ``config.data`` (or of a built-in dataset's name): a built-in dataset's, or a folder's,
+  NumPy file's or TFDS dataset's (``sources``; its mean and std are the prepared arrays', ``with_stats``)."""
   name = data_config if isinstance(data_config, str) else data_config.name
   from cnnjax import sources
   if sources.kind(name):
     grayscale = not isinstance(data_config, str) and bool(data_config.grayscale)
-    return DatasetSpec(mean=(0.5,), std=(0.25,), offline=True, source=sources.kind(name),
+    offline = sources.kind(name) != 'tfds' or DATASETS.get(sources.tfds_name(name), DATASETS['cifar10']).offline
+    return DatasetSpec(mean=(0.5,), std=(0.25,), offline=offline, source=sources.kind(name),
                        **sources.spec_fields(name, grayscale))
   try:
     return lookup('data.name', name, DATASETS)
   except ConfigError as e:
-    raise ConfigError(f'{e}, or folder:PATH or npz:PATH for your own data') from None
+    raise ConfigError(f'{e}, or folder:PATH, npz:PATH or tfds:NAME for other data') from None
 
 
 def with_stats(spec: DatasetSpec, mean: Sequence[float] | None, std: Sequence[float] | None) -> DatasetSpec:
@@ -224,27 +183,24 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   spec = get_spec(data_config)
   check_int('data.image_size', data_config.image_size, 0)
   check_bool('data.grayscale', data_config.grayscale)
-  if data_config.grayscale and spec.source != 'folder':
-    raise ConfigError(f'--config.data.grayscale=True converts the images of a folder: dataset; '
+  from cnnjax import sources
+  if data_config.grayscale and sources.kind(data_config.name) not in ('folder', 'tfds'):
+    raise ConfigError(f'--config.data.grayscale=True converts the images of a folder: or tfds: dataset; '
                       f'{data_config.name}\'s channels are its own: drop the flag')
   size = image_size(data_config)
   check_number('data.val_fraction', data_config.val_fraction, 0, 1, high_open=True,
                hint='0 = no validation split (evaluate on test)')
   check_number('data.random_erasing', data_config.random_erasing, 0, 1, hint='a probability; 0.5 is usual, 0 = off')
-  for flag in ('augment_flip', 'augment_crop', 'cache'):
+  for flag in ('augment_flip', 'augment_crop'):
     check_bool(f'data.{flag}', data_config[flag])
   check_int('data.crop_padding', data_config.crop_padding, 0)
   if data_config.crop_padding >= size:
     raise ConfigError(f'--config.data.crop_padding={data_config.crop_padding} must be smaller than the '
                       f'{size}-pixel image it pads by reflection')
-  check_int('data.shuffle_buffer', data_config.shuffle_buffer, 1)
   check_int('data.prefetch', data_config.prefetch, 1)
   check_number('data.download_timeout_s', data_config.download_timeout_s, 0, low_open=True)
   check_str('data.source_dir', data_config.source_dir)
   check_choice('data.pipeline', data_config.pipeline, PIPELINES)
-  if data_config.pipeline == 'device' and not fits_device_pipeline(spec):
-    raise ConfigError(f'--config.data.pipeline=device keeps a dataset of fixed-size images with its own test split '
-                      f'on the devices; {data_config.name} is not one: use --config.data.pipeline=host (or auto)')
   if data_config.source_dir and not spec.idx:
     idx_names = sorted(k for k, v in DATASETS.items() if v.idx)
     raise ConfigError(f'--config.data.source_dir is for datasets prepared from IDX files ({idx_names}); drop it '
@@ -262,16 +218,17 @@ def get_builder(data_config: ml_collections.ConfigDict, data_dir: str | None = N
                     f'preparing it needs TensorFlow Datasets ({e}); pip install tensorflow-datasets, '
                     'or prepare it once where they are installed (any run of it with --config.data.pipeline=device) '
                     'and bring that --data_dir') from None
+  from cnnjax import sources
   spec = get_spec(data_config)
   config = spec.builder_config(image_size(data_config)) if spec.builder_config else None
-  return tfds.builder(data_config.name, config=config, data_dir=data_dir)
+  return tfds.builder(sources.tfds_name(data_config.name), config=config, data_dir=data_dir)
 
 
 def features(data_config: ml_collections.ConfigDict, data_dir: str | None) -> Any:
   """The dataset's features (name -> shape and classes), without preparing it."""
   if get_spec(data_config).source:
     from cnnjax import sources
-    return sources.features(data_config, image_shape(data_config))
+    return sources.features(data_config, image_shape(data_config))  # without preparing it
   return get_builder(data_config, data_dir).info.features
 
 

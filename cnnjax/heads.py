@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,6 @@ from cnnjax.config import ConfigError, check_int, check_number, check_str, looku
 
 Metrics = dict[str, jax.Array]
 Features = dict  # a TFDS FeaturesDict: name -> feature (``builder.info.features``)
-Target = Callable[[dict], Any]  # a tf.data example -> its target (a tf.Tensor)
 TargetArray = Callable[[dict[str, np.ndarray]], np.ndarray]  # a split's feature arrays -> its targets [N, ...]
 
 
@@ -39,9 +37,8 @@ class Head:
       targets smoothed towards uniform by ``label_smoothing`` (``--config.label_smoothing``).
     metrics: ``(outputs, targets) -> {name: [B]}``, the loss among them.
     num_outputs: ``(features, data_config) -> int``, the model's output width.
-    target: ``(features, data_config) -> (example -> target)``, applied in the host input pipeline.
-    target_array: ``(features, data_config) -> (feature arrays -> targets)``, the same on a whole split's numpy
-      arrays, for the device pipeline.
+    target_array: ``(features, data_config) -> (feature arrays -> targets)``: a whole split's targets, from its
+      numpy arrays.
     check: ``(features, data_config) -> None``; raises ConfigError when the dataset cannot serve the task.
     select_by: (metric, sign): what every choice made on validation (learning rate, checkpoint) maximises
       (sign 1) or minimises (-1).
@@ -50,7 +47,6 @@ class Head:
   loss: Callable[..., jax.Array]
   metrics: Callable[[jax.Array, jax.Array], Metrics]
   num_outputs: Callable[[Features, ml_collections.ConfigDict], int]
-  target: Callable[[Features, ml_collections.ConfigDict], Target]
   target_array: Callable[[Features, ml_collections.ConfigDict], TargetArray]
   check: Callable[[Features, ml_collections.ConfigDict], None]
   select_by: tuple[str, int] = ('accuracy', 1)
@@ -58,12 +54,6 @@ class Head:
   def selection(self, prefix: str = 'val') -> tuple[str, int]:
     """('<prefix>_<metric>', sign) of ``select_by``, as the evaluations name it."""
     return f'{prefix}_{self.select_by[0]}', self.select_by[1]
-
-
-def _tf_target(fn: Callable[[Any, dict], Any]) -> Target:
-  """``example -> fn(tf, example)``: TensorFlow is imported only by the host pipeline, which calls this."""
-  import tensorflow as tf
-  return lambda ex: fn(tf, ex)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -87,7 +77,6 @@ def _has_labels(features: Features, data_config: ml_collections.ConfigDict) -> N
 
 MULTICLASS = Head('multiclass', _multiclass_loss, _multiclass_metrics,
                   num_outputs=lambda features, _: features['label'].num_classes,
-                  target=lambda features, _: _tf_target(lambda tf, ex: tf.cast(ex['label'], tf.int32)),
                   target_array=lambda features, _: lambda ex: ex['label'].astype(np.int32),
                   check=_has_labels)
 
@@ -105,15 +94,8 @@ def _binary_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
           'accuracy': ((logits[..., 0] > 0) == (labels > 0)).astype(jnp.float32)}
 
 
-def _binary_target(features: Features, data_config: ml_collections.ConfigDict) -> Target:
-  """Two classes: the label itself; more: label == positive_class."""
-  if features['label'].num_classes == 2:
-    return _tf_target(lambda tf, ex: tf.cast(ex['label'], tf.float32))
-  return _tf_target(lambda tf, ex: tf.cast(tf.equal(ex['label'], data_config.positive_class), tf.float32))
-
-
 def _binary_target_array(features: Features, data_config: ml_collections.ConfigDict) -> TargetArray:
-  """``_binary_target`` on arrays."""
+  """Two classes: the label itself; more: label == positive_class."""
   if features['label'].num_classes == 2:
     return lambda ex: ex['label'].astype(np.float32)
   return lambda ex: (ex['label'] == data_config.positive_class).astype(np.float32)
@@ -126,7 +108,7 @@ def _binary_check(features: Features, data_config: ml_collections.ConfigDict) ->
     raise ConfigError(f'--config.data.positive_class={data_config.positive_class} must be in [0, {num_classes})')
 
 
-BINARY = Head('binary', _binary_loss, _binary_metrics, num_outputs=lambda features, _: 1, target=_binary_target,
+BINARY = Head('binary', _binary_loss, _binary_metrics, num_outputs=lambda features, _: 1,
               target_array=_binary_target_array, check=_binary_check)
 
 
@@ -152,8 +134,6 @@ def _regression_check(features: Features, data_config: ml_collections.ConfigDict
 REGRESSION = Head(
     'regression', _regression_loss, _regression_metrics,
     num_outputs=lambda features, data_config: int(np.prod(features[data_config.regression_target].shape, dtype=int)),
-    target=lambda features, data_config: _tf_target(lambda tf, ex: tf.reshape(
-        tf.cast(ex[data_config.regression_target], tf.float32), [-1])),
     target_array=lambda features, data_config: lambda ex: ex[data_config.regression_target].astype(
         np.float32).reshape(len(ex[data_config.regression_target]), -1),
     check=_regression_check, select_by=('loss', -1))

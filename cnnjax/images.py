@@ -6,6 +6,8 @@ GIL while it decodes and resizes.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -27,11 +29,12 @@ def fit(image: Image.Image, size: int, grayscale: bool = False) -> tuple[np.ndar
   return (array[..., None] if grayscale else array), upscaled
 
 
-def decode(path: str, size: int, grayscale: bool = False) -> tuple[np.ndarray | None, bool, str]:
-  """(the fitted image or None, upscaled, why it failed: '' when it did not) of the file ``path``: a file that is
-  not an image, or is cut short, fails instead of raising, so that preparation can count and skip it."""
+def decode(source: str | bytes, size: int, grayscale: bool = False) -> tuple[np.ndarray | None, bool, str]:
+  """(the fitted image or None, upscaled, why it failed: '' when it did not) of ``source``, a file's path or an
+  encoded image's bytes (a TFDS record's): one that is not an image, or is cut short, fails instead of raising, so
+  that preparation can count and skip it."""
   try:
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
       image.load()  # decodes every byte now: a truncated file fails here, not later
       array, upscaled = fit(image, size, grayscale)
     return array, upscaled, ''

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import checkpointing, parallel, workdirs
+from cnnjax import budgets, checkpointing, parallel, workdirs
 from cnnjax.errors import NonFiniteLoss, Preempted
 
 Metrics, PyTree = dict[str, Any], Any
@@ -41,11 +41,12 @@ class Hook(Protocol):
 
 
 def chunk(step: int, most: int, config: ml_collections.ConfigDict) -> int:
-  """How many steps the call after ``step`` runs: ``most`` where the next log, eval or checkpoint step (or the
-  last one) is that far or farther, else 1, so that those happen exactly where they would one step at a time
-  and a run compiles two programs (``most`` steps and one step), not one per remainder."""
+  """How many steps the call after ``step`` runs: ``most`` where the next log, eval, checkpoint or budget branch
+  step (or the last one) is that far or farther, else 1, so that those happen exactly where they would one step
+  at a time and a run compiles two programs (``most`` steps and one step), not one per remainder."""
   every = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
-  boundary = min([config.num_train_steps] + [(step // n + 1) * n for n in every])
+  branches = [s for s in budgets.branch_steps(config) if s > step]
+  boundary = min([config.num_train_steps] + [(step // n + 1) * n for n in every] + branches)
   return most if boundary - step >= most else 1
 
 

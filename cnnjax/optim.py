@@ -16,7 +16,7 @@ from cnnjax.errors import ConfigError
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
 DECAYING = ('adamw',)  # the optimizers that apply optimizer.weight_decay
-SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant', 'triangular')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'warmup_constant', 'triangular', 'wsd')
 MAX_SKIPPED_STEPS = 100  # skip_nonfinite: after this many consecutive non-finite steps, updates apply again
 
 
@@ -28,6 +28,8 @@ def validate(opt: ml_collections.ConfigDict) -> None:
                hint='e.g. --config.optimizer.learning_rate=0.001')
   check_number('optimizer.momentum', opt.momentum, 0, 1, high_open=True, hint='e.g. --config.optimizer.momentum=0.9')
   check_int('optimizer.warmup_steps', opt.warmup_steps, 0)
+  check_number('optimizer.cooldown_fraction', opt.cooldown_fraction, 0, 1, low_open=True,
+               hint='the share of the steps wsd decays over; 0.2 is usual')
   for flag in ('weight_decay', 'grad_clip_norm'):
     check_number(f'optimizer.{flag}', opt[flag], 0)
   if opt.weight_decay and opt.name not in DECAYING:
@@ -52,7 +54,18 @@ def schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   if opt.schedule == 'triangular':  # up over the warm-up, then straight down to 0 at the end
     return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup),
                                  optax.linear_schedule(1.0, 0.0, max(num_steps - warmup, 1))], [warmup])
+  if opt.schedule == 'wsd':  # warmup-stable-decay: up, constant, then straight down to 0 over the cooldown
+    decay = decay_start(opt, num_steps)
+    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0),
+                                 optax.linear_schedule(1.0, 0.0, num_steps - decay)], [warmup, decay])
   return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0)], [warmup])
+
+
+def decay_start(opt: ml_collections.ConfigDict, num_steps: int) -> int:
+  """The step where a wsd schedule over ``num_steps`` leaves its constant rate: the last ``cooldown_fraction`` of
+  the steps (at least one) decay to 0. Up to there, the schedule is the same whatever ``num_steps`` is, so a
+  shorter budget's run can be branched from a longer one's state (``budgets``)."""
+  return num_steps - max(1, round(opt.cooldown_fraction * num_steps))
 
 
 def optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:

@@ -15,16 +15,13 @@ import functools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import jax
 import ml_collections
 import numpy as np
 
 from cnnjax import arrays, augment, data, device_pipeline, heads, parallel, sources, steps
-
-if TYPE_CHECKING:  # the host pipeline's modules (TensorFlow) are imported only when a run uses it
-  import tensorflow_datasets as tfds
 
 PyTree = Any
 
@@ -78,76 +75,6 @@ def _host_eval_step(config: ml_collections.ConfigDict, spec: data.DatasetSpec, e
 
 
 @dataclasses.dataclass
-class HostPipeline:
-  """tf.data (``input_pipeline``) reads, shuffles and batches a prepared TFDS dataset on the host; each call
-  receives one batch of raw images with their stream positions."""
-  config: ml_collections.ConfigDict
-  spec: data.DatasetSpec
-  builder: tfds.core.DatasetBuilder
-  head: heads.Head
-  backend: parallel.Backend
-  name: str = 'host'
-  replicated_input: bool = False
-
-  @property
-  def features(self):
-    return self.builder.info.features
-
-  @property
-  def num_examples(self) -> dict[str, int]:
-    return data.num_examples(self.builder)
-
-  @property
-  def classes(self) -> tuple[str, ...] | None:
-    names = getattr(self.features.get('label'), 'names', None) if 'label' in self.features else None
-    return tuple(names) if names else None
-
-  @functools.cached_property
-  def _module(self):
-    from cnnjax import input_pipeline  # imports TensorFlow
-    return input_pipeline
-
-  def _target(self):
-    return self.head.target(self.features, self.config.data)
-
-  def train_batches(self, start_step: int = 0, shard: tuple[int, int] | None = None,
-                    num_devices: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Raw training batches from ``start_step`` on, [local devices, per-device batch, ...] (input_pipeline)."""
-    return self._module.train_iterator(self.config, self.spec, self.builder, self._target(),
-                                       num_devices or jax.local_device_count(), start_step, shard)
-
-  def eval_batches(self, split: str = 'test', num_devices: int | None = None) -> Iterable[dict[str, np.ndarray]]:
-    """The 'val' or 'test' split, raw, padded and masked (see input_pipeline)."""
-    splits = data.splits(self.config.data, self.builder)
-    return self._module.eval_batches(self.config, self.spec, self.builder, self._target(),
-                                     num_devices or jax.local_device_count(), getattr(splits, split))
-
-  def train_step(self, step: Callable, population_map: str | None = None) -> Callable:
-    return _host_train_step(self.config, self.spec, step)
-
-  def eval_step(self, evaluation: Callable, population_map: str | None = None) -> Callable:
-    return _host_eval_step(self.config, self.spec, evaluation)
-
-  def train_inputs(self, start_step: int) -> Callable[[], PyTree]:
-    batches = self.train_batches(start_step)
-    return lambda: self.backend.put_batch(next(batches))
-
-  def evaluation(self, split: str, eval_step: Callable) -> tuple[Iterable[PyTree], Callable]:
-    return self.eval_batches(split), eval_step
-
-  def sample(self, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
-    normalize, _ = augment.preprocessing(self.config.data, self.spec)
-    images, targets = [], []
-    for batch in self.eval_batches(split, num_devices=1):
-      mask = batch['mask'].reshape(-1)
-      images.append(batch['image'].reshape(-1, *batch['image'].shape[2:])[mask])
-      targets.append(batch['target'].reshape(-1, *batch['target'].shape[2:])[mask])
-      if sum(len(x) for x in images) >= count:
-        break
-    return np.asarray(normalize.normalize(np.concatenate(images)[:count])), np.concatenate(targets)[:count]
-
-
-@dataclasses.dataclass
 class _Arrays:
   """What both pipelines of prepared arrays hold: the splits ({'train': the training then the validation
   examples, 'test': ...}, each {'image': uint8 [N, H, W, C], 'target'}) and what they are."""
@@ -169,7 +96,7 @@ class _Arrays:
 
   def _eval_range(self, split: str) -> tuple[str, int, int]:
     """(which array, first example, examples) of the 'val' or 'test' split."""
-    n_train, n_val, _ = data.split_sizes(self.config.data, self.num_examples)
+    n_train, n_val = data.split_sizes(self.config.data, self.num_examples)
     return ('test', 0, len(self.arrays['test']['target'])) if split == 'test' else ('train', n_train, n_val)
 
   def _eval_indices(self, split: str) -> tuple[str, list[dict[str, np.ndarray]]]:
@@ -232,16 +159,14 @@ def _split_arrays(config: ml_collections.ConfigDict, spec: data.DatasetSpec, dir
   'target'}: the arrays in ``directory``, images memory-mapped with ``mmap`` (targets are read whole)."""
   target = head.target_array(found.features, config.data)
   host = {}
-  for name, split in (('train', spec.train_split), ('test', spec.test_split)):
+  for split in ('train', 'test'):
     features = arrays.load(directory, split, mmap)
-    host[name] = {'image': features['image'], 'target': target(features)}
-  n_train, n_val, _ = data.split_sizes(config.data, found.num_examples)
-  host['train'] = jax.tree.map(lambda x: x[:n_train + n_val], host['train'])
+    host[split] = {'image': features['image'], 'target': target(features)}
   return host
 
 
 @dataclasses.dataclass
-class ArrayHostPipeline(_Arrays):
+class HostPipeline(_Arrays):
   """The prepared arrays read on the host, memory-mapped: each call's batch is the device pipeline's (the same
   positions and permutation, so the same examples and augmentation keys), gathered on a thread that keeps
   ``config.data.prefetch`` batches ahead, placed and handed to the step raw, which augments it. No TensorFlow."""
@@ -320,22 +245,20 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
 def build(config: ml_collections.ConfigDict, spec: data.DatasetSpec, head: heads.Head, backend: parallel.Backend,
           data_dir: str | None) -> Pipeline:
   """The run's pipeline, its data prepared: ``--config.data.pipeline``, with auto the device pipeline where the
-  arrays fit (``data.pipeline``). Datasets of fixed-size images are written once as arrays (``arrays.write``),
-  which both the device pipeline and the host one read with numpy alone (no TFDS builder, no TensorFlow); only
-  datasets of varying image sizes are read by tf.data (``HostPipeline``).
+  arrays fit (``data.pipeline``). Every dataset is written once as arrays: a built-in TFDS dataset's splits as
+  TFDS holds them (``arrays.write``); a folder, an npz file or a TFDS dataset by name decoded and fitted to the
+  run's image size (``sources.prepare``). Both pipelines read the arrays with numpy alone (no TensorFlow).
 
   Raises:
-    DataError for data that cannot be had or is damaged, or tf.data needed without TensorFlow.
+    DataError for data that cannot be had or is damaged.
   """
-  if not data.fits_device_pipeline(spec):  # images of varying sizes: tf.data reads and resizes them
-    data.check_host_pipeline(config.data)  # before anything is prepared
-    return HostPipeline(config, spec, data.prepare(config.data, data_dir), head, backend)
   directory = arrays.location(config.data, data_dir)
   found = arrays.find(directory)
-  if spec.source:  # a user's folder or NumPy file: prepared again when it changed
-    if sources.prepare(config.data, directory, data.image_size(config.data), found and found.source):
+  if spec.source:  # prepared again when the source changed
+    tfds_builder = functools.partial(data.prepare, config.data, data_dir)
+    if sources.prepare(config.data, directory, data.image_size(config.data), found and found.source, tfds_builder):
       found = arrays.find(directory)
   found = found or arrays.write(data.prepare(config.data, data_dir), directory)
   spec = data.with_stats(spec, found.mean, found.std)
-  kind = DevicePipeline if data.pipeline(config.data, found.num_examples) == 'device' else ArrayHostPipeline
+  kind = DevicePipeline if data.pipeline(config.data, found.num_examples) == 'device' else HostPipeline
   return kind.load(config, spec, directory, found, head, backend)

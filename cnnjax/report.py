@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.optimize  # noqa: E402
 import scipy.stats  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
@@ -39,7 +40,7 @@ def _group(results: Sequence[Result]) -> dict[str, list[Result]]:
 
 
 def _metric_keys(results: Sequence[Result]) -> list[str]:
-  keys = {k for r in results for k in r.metrics if k not in SKIP_METRICS}
+  keys = {k for r in results for k in r.metrics if k not in SKIP_METRICS and '/' not in k}  # not other budgets'
   return sorted(keys, key=lambda k: (not k.startswith('train_'), k))
 
 
@@ -100,6 +101,59 @@ def paired(values: Sequence[float], baseline: Sequence[float]) -> dict[str, floa
           'boot_low': float(boot.low), 'boot_high': float(boot.high)}
 
 
+POWER = 0.8
+DETECT = 0.002  # 0.2 percentage point of accuracy: each comparison says how many seeds would detect it
+
+
+def paired_power(diff: float, sd: float, n: int, level: float) -> float:
+  """The power of the two-sided paired t-test at ``level`` over ``n`` pairs, whose differences spread with
+  standard deviation ``sd``, to detect a true mean difference ``diff``: P(|T| > t_crit) for T noncentral t
+  (n - 1 degrees of freedom, noncentrality diff sqrt(n) / sd)."""
+  df, nc = n - 1, abs(diff) * np.sqrt(n) / sd
+  crit = scipy.stats.t.ppf(1 - level / 2, df)
+  wrong_side = float(np.nan_to_num(scipy.stats.nct.cdf(-crit, df, nc)))  # vanishing; scipy's nan far out is 0
+  return float(scipy.stats.nct.sf(crit, df, nc)) + wrong_side
+
+
+def detectable(sd: float, n: int, level: float, power: float = POWER) -> float:
+  """The smallest true difference that the paired t-test (``paired_power``) detects with probability ``power``;
+  nan for fewer than two pairs or no spread."""
+  if n < 2 or not sd > 0:
+    return float('nan')
+  high = sd
+  while paired_power(high, sd, n, level) < power:
+    high *= 2
+  return float(scipy.optimize.brentq(lambda d: paired_power(d, sd, n, level) - power, 0.0, high, xtol=sd * 1e-6))
+
+
+def seeds_needed(diff: float, sd: float, level: float, power: float = POWER, most: int = 100_000) -> int | None:
+  """The fewest pairs (seeds) with which the paired t-test detects ``diff`` with probability ``power``, given
+  the spread ``sd`` of the differences; None beyond ``most``, or without a spread."""
+  if not sd > 0:
+    return None
+  high = 2
+  while paired_power(diff, sd, high, level) < power:
+    if high > most:
+      return None
+    high *= 2
+  low = max(2, high // 2)
+  while low < high:  # power grows with n: the first n that reaches it
+    mid = (low + high) // 2
+    low, high = (mid + 1, high) if paired_power(diff, sd, mid, level) < power else (low, mid)
+  return high
+
+
+def holm_levels(p_values: Sequence[float], alpha: float) -> list[float]:
+  """The level at which Holm's procedure tests each p-value: alpha / (m - k) for the k-th smallest (from 0) of
+  the m that are not nan; nan for nan."""
+  p = np.asarray(p_values, float)
+  tested = np.flatnonzero(~np.isnan(p))
+  levels = np.full(len(p), np.nan)
+  for k, i in enumerate(tested[np.argsort(p[tested], kind='stable')]):
+    levels[i] = alpha / (len(tested) - k)
+  return levels.tolist()
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
   """Holm's step-down adjustment of p-values for testing them together (family-wise error at the level):
   the k-th smallest of m becomes max over j <= k of (m - j + 1) p_(j), capped at 1; nan stays nan and does not
@@ -132,8 +186,10 @@ def compare(ours: dict[int, float], theirs: dict[int, float]) -> dict[str, Any]:
   'test'."""
   shared = [s for s in ours if s in theirs]
   if len(shared) >= 2:
-    return {'test': f'paired t ({len(shared)} seeds)', **paired([ours[s] for s in shared], [theirs[s] for s in shared])}
-  return {'test': 'Welch t', 'boot_low': float('nan'), 'boot_high': float('nan'),
+    d = [ours[s] - theirs[s] for s in shared]
+    return {'test': f'paired t ({len(shared)} seeds)', 'n': len(shared), 'sd': float(np.std(d, ddof=1)),
+            **paired([ours[s] for s in shared], [theirs[s] for s in shared])}
+  return {'test': 'Welch t', 'n': 0, 'sd': float('nan'), 'boot_low': float('nan'), 'boot_high': float('nan'),
           **welch(list(ours.values()), list(theirs.values()))}
 
 
@@ -143,14 +199,23 @@ def _interval_cell(low: float, high: float) -> str:
 
 def _tests(groups: dict[str, list[Result]], base: str, metric: str) -> tuple[dict[str, dict[str, Any]], bool]:
   """Each point's ``compare`` with the baseline plus 'decided_by' (its Holm-adjusted p-value when more than one
-  point is tested, else its p-value) and 'verdict'; and whether more than one was tested."""
+  point is tested, else its p-value), 'verdict', and for a paired test its power: 'detectable' (the smallest
+  difference it detects with 80 % power at the level Holm tests it at, from the observed spread of the paired
+  differences) and 'seeds_for_detect' (the seeds that would detect DETECT in accuracy); and whether more than one
+  was tested."""
   tests = {name: compare(by_seed(g, metric), by_seed(groups[base], metric)) for name, g in groups.items()
            if name != base}
-  adjusted = dict(zip(tests, holm([t['p'] for t in tests.values()]), strict=True))
+  p_values = [t['p'] for t in tests.values()]
+  adjusted = dict(zip(tests, holm(p_values), strict=True))
+  levels = dict(zip(tests, holm_levels(p_values, 1 - CONFIDENCE), strict=True))
   family = sum(not np.isnan(t['p']) for t in tests.values()) > 1
   for name, t in tests.items():
     t['decided_by'] = adjusted[name] if family else t['p']
     t['verdict'] = _verdict(t['decided_by'], t['diff'])
+    level = levels[name] if family else 1 - CONFIDENCE
+    t['detectable'] = detectable(t['sd'], t['n'], level) if t['n'] and not np.isnan(level) else float('nan')
+    t['seeds_for_detect'] = (seeds_needed(DETECT, t['sd'], level) if metric.endswith('accuracy') and t['n']
+                             and not np.isnan(level) else None)
   return tests, family
 
 
@@ -202,27 +267,95 @@ def significance_table(results: Sequence[Result], baseline: str = '') -> str:
             '(--config.seeds=5 repeats each point).\n\n' + '\n'.join(lines))
   tests, family = _tests(groups, base, metric)
   lines = [f'| point | seeds | {metric} (mean ± 95 % interval) | difference from {base} | 95 % interval (t) | '
-           '95 % interval (bootstrap) | test | p | Holm p | at 5 % |', '|' + ' --- |' * 10]
+           '95 % interval (bootstrap) | test | p | Holm p | at 5 % | detectable (80 % power) | '
+           f'seeds to detect {DETECT:g} |', '|' + ' --- |' * 12]
   for name, group in groups.items():
     row = f'| {name} | {len(group)} | {_mean_cell([r.metrics[metric] for r in group])} |'
     if name == base:
-      lines.append(row + ' (baseline) | | | | | | |')
+      lines.append(row + ' (baseline) | | | | | | | | |')
       continue
     t = tests[name]
     if np.isnan(t['p']):
       why = ('needs 2+ seeds each' if min(len(group), len(ref)) < 2 else
              'the same difference on every seed' if t['test'].startswith('paired') else 'no spread over seeds')
-      lines.append(f'{row} {t["diff"]:+.4f} | – | – | {t["test"]} | – | – | no test ({why}) |')
+      lines.append(f'{row} {t["diff"]:+.4f} | – | – | {t["test"]} | – | – | no test ({why}) | – | – |')
       continue
     lines.append(f'{row} {t["diff"]:+.4f} | {_interval_cell(t["low"], t["high"])} | '
                  f'{_interval_cell(t["boot_low"], t["boot_high"])} | {t["test"]} | {t["p"]:.3g} | '
-                 f'{t["decided_by"]:.3g} | {t["verdict"]} |')
+                 f'{t["decided_by"]:.3g} | {t["verdict"]} | {_power_cells(t)} |')
   return ('Each point against the baseline. Points that share seeds (the same data order, and the same initial '
           'weights where shapes match) are compared seed by seed: the mean paired difference with its 95 % '
           'interval from the t distribution and from a percentile bootstrap, and the paired t-test '
           '(scipy.stats.ttest_rel); points that share no seeds get Welch\'s t-test (unequal variances). '
           + ('With several comparisons the verdicts use Holm-adjusted p-values (family-wise error 5 %).'
-             if family else 'One comparison: no adjustment.') + '\n\n' + '\n'.join(lines))
+             if family else 'One comparison: no adjustment.')
+          + ' Power (paired tests): the smallest true difference the test detects with 80 % probability at the '
+          'level Holm tests it at, taking the spread of its paired differences as the truth, and the seeds that '
+          f'would detect {DETECT:g} ({DETECT * 100:g} percentage point of accuracy) so.\n\n' + '\n'.join(lines))
+
+
+def _power_cells(t: dict[str, Any]) -> str:
+  """'detectable | seeds to detect DETECT' cells of a comparison ('–' where it has none)."""
+  detect = '–' if np.isnan(t['detectable']) else f'{t["detectable"]:.4f}'
+  seeds = t['seeds_for_detect']
+  return f'{detect} | {"–" if seeds is None else f"{seeds:,}"}'
+
+
+
+def budget_fractions(results: Sequence[Result], metric: str) -> list[float]:
+  """The budgets (fractions of num_train_steps) at which every run has ``metric`` ('budget=<f>/<metric>')."""
+  found = [{float(k.split('/')[0].removeprefix('budget=')) for k in r.metrics
+            if k.startswith('budget=') and k.endswith(f'/{metric}')} for r in results]
+  return sorted(set.intersection(*found)) if found else []
+
+
+def budget_tests(results: Sequence[Result], baseline: str = '') -> dict[str, dict[float, dict[str, Any]]]:
+  """Each point's ``compare`` with the baseline at each budget, with 'holm' (Holm-adjusted over every point and
+  budget: the family is comparisons x budgets) and 'verdict'; {} with fewer than two budgets or points."""
+  metric, groups = main_metric(results), _group(results)
+  base = baseline or next(iter(groups))
+  fractions = budget_fractions(results, metric)
+  if len(fractions) < 2 or len(groups) < 2 or base not in groups:
+    return {}
+  tests = {name: {f: compare(by_seed(runs, f'budget={f:g}/{metric}'), by_seed(groups[base], f'budget={f:g}/{metric}'))
+                  for f in fractions} for name, runs in groups.items() if name != base}
+  flat = [t for by_budget in tests.values() for t in by_budget.values()]
+  for t, p in zip(flat, holm([t['p'] for t in flat]), strict=True):
+    t['holm'], t['verdict'] = p, _verdict(p, t['diff'])
+  return tests
+
+
+def budget_summary(by_budget: dict[float, dict[str, Any]]) -> str:
+  """One phrase for a comparison across budgets: 'holds at every budget', 'changes sign' (significant both
+  ways), 'significant only at 0.5, 1', or 'no significant difference at any budget'."""
+  significant = {f: t['diff'] for f, t in by_budget.items() if t['verdict'].startswith('significantly')}
+  if not significant:
+    return 'no significant difference at any budget'
+  if {d > 0 for d in significant.values()} == {True, False}:
+    return 'changes sign'
+  if len(significant) == len(by_budget):
+    return 'holds at every budget'
+  return 'significant only at ' + ', '.join(f'{f:g}' for f in significant)
+
+
+def budget_table(results: Sequence[Result], baseline: str = '') -> str:
+  """Each comparison with the baseline at each budget (paired where seeds are shared; Holm over comparisons x
+  budgets) and its summary across budgets; '' without several budgets."""
+  tests, metric, groups = budget_tests(results, baseline), main_metric(results), _group(results)
+  if not tests:
+    return ''
+  base = baseline or next(iter(groups))
+  lines = [f'| point | budget | difference from {base} | 95 % interval (t) | test | p | Holm p | at 5 % | across '
+           'budgets |', '|' + ' --- |' * 9]
+  for name, by_budget in tests.items():
+    summary = budget_summary(by_budget)
+    for i, (f, t) in enumerate(by_budget.items()):
+      tested = f'{t["p"]:.3g} | {t["holm"]:.3g}' if not np.isnan(t['p']) else '– | –'
+      lines.append(f'| {name} | {f:g} | {t["diff"]:+.4f} | {_interval_cell(t["low"], t["high"])} | {t["test"]} | '
+                   f'{tested} | {t["verdict"]} | {summary if i == 0 else ""} |')
+  return (f'Verdicts by budget ({metric}; a budget is a fraction of num_train_steps, each shorter one a wsd cooldown '
+          'branched from the run): each point against the baseline at each budget, paired by seed, Holm-adjusted '
+          'over every point and budget.\n\n' + '\n'.join(lines))
 
 
 def invariance_table(results: Sequence[Result], baseline: str = '') -> str:
@@ -419,22 +552,24 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   rows = summarize(results)
   comparisons, grids = significance_table(results, baseline), grid_table(results)
   said, curves = conclusion(results, baseline), curve_table(results, histories)
-  shifts = invariance_table(results, baseline)
+  shifts, by_budget = invariance_table(results, baseline), budget_table(results, baseline)
   files.write_json(os.path.join(workdir, 'results.json'),
                    {'points': [r.to_json() for r in results], 'summary': rows, 'conclusion': said,
-                    'comparisons': comparisons, 'learning_rates': grids, 'curves': curves, 'invariance': shifts},
+                    'comparisons': comparisons, 'budgets': by_budget, 'learning_rates': grids, 'curves': curves,
+                    'invariance': shifts},
                    sort_keys=False)
   _write_csv(os.path.join(workdir, 'results.csv'), results)
   metric = main_metric(results)
   bars = _error_bars(results, metric)
   plots = [_plot_vs(workdir, rows, bars, metric, 'params'), _plot_vs(workdir, rows, bars, metric, 'flops'),
            _plot_per_setting(workdir, rows, bars, metric), _plot_learning_curves(workdir, histories, metric),
-           _plot_invariance(workdir, results), _plot_first_layers(workdir, results)]
+           _plot_invariance(workdir, results), _plot_first_layers(workdir, results),
+           _plot_budgets(workdir, results, baseline)]
   text = (f'# Sweep report: {os.path.basename(os.path.abspath(workdir))}\n\n{len(results)} finished runs. '
           'Metrics are final values (mean ± sample std over seeds where seeds > 1); FLOPs are forward FLOPs '
           'per image (closed form); steps/s is the median over the run; wall_time_s is the point\'s total over its '
           f'seeds, every learning rate tried included.\n\n{markdown_table(rows)}\n\n')
-  text += ''.join(f'{section}\n\n' for section in (said, comparisons, grids, curves, shifts) if section)
+  text += ''.join(f'{section}\n\n' for section in (said, comparisons, by_budget, grids, curves, shifts) if section)
   files.write_text(os.path.join(workdir, 'report.md'), text + ''.join(f'![{p}]({p})\n\n' for p in plots if p))
 
 
@@ -577,6 +712,29 @@ def _plot_learning_curves(workdir: str, histories: dict[str, list[dict]], metric
   if handles:
     ax_eval.legend(handles.values(), handles.keys(), fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
   return _save(fig, workdir, 'learning_curves.png')
+
+
+def _plot_budgets(workdir: str, results: Sequence[Result], baseline: str = '') -> str | None:
+  """Each comparison's difference from the baseline against the budget, with its 95 % interval."""
+  tests = budget_tests(results, baseline)
+  if not tests:
+    return None
+  metric, base = main_metric(results), baseline or next(iter(_group(results)))
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for k, (name, by_budget) in enumerate(tests.items()):
+    xs = [f * 1.03 ** k for f in by_budget]  # side by side, not on each other's bars
+    diffs = np.array([t['diff'] for t in by_budget.values()])
+    below = np.nan_to_num(diffs - [t['low'] for t in by_budget.values()])
+    above = np.nan_to_num(np.array([t['high'] for t in by_budget.values()]) - diffs)
+    ax.errorbar(xs, diffs, yerr=[below, above], fmt='o-', capsize=3, label=f'{name}: {budget_summary(by_budget)}')
+  ax.axhline(0.0, color='black', linewidth=0.8)
+  ax.set(xscale='log', xlabel='budget (fraction of num_train_steps, log scale)',
+         ylabel=f'{metric} difference from {base}')
+  ax.set_title(f'{metric}: each point minus {base}, by budget\n(bars: 95 % paired interval over seeds)', fontsize=10)
+  _readable_log_axis(ax.xaxis)
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  return _save(fig, workdir, f'{metric}_difference_by_budget.png')
 
 
 def _plot_invariance(workdir: str, results: Sequence[Result]) -> str | None:

@@ -1,46 +1,37 @@
-"""A user's own data: an image folder (``--config.data.name=folder:PATH``) or a NumPy file (``npz:PATH``),
+"""Data cnnjax does not generate: an image folder (``--config.data.name=folder:PATH``), a NumPy file
+(``npz:PATH``) or any TFDS image-classification dataset (``tfds:NAME``, and the built-in ``cats_vs_dogs``),
 prepared once into cnnjax's arrays (``arrays.py``'s format: uint8 images, labels, info.json with the classes and
 the training split's per-channel mean and std, sealed), which both pipelines read.
 
 A folder holds one subdirectory per class (``PATH/cat/*.jpg``), or ``PATH/train/<class>/`` and
-``PATH/test/<class>/``; without a test folder a seeded, stratified ``TEST_FRACTION`` of each class is held out.
-Images are decoded by pillow on a thread per core (``images.decode``; pillow releases the GIL while it decodes
-and resizes), their short side scaled to the run's image size and the centre cropped. Preparation writes into
-``<arrays>.partial`` chunk by chunk, so an interrupted one resumes where it stopped; the arrays record the
-source's fingerprint (each file's size and modification time), and a source that changed is prepared anew.
+``PATH/test/<class>/``. A TFDS dataset is prepared by TFDS as the built-in ones are, then its records' encoded
+images are decoded like a folder's files (``preparation``): without a test split, a seeded, stratified share of
+each class is held out. The arrays record the source's fingerprint (a folder's files' sizes and modification
+times; an npz file's; a TFDS dataset's name, config and version), and a source that changed is prepared anew.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import functools
 import hashlib
 import os
 import shutil
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import files, images
+from cnnjax import files, images, preparation
 from cnnjax.errors import DataError
 
-KINDS = ('folder', 'npz')
-TEST_FRACTION = 0.2  # a folder without a test folder: the share of each class held out for testing
-SPLIT_SEED = 0  # the held-out test split and the training order do not move with config.seed
-DEFAULT_SIZE = 224  # folder images: the side they are fitted to when --config.data.image_size is 0
-CHUNK = 512  # the most images decoded between two saves of a preparation's progress
-CHUNK_BYTES = 24 << 20  # ... and at most this many bytes of them, which the preparing process holds at once
-SKIPPED_NAMED = 5  # bad files named in the log (all are counted)
-PROGRESS_EVERY_S = 10.0
+KINDS = ('folder', 'npz', 'tfds')
 
 
 def kind(name: str) -> str | None:
-  """'folder' or 'npz' for a ``folder:PATH`` or ``npz:PATH`` name, else None (a built-in or TFDS dataset)."""
+  """'folder', 'npz' or 'tfds' for a ``folder:PATH``, ``npz:PATH`` or ``tfds:NAME`` name, else None (a built-in
+  dataset)."""
   if not isinstance(name, str):
     return None  # not a name at all: the look-up of the built-in datasets refuses it
   prefix, sep, _ = name.partition(':')
@@ -68,19 +59,7 @@ def check_path(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# What a source holds, before anything is decoded.
-
-@dataclasses.dataclass(frozen=True)
-class Listing:
-  """A source's examples, in the order they are written: per split the files (folder) or row indices (npz), and
-  their labels; the class names; the source's fingerprint; and whether the test split was held out of the
-  training files (no test folder)."""
-  classes: tuple[str, ...]
-  items: dict[str, list[Any]]  # split -> files (folder) or row indices (npz)
-  labels: dict[str, np.ndarray]
-  fingerprint: str
-  held_out: bool = False
-
+# Image folders.
 
 def _class_dirs(root: str) -> dict[str, str]:
   return {e.name: e.path for e in sorted(os.scandir(root), key=lambda e: e.name)
@@ -135,211 +114,80 @@ def fingerprint(paths: Sequence[str]) -> str:
   return digest.hexdigest()[:16]
 
 
-def _held_out(labels: np.ndarray) -> np.ndarray:
-  """A seeded, stratified test mask: round(TEST_FRACTION x n) of each class's examples, at least one."""
-  rng = np.random.default_rng(SPLIT_SEED)
-  test = np.zeros(len(labels), bool)
-  for c in np.unique(labels):
-    members = np.flatnonzero(labels == c)
-    test[rng.permutation(members)[:max(1, round(TEST_FRACTION * len(members)))]] = True
-  return test
-
-
-def list_folder(root: str) -> Listing:
-  """The folder's examples: its classes (sorted folder names), the training files in a seeded shuffled order (the
-  validation split is carved from their end) and the test files."""
+def list_folder(root: str, name: str | None = None) -> preparation.Listing:
+  """The folder's examples: its classes (sorted folder names) and per split its files, class by class (the
+  training order is shuffled once when the arrays are written, ``preparation.carve``)."""
   layout = folder_layout(root)
   classes = tuple(layout['train'])
-  split_files = {split: [(f, classes.index(c)) for c, found in by_class.items() for f in found]
-                 for split, by_class in layout.items()}
-  every = [f for pairs in split_files.values() for f, _ in pairs]
-  held_out = 'test' not in split_files
-  if held_out:
-    pairs = split_files['train']
-    test = _held_out(np.array([label for _, label in pairs]))
-    split_files = {'train': [p for p, t in zip(pairs, test, strict=True) if not t],
-                   'test': [p for p, t in zip(pairs, test, strict=True) if t]}
-  order = np.random.default_rng(SPLIT_SEED).permutation(len(split_files['train']))
-  split_files['train'] = [split_files['train'][i] for i in order]
-  return Listing(classes, {s: [f for f, _ in pairs] for s, pairs in split_files.items()},
-                 {s: np.array([label for _, label in pairs], np.int32) for s, pairs in split_files.items()},
-                 fingerprint(every), held_out)
+  pairs = {split: [(f, classes.index(c)) for c, found in by_class.items() for f in found]
+           for split, by_class in layout.items()}
+  return preparation.Listing(
+      name or f'folder:{root}', classes, {split: len(found) for split, found in pairs.items()},
+      read=lambda split, start, stop: pairs[split][start:stop],
+      describe=lambda split, i: os.path.relpath(pairs[split][i][0], root),
+      record={'kind': 'folder', 'path': root, 'fingerprint': fingerprint([f for p in pairs.values() for f, _ in p]),
+              'compared': 'each file\'s path, size and modification time'})
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Preparing a folder: decode in worker processes, resumably, into the arrays.
+# TFDS image-classification datasets.
+
+def tfds_name(name: str) -> str:
+  """The TFDS name of ``tfds:NAME`` (or of a built-in dataset's name, which is its TFDS name)."""
+  return name.partition(':')[2] if kind(name) == 'tfds' else name
 
 
+@functools.lru_cache(maxsize=16)
+def tfds_features(name: str) -> tuple[int, int, int]:
+  """(image side, 0 where sizes vary; channels; classes) of a TFDS dataset, from its builder's features, without
+  preparing it.
 
-class _Progress:
-  """Logs images done / total, the rate and the time left, every PROGRESS_EVERY_S seconds."""
+  Raises:
+    DataError for a name TFDS does not know, or a dataset without an ``image`` and a class ``label``.
+  """
+  import tensorflow_datasets as tfds
 
-  def __init__(self, what: str, total: int, done: int):
-    self.what, self.total, self.start_done, self.start = what, total, done, time.monotonic()
-    self.last = self.start
-
-  def __call__(self, done: int) -> None:
-    now = time.monotonic()
-    if now - self.last < PROGRESS_EVERY_S and done < self.total:
-      return
-    self.last = now
-    rate = (done - self.start_done) / max(now - self.start, 1e-9)
-    left = (self.total - done) / rate if rate else float('inf')
-    logging.info('Preparing %s: %s / %s images (%.0f/s, %s left).', self.what, f'{done:,}', f'{self.total:,}', rate,
-                 f'{left:.0f} s' if np.isfinite(left) else '?')
-
-
-def prepare_folder(name: str, listing: Listing, directory: str, size: int, grayscale: bool) -> None:
-  """Decodes the listing's images into ``directory`` (arrays.py's format), through ``directory``.partial, which
-  an interrupted preparation resumes from (same source, size and mode) or starts anew."""
-  partial = directory + '.partial'
-  state_file = os.path.join(partial, 'progress.json')
-  key = {'fingerprint': listing.fingerprint, 'size': size, 'grayscale': grayscale}
-  state = files.read_json(state_file, 'it is rewritten') if os.path.exists(state_file) else None
-  if state is None or state['key'] != key:
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    state = {'key': key, 'done': {s: 0 for s in listing.items}, 'bad': [], 'upscaled': 0}
-  channels = 1 if grayscale else 3
-  total = sum(len(v) for v in listing.items.values())
-  progress = _Progress(name, total, sum(state['done'].values()))
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count(), thread_name_prefix='cnnjax-decode') as pool:
-    for split, paths in listing.items.items():
-      out = Rows(os.path.join(partial, f'{split}.raw.npy'), (len(paths), size, size, channels))
-      step = min(CHUNK, max(1, CHUNK_BYTES // (size * size * channels)))
-      for start in range(state['done'][split], len(paths), step):
-        chunk = paths[start:start + step]
-        rows = np.zeros((len(chunk), size, size, channels), np.uint8)
-        for offset, (array, upscaled, why) in enumerate(pool.map(lambda p: images.decode(p, size, grayscale), chunk)):
-          if array is None:
-            state['bad'].append([split, start + offset, os.path.relpath(chunk[offset], path_of(name)), why])
-          else:
-            rows[offset] = array  # each decoded image is dropped once copied in
-            state['upscaled'] += upscaled
-        out.write(start, rows)
-        out.sync()
-        state['done'][split] = start + len(chunk)
-        files.write_json(state_file, state)  # after the rows are on disk: a resumed run trusts them
-        progress(sum(state['done'].values()))
-      out.close()
-  _finish(name, listing, partial, directory, state)
+  import cnnjax.datasets  # noqa: F401 - registers cnnjax's offline builders with tfds
+  try:
+    features = tfds.builder(tfds_name(name)).info.features
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f'--config.data.name={name}: TFDS has no dataset {tfds_name(name)!r}; see '
+                    'https://www.tensorflow.org/datasets/catalog or tfds.list_builders()') from None
+  image, label = (features[k] if k in features else None for k in ('image', 'label'))
+  if not isinstance(image, tfds.features.Image) or not isinstance(label, tfds.features.ClassLabel):
+    raise DataError(f'--config.data.name={name}: cnnjax trains on TFDS datasets with an image feature "image" and a '
+                    f'class label "label"; {tfds_name(name)} has {", ".join(sorted(features.keys()))}')
+  height, width, channels = image.shape
+  return height if height and height == width else 0, channels or 3, label.num_classes
 
 
-class Rows:
-  """An .npy file of fixed shape [N, ...] (uint8) written and read a few rows at a time with positioned reads
-  and writes, not memory-mapped, so that its rows never count towards this process's memory; an existing file of
-  that shape is opened as it is (a resumed preparation's)."""
+def tfds_listing(name: str, builder: Any) -> preparation.Listing:
+  """The examples of a prepared TFDS dataset (``builder``): its 'train' split and its 'test' split where it has
+  one, read as encoded images (TFDS's records hold them encoded), through TFDS's random-access data source
+  (array_record files) or through tf.data (tfrecord files, in slices)."""
+  import tensorflow_datasets as tfds
 
-  def __init__(self, path: str, shape: tuple[int, ...]):
-    header = {'descr': np.lib.format.dtype_to_descr(np.dtype(np.uint8)), 'fortran_order': False, 'shape': shape}
-    self.row_bytes = int(np.prod(shape[1:]))
-    self.shape = shape
-    if not os.path.exists(path):
-      with open(path, 'wb') as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        f.truncate(f.tell() + shape[0] * self.row_bytes)
-    with open(path, 'rb') as f:
-      np.lib.format.read_magic(f)
-      np.lib.format.read_array_header_1_0(f)
-      self.offset = f.tell()
-    self.fd = os.open(path, os.O_RDWR)
+  split_names = [s for s in ('train', 'test') if s in builder.info.splits]
+  if 'train' not in split_names:
+    raise DataError(f'--config.data.name={name}: {builder.name} has no train split (it has '
+                    f'{", ".join(builder.info.splits)}); cnnjax trains on a dataset\'s train split')
+  skip = {'image': tfds.decode.SkipDecoding()}
+  if builder.info.file_format.value == 'array_record':
+    source = {s: builder.as_data_source(s, decoders=skip) for s in split_names}
 
-  def write(self, start: int, rows: np.ndarray) -> None:
-    os.pwrite(self.fd, memoryview(np.ascontiguousarray(rows, np.uint8)).cast('B'),
-              self.offset + start * self.row_bytes)  # no copy of a contiguous array
-
-  def read(self, index: Sequence[int]) -> np.ndarray:
-    rows = np.empty((len(index), *self.shape[1:]), np.uint8)
-    flat = rows.reshape(len(index), -1)
-    for k, i in enumerate(index):
-      os.preadv(self.fd, [memoryview(flat[k])], self.offset + int(i) * self.row_bytes)  # straight into ``rows``
-    return rows
-
-  def sync(self) -> None:
-    os.fsync(self.fd)
-
-  def close(self) -> None:
-    os.close(self.fd)
-
-
-def _finish(name: str, listing: Listing, partial: str, directory: str, state: dict) -> None:
-  """Drops the bad files' rows, computes the training split's statistics, writes info.json, seals, and moves
-  the arrays into ``directory``."""
-  if state['bad']:
-    named = '; '.join(f'{p} ({why})' for _, _, p, why in state['bad'][:SKIPPED_NAMED])
-    more = ', ...' if len(state['bad']) > SKIPPED_NAMED else ''
-    logging.warning('Skipped %d file(s) of %s that pillow cannot read as images (not images, or cut short): %s%s.',
-                    len(state['bad']), name, named, more)
-  if state['upscaled']:
-    logging.info('%d images of %s were smaller than %d pixels on their short side and were upscaled.',
-                 state['upscaled'], name, state['key']['size'])
-  out = f'{directory}.tmp-{os.getpid()}'
-  shutil.rmtree(out, ignore_errors=True)
-  os.makedirs(out)
-  counts, histograms, shape = {}, None, None
-  side, channels = state['key']['size'], 1 if state['key']['grayscale'] else 3
-  for split, paths in listing.items.items():
-    bad = {i for s, i, *_ in state['bad'] if s == split}
-    kept = np.array([i for i in range(len(paths)) if i not in bad], np.int64)
-    labels = listing.labels[split][kept]
-    missing = sorted(set(range(len(listing.classes))) - set(labels.tolist()))
-    if missing:
-      raise DataError(f'no readable image of class {", ".join(listing.classes[i] for i in missing)} in the {split} '
-                      f'split of {name}; add images that pillow reads')
-    raw = Rows(os.path.join(partial, f'{split}.raw.npy'), (len(paths), side, side, channels))
-    images_out = Rows(os.path.join(out, f'{split}.image.npy'), (len(kept), side, side, channels))
-    for start in range(0, len(kept), STATS_CHUNK):  # a few rows at a time: never the images twice in memory
-      rows = raw.read(kept[start:start + STATS_CHUNK])
-      images_out.write(start, rows)
-      if split == 'train':
-        histograms = pixel_counts(rows, histograms)
-    raw.close()
-    images_out.close()
-    np.save(os.path.join(out, f'{split}.label.npy'), labels)
-    counts[split], shape = len(kept), (side, side, channels)
-  write_info(out, listing.classes, counts, shape, *stats_of(histograms),
-             {'kind': 'folder', 'path': path_of(name), 'fingerprint': listing.fingerprint,
-              'compared': 'each file\'s path, size and modification time'},
-             skipped=len(state['bad']))
-  files.seal(out)
-  shutil.rmtree(directory, ignore_errors=True)
-  os.rename(out, directory)
-  shutil.rmtree(partial, ignore_errors=True)
-
-
-STATS_CHUNK = 64  # images counted at a time for the statistics
-
-
-def pixel_counts(images_u8: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-  """``counts`` (channels x 256, int64; None: zeros) plus each channel's histogram of ``images_u8`` [N, H, W, C],
-  counted STATS_CHUNK images at a time."""
-  channels = images_u8.shape[-1]
-  counts = np.zeros((channels, 256), np.int64) if counts is None else counts
-  for start in range(0, len(images_u8), STATS_CHUNK):
-    chunk = np.asarray(images_u8[start:start + STATS_CHUNK])
-    for c in range(channels):
-      counts[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
-  return counts
-
-
-def stats_of(counts: np.ndarray) -> tuple[list[float], list[float]]:
-  """Per-channel mean and std of pixel values in [0, 1] from their histograms (``pixel_counts``): exact."""
-  values = np.arange(256) / 255.0
-  total = counts.sum(1)
-  mean = counts @ values / total
-  variance = counts @ values**2 / total - mean**2
-  return mean.round(6).tolist(), np.sqrt(np.maximum(variance, 0.0)).round(6).tolist()
-
-
-def write_info(directory: str, classes: Sequence[str], counts: dict[str, int], image_shape: Sequence[int],
-               mean: Sequence[float], std: Sequence[float], source: dict[str, Any], **extra: Any) -> None:
-  """info.json of prepared arrays: the features as the task heads read them, the splits' sizes, the classes, the
-  training images' per-channel mean and std, and where they came from."""
-  features = {'image': {'shape': list(image_shape), 'num_classes': None},
-              'label': {'shape': [], 'num_classes': len(classes)}}
-  files.write_json(os.path.join(directory, 'info.json'),
-                   {'features': features, 'num_examples': counts, 'classes': list(classes), 'mean': mean, 'std': std,
-                    'source': source, **extra})
+    def read(split: str, start: int, stop: int) -> list[tuple[bytes, int]]:
+      return [(e['image'], e['label']) for e in map(source[split].__getitem__, range(start, stop))]
+  else:
+    def read(split: str, start: int, stop: int) -> list[tuple[bytes, int]]:
+      ds = builder.as_dataset(split=f'{split}[{start}:{stop}]', decoders=skip, shuffle_files=False,
+                              read_config=tfds.ReadConfig(add_tfds_id=False))
+      return [(e['image'], e['label']) for e in tfds.as_numpy(ds)]
+  return preparation.Listing(
+      name, tuple(builder.info.features['label'].names), {s: builder.info.splits[s].num_examples for s in split_names},
+      read=read, describe=lambda split, i: f'{builder.name} {split}[{i}]',
+      record={'kind': 'tfds', 'name': builder.info.full_name, 'fingerprint': builder.info.full_name,
+              'compared': 'the TFDS dataset\'s name, config and version'},
+      shuffle=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -457,11 +305,11 @@ def prepare_npz(name: str, directory: str, size: int) -> None:
         logging.info('%s: %s.', name, '; '.join(said))
       np.save(os.path.join(out, f'{split}.image.npy'), x)
       counts[split], shape = len(x), x.shape[1:]
-      histograms = pixel_counts(x) if split == 'train' else histograms
+      histograms = preparation.pixel_counts(x) if split == 'train' else histograms
   num_classes = int(max(labels['train'].max(initial=0), labels['test'].max(initial=0))) + 1
   for split, y in labels.items():
     np.save(os.path.join(out, f'{split}.label.npy'), y)
-  write_info(out, [str(c) for c in range(num_classes)], counts, shape, *stats_of(histograms),
+  preparation.write_info(out, [str(c) for c in range(num_classes)], counts, shape, *preparation.stats_of(histograms),
              {'kind': 'npz', 'path': path, 'fingerprint': fingerprint([path]),
               'compared': 'the file\'s size and modification time'})
   files.seal(out)
@@ -479,10 +327,14 @@ def _to_pil(image: np.ndarray):
 
 def spec_fields(name: str, grayscale: bool) -> dict[str, Any]:
   """The DatasetSpec fields of a source (its mean and std come from the prepared arrays): a folder's images are
-  fitted to the run's size; a NumPy file's keep theirs where square (read from its headers). A folder is looked at
-  only when it is prepared, so that a config naming one validates on a machine without it."""
+  fitted to the run's size; a NumPy file's and a TFDS dataset's keep theirs where square and fixed (read from the
+  file's headers, or the TFDS builder's features). A folder is looked at only when it is prepared, so that a
+  config naming one validates on a machine without it."""
   if kind(name) == 'folder':
     return {'image_size': 0, 'channels': 1 if grayscale else 3}
+  if kind(name) == 'tfds':
+    image_size, channels, _ = tfds_features(name)
+    return {'image_size': image_size, 'channels': 1 if grayscale else channels}
   path = check_path(name)
   shape = npz_headers(path)['x_train'][0]
   layout = npz_layout(shape, path)
@@ -490,13 +342,22 @@ def spec_fields(name: str, grayscale: bool) -> dict[str, Any]:
   return {'image_size': height if height == width else 0, 'channels': min(channels, 3)}
 
 
-def prepare(data_config: ml_collections.ConfigDict, directory: str, size: int, prepared: dict | None) -> bool:
+def prepare(data_config: ml_collections.ConfigDict, directory: str, size: int, prepared: dict | None,
+            tfds_builder: Callable[[], Any]) -> bool:
   """Prepares the source of ``config.data`` into ``directory`` unless ``prepared`` (the arrays' recorded source)
-  matches it; True when it prepared. Processes sharing a data_dir prepare it once, under a lock."""
+  matches it; True when it prepared. ``tfds_builder``: the prepared TFDS builder of a TFDS dataset, asked for only
+  when its arrays are to be written (its examples do not change while its name and version do not, so arrays
+  written from it are reused). Processes sharing a data_dir prepare it once, under a lock."""
   name = data_config.name
-  path = check_path(name)
-  listing = list_folder(path) if kind(name) == 'folder' else None  # listed once: the fingerprint and the files
-  now = listing.fingerprint if listing else fingerprint([path])
+  if kind(name) in ('folder', 'npz'):
+    path = check_path(name)
+    listing = list_folder(path, name) if kind(name) == 'folder' else None  # listed once: fingerprint and files
+    now = listing.record['fingerprint'] if listing else fingerprint([path])
+  elif prepared:
+    return False
+  else:
+    listing = tfds_listing(name, tfds_builder())
+    now = listing.record['fingerprint']
   if prepared and prepared.get('fingerprint') == now:
     return False
   if prepared:
@@ -508,11 +369,9 @@ def prepare(data_config: ml_collections.ConfigDict, directory: str, size: int, p
     if os.path.exists(info) and files.read_json(info, 'it is rewritten').get('source', {}).get('fingerprint') == now:
       return False  # another process prepared it meanwhile
     logging.info('Preparing %s into %s (once; a later run reuses it while the source is unchanged).', name, directory)
-    if listing:
-      if listing.held_out:
-        logging.info('%s has no test folder: %d of its %d files (%g of each class, seeded) are held out for testing.',
-                     name, len(listing.items['test']), sum(len(v) for v in listing.items.values()), TEST_FRACTION)
-      prepare_folder(name, listing, directory, size, bool(data_config.grayscale))
+    if listing:  # a TFDS dataset of grayscale images stays grayscale
+      grayscale = bool(data_config.grayscale) or (kind(name) != 'folder' and tfds_features(name)[1] == 1)
+      preparation.prepare(listing, directory, size, grayscale)
     else:
       prepare_npz(name, directory, size)
   return True
@@ -522,10 +381,11 @@ def features(data_config: ml_collections.ConfigDict, image_shape: tuple[int, int
   """The features a source's arrays will have ({'image', 'label'}, as ``arrays.Feature``), without preparing it."""
   from cnnjax import arrays
   name = data_config.name
-  path = check_path(name)
-  if kind(name) == 'folder':
-    num_classes = len(folder_layout(path)['train'])
+  if kind(name) not in ('folder', 'npz'):
+    num_classes = tfds_features(name)[2]
+  elif kind(name) == 'folder':
+    num_classes = len(folder_layout(check_path(name))['train'])
   else:
-    with np.load(path) as archive:
+    with np.load(check_path(name)) as archive:
       num_classes = int(max(np.max(archive['y_train'], initial=0), np.max(archive['y_test'], initial=0))) + 1
   return {'image': arrays.Feature(image_shape), 'label': arrays.Feature((), num_classes)}

@@ -27,6 +27,7 @@ from flax import traverse_util
 
 from cnnjax import (
   analysis,
+  budgets,
   checkpointing,
   data,
   device_pipeline,
@@ -61,6 +62,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   data.validate(config.data)
   validate_run(config, num_devices)
   optim.validate(config.optimizer)
+  budgets.validate(config)
   parallel.validate(config.parallel)
   models.validate(config.model, data.image_shape(config.data))
   if config.data.pipeline != 'host' and config.num_train_steps * config.batch_size >= device_pipeline.MAX_POSITIONS:
@@ -339,7 +341,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
   run = setup(config, data_dir)  # validates, then prepares and checks the data; writes nothing to the workdir
   workdir = workdirs.resolve(workdir)  # a symbolic link is resolved once: the run stays in its target's tree
   with workdirs.held(run.config, workdir, overwrite) as preemption:
-    return _train_and_evaluate(run, workdir, preemption)
+    result = _train_and_evaluate(run, workdir, preemption)
+  return _shorter_budgets(result, workdir, data_dir) if config.budgets else result
+
+
+def _shorter_budgets(result: TrainResult, workdir: str, data_dir: str | None) -> TrainResult:
+  """``result`` (the longest budget's run) with every budget's validation and test metrics as
+  '<budget=f>/<metric>', after training each shorter budget's cooldown from the state the run handed it
+  (``budgets``)."""
+  config = result.run.config
+
+  def keyed(fraction: float, metrics: dict[str, float]) -> dict[str, float]:
+    return {f'{budgets.label(fraction)}/{k}': v for k, v in metrics.items() if k.startswith(('val_', 'test_'))}
+  metrics = {**result.metrics, **keyed(1.0, result.metrics)}
+  for fraction in budgets.shorter(config):
+    logging.info('Budget %g (%d steps): its cooldown, from step %d.', fraction, budgets.steps(config, fraction),
+                 budgets.branch_step(config, fraction))
+    branch = train_and_evaluate(budgets.branch_config(config, fraction), budgets.branch_dir(workdir, fraction),
+                                data_dir)
+    metrics.update(keyed(fraction, branch.metrics))
+  return dataclasses.replace(result, metrics=metrics)
 
 
 def start_writer(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> writers.MultiWriter:
@@ -382,6 +403,7 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
     metrics = loop.TrainMetrics([writer], loop.stop_on_nonfinite(checkpoints), config.skip_nonfinite,
                                 loop.read_first_device)  # checked before any save
     hooks = [lambda at, *_: progress(at.step), metrics, periodic, loop.checkpoint(checkpoints, backend)]
+    hooks += [budgets.Seeder(config, workdir, backend)] if config.budgets else []
     state = loop.train(run, backend.from_checkpoint(state), start_step, hooks, preemption, workdir)
     chosen, eval_metrics = {}, periodic.latest
     if best is not None:  # test the best weights by validation, not the last

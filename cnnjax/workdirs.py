@@ -32,14 +32,18 @@ LOCK_FILE = 'lock'
 # Fields that change how a run is watched or which program maps it onto the devices, not what it computes (but
 # for float rounding): a resumed run may change them.
 OPERATIONAL = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-               'eval_batch_size', 'seeds', 'data.cache', 'data.prefetch', 'data.download_timeout_s', 'data.source_dir',
+               'eval_batch_size', 'seeds', 'data.prefetch', 'data.download_timeout_s', 'data.source_dir',
                'analysis.invariance_shifts', 'baseline_point', 'lr_pick', 'parallel', 'population_map')
 # Fields added to the config after runs were first written, each with the value under which a run trains as runs
 # did before the field existed: a run whose config.json lacks one resumes under a config with that value.
 ADDED_FIELDS = {'optimizer.ema_decay': 0.0, 'eval_translate': 0, 'model.norm_scale': True,
                 'model.conv_init': 'lecun_normal', 'model.kernel_sizes': (), 'model.pool_padding': 'VALID',
                 'model.pool_blocks': (), 'model.block_dropout': 0.0, 'model.dense_norm': 'none',
-                'optimizer.dense_max_norm': 0.0, 'data.grayscale': False}
+                'optimizer.dense_max_norm': 0.0, 'data.grayscale': False, 'optimizer.cooldown_fraction': 0.2,
+                'budgets': ()}
+# Fields removed from the config, with what read them: tf.data's cache and shuffle buffer, which by then served
+# only TFDS datasets of varying image sizes. A run whose config.json holds one resumes without it.
+REMOVED_FIELDS = ('data.cache', 'data.shuffle_buffer')
 _HELD: set[str] = set()  # the lock files this process holds
 
 
@@ -54,7 +58,7 @@ def _flat(config: dict[str, Any]) -> dict[str, Any]:
   flat = traverse_util.flatten_dict(json.loads(json.dumps(config)), sep='.')  # tuples -> lists, as on disk
   if flat.get('optimizer.name') not in optim.DECAYING and 'optimizer.weight_decay' in flat:
     flat['optimizer.weight_decay'] = 0.0
-  return {k: v for k, v in flat.items() if k not in OPERATIONAL}
+  return {k: v for k, v in flat.items() if k not in OPERATIONAL and k not in REMOVED_FIELDS}
 
 
 def check(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:

@@ -1,7 +1,7 @@
 """Metric writers: a metrics.jsonl line per write, TensorBoard event files and the log, and the progress line.
 
 None of them needs TensorFlow: TensorBoard's events are written by the tensorboard package's own event-file
-writer (the one PyTorch uses), so a run whose data does not come through tf.data imports no TensorFlow.
+writer (the one PyTorch uses), so a run on prepared arrays imports no TensorFlow.
 """
 
 from __future__ import annotations

@@ -60,12 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Random erasing (Zhong et al. 2020): with this probability, one rectangle of 2-40 % of the image, aspect 0.3-3.3,
   # is set to the dataset's mean (0 after normalisation).
   config.data.random_erasing = 0.0
-  # Where batches are made: host (the prepared arrays read on the host, memory-mapped; tf.data for images of
-  # varying sizes) | device (every split on every device) | auto (device when the splits take at most a quarter
-  # of the device's memory, else host). Both draw the same batches and augment them inside the jitted step.
+  # Where batches are made: host (the prepared arrays read on the host, memory-mapped) | device (every split on
+  # every device) | auto (device when the splits take at most a quarter of the device's memory, else host). Both
+  # draw the same batches and augment them inside the jitted step.
   config.data.pipeline = 'auto'
-  config.data.shuffle_buffer = 10_000  # tf.data (images of varying sizes)
-  config.data.cache = True
   config.data.prefetch = 2
   config.data.download_timeout_s = 300  # datasets that need a download: give up (with advice) after this
 
@@ -100,9 +98,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adam'  # sgd | momentum | adam | adamw
   config.optimizer.learning_rate = 3e-3
-  # constant | cosine | warmup_cosine | warmup_constant | triangular (up over the warm-up, then linearly to 0)
+  # constant | cosine | warmup_cosine | warmup_constant | triangular (up over the warm-up, then linearly to 0) |
+  # wsd (warmup-stable-decay: up over the warm-up, constant, then linearly to 0 over the last cooldown_fraction)
   config.optimizer.schedule = 'warmup_cosine'
   config.optimizer.warmup_steps = 50
+  config.optimizer.cooldown_fraction = 0.2  # wsd: the share of the steps over which the rate decays to 0
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
   config.optimizer.weight_decay = 0.0  # adamw's decoupled weight decay; the other optimizers refuse one above 0
@@ -139,6 +139,10 @@ def get_config() -> ml_collections.ConfigDict:
   # equal to the last bit on CPU) | auto = loop on CPU, vmap on GPU/TPU.
   config.population_map = 'auto'
   config.num_train_steps = 1000
+  # Several budgets from one run, as fractions of num_train_steps ending at 1.0, e.g. (0.25, 0.5, 1.0): with
+  # optimizer.schedule=wsd, each shorter budget's cooldown branches from the run's constant phase and is a run of
+  # its own in WORKDIR/budget=<fraction>; its metrics are '<budget=fraction>/<metric>'. () = one budget.
+  config.budgets = ()
   config.log_every_steps = 50
   config.eval_every_steps = 250
   config.checkpoint_every_steps = 500

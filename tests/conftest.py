@@ -8,7 +8,7 @@ import subprocess
 from cnnjax import compiler
 
 compiler.set_default_xla_flags()
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # tf.data's C++ notices, quieted as launch.py quiets them
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ notices (TFDS), quieted as launch.py quiets them
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import jax  # noqa: E402
@@ -51,27 +51,24 @@ def config():
   config.log_every_steps = 10
   config.eval_every_steps = 20
   config.checkpoint_every_steps = 10
-  config.data.shuffle_buffer = 1000
   return config
 
 
 @pytest.fixture
 def mock_dataset(tmp_path):
-  """``mock_dataset(name, num_examples)``: a context in which TFDS's ``name`` is random data
-  (``tfds.testing.mock_data``) whose metadata gives every split ``num_examples`` examples, as cnnjax's
-  validation split is carved by size."""
+  """``mock_dataset(name, num_examples, splits=('train', 'test'))``: a context in which TFDS's ``name`` is random
+  data (``tfds.testing.mock_data``) whose metadata gives each of ``splits`` ``num_examples`` examples, as cnnjax's
+  validation split is carved by size. Its records are read through TFDS's random-access data source (array_record):
+  the mock's tf.data reads ignore a split's slice."""
   tfds = pytest.importorskip('tensorflow_datasets', reason='mock data needs tensorflow-datasets')
 
-  from cnnjax import data
-
   @contextlib.contextmanager
-  def mock(name, num_examples):
+  def mock(name, num_examples, splits=('train', 'test')):
     metadata = str(tmp_path / 'mock_metadata')
     builder = tfds.builder(name, data_dir=metadata)
-    spec = data.get_spec(name)
-    names = [spec.train_split] + [spec.test_split] * bool(spec.test_split)
     builder.info.set_splits(tfds.core.SplitDict(
-        [tfds.core.SplitInfo(name=n, shard_lengths=[num_examples], num_bytes=0) for n in names]))
+        [tfds.core.SplitInfo(name=n, shard_lengths=[num_examples], num_bytes=0) for n in splits]))
+    builder.info.set_file_format('array_record', override=True)
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
     with tfds.testing.mock_data(num_examples=num_examples, data_dir=metadata):

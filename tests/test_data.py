@@ -51,20 +51,16 @@ def test_fashion_mnist_from_idx_files_is_the_original_data(fashion):
 @needs_fashion
 def test_validation_split_is_the_last_twelfth_of_train(config, fashion):
   config.data.name = 'fashion_mnist'
-  assert data.splits(config.data, fashion) == data.Splits('train[:55000]', 'train[55000:60000]', 'test')
+  assert data.split_sizes(config.data, data.num_examples(fashion)) == (55_000, 5_000)
   config.data.val_fraction = 0
-  assert data.splits(config.data, fashion) == data.Splits('train[:60000]', None, 'test')
+  assert data.split_sizes(config.data, data.num_examples(fashion)) == (60_000, 0)
 
 
-def test_validation_split_of_shapes_and_of_a_dataset_without_a_test_split(config, data_dir, mock_dataset):
-  builder = data.prepare(config.data, data_dir)  # 10,000 train: 1/12 is 833
-  assert data.splits(config.data, builder) == data.Splits('train[:9167]', 'train[9167:10000]', 'test')
-  run = train.setup(config, data_dir)
+def test_the_validation_split_is_the_end_of_the_training_arrays(config, data_dir):
+  run = train.setup(config, data_dir)  # shapes: 10,000 train, 1/12 of them (833) validation
   assert sum(b['mask'].sum() for b in run.pipeline.eval_batches('val')) == 833
-  config.data.name, config.data.image_size = 'cats_vs_dogs', 64
-  with mock_dataset('cats_vs_dogs', 23_262):  # its one split: the last 20% test (4,652), 1/12 of the rest val
-    got = data.splits(config.data, data.get_builder(config.data))
-  assert got == data.Splits('train[:17059]', 'train[17059:18610]', 'train[18610:]')
+  val = run.pipeline.sample('val', 833)[1]
+  np.testing.assert_array_equal(val, run.pipeline.arrays['train']['target'][9167:])
 
 
 def test_missing_idx_files_in_source_dir_are_refused_naming_the_flag(config, tmp_path):

@@ -16,7 +16,7 @@ from cnnjax.config import apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {'model.variant': 'tiny', 'batch_size': 32, 'eval_batch_size': 64, 'num_train_steps': 6,
-             'checkpoint_every_steps': 6, 'eval_every_steps': 6, 'log_every_steps': 3, 'data.shuffle_buffer': 1000}
+             'checkpoint_every_steps': 6, 'eval_every_steps': 6, 'log_every_steps': 3}
 
 
 def _free_port():

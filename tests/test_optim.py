@@ -20,8 +20,9 @@ def test_schedules_peak_at_one_and_follow_their_closed_forms(config, name):
           'cosine': lambda t: 0.5 * (1 + math.cos(math.pi * t / 110)),
           'warmup_cosine': lambda t: t / 10 if t < 10 else 0.5 * (1 + math.cos(math.pi * (t - 10) / 100)),
           'warmup_constant': lambda t: min(t / 10, 1.0),
-          'triangular': lambda t: t / 10 if t < 10 else (110 - t) / 100}[name]
-  for t in (0, 5, 10, 60, 109):
+          'triangular': lambda t: t / 10 if t < 10 else (110 - t) / 100,
+          'wsd': lambda t: t / 10 if t < 10 else 1.0 if t < 88 else (110 - t) / 22}[name]  # cooldown 0.2 x 110
+  for t in (0, 5, 10, 60, 99, 109):
     np.testing.assert_allclose(float(shape(t)), want(t), atol=1e-6)
 
 

@@ -16,7 +16,7 @@ def test_the_host_and_device_pipelines_train_the_same_bits(config, data_dir, tmp
   for kind in ('host', 'device'):
     config.data.pipeline = kind
     results[kind] = train.train_and_evaluate(config, str(tmp_path / kind), data_dir)
-  assert type(results['host'].run.pipeline) is pipelines.ArrayHostPipeline
+  assert type(results['host'].run.pipeline) is pipelines.HostPipeline
   assert type(results['device'].run.pipeline) is pipelines.DevicePipeline
   assert train.params_fingerprint(results['host'].variables['params']) == train.params_fingerprint(
       results['device'].variables['params'])

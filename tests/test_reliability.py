@@ -27,7 +27,7 @@ from cnnjax.errors import ConfigError, DownloadTimeout, StorageError, WorkdirInU
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FLAGS = ['--experiment=shapes', '--config.model.variant=tiny', '--config.num_train_steps=60',
              '--config.checkpoint_every_steps=5', '--config.log_every_steps=5', '--config.eval_every_steps=60',
-             '--config.batch_size=32', '--config.data.augment_flip=True', '--config.data.shuffle_buffer=500']
+             '--config.batch_size=32', '--config.data.augment_flip=True']
 
 
 def _start(workdir, data_dir, *extra_flags):
@@ -301,13 +301,13 @@ BAD_VALUES = (-1, 0, 0.5, 'abc', None, (-1,), True, float('nan'))
 # field must be listed here: a field added without validation accepts values this table does not, and fails.
 VALID = {
     'analysis.invariance_shifts': {0}, 'baseline_point': set(), 'batch_size': set(), 'checkpoint_every_steps': set(),
-    'cpu_speedups': set(), 'data.augment_crop': {True}, 'data.augment_flip': {True}, 'data.cache': {True},
+    'cpu_speedups': set(), 'data.augment_crop': {True}, 'data.augment_flip': {True},
     'data.crop_padding': {0}, 'data.download_timeout_s': {0.5}, 'data.image_size': {0}, 'data.name': set(),
-    'data.grayscale': set(),  # True: only a folder's images are converted
+    'data.grayscale': set(),  # True: only a folder's or a tfds: dataset's images are converted
     'data.positive_class': {0}, 'data.prefetch': set(), 'data.random_erasing': {0, 0.5},
     'data.regression_target': {'abc'},  # a feature name; the regression head refuses one its dataset lacks
-    'data.pipeline': set(), 'data.shuffle_buffer': set(), 'data.source_dir': set(), 'data.val_fraction': {0, 0.5},
-    'eval_batch_size': set(),
+    'data.pipeline': set(), 'data.source_dir': set(), 'data.val_fraction': {0, 0.5},
+    'eval_batch_size': set(), 'budgets': set(), 'optimizer.cooldown_fraction': {0.5},
     'eval_every_steps': set(), 'eval_flip': {True}, 'eval_translate': {0}, 'head': set(),
     'keep_checkpoints': set(),
     'label_smoothing': {0, 0.5}, 'log_every_steps': set(), 'lr_grid': set(), 'lr_grid_extensions': {0},

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from cnnjax import records, report
 
@@ -161,6 +162,40 @@ def test_holm_against_hand_computed_values():
   assert report.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
 
 
+def test_holm_levels_are_alpha_over_the_p_values_left():
+  assert report.holm_levels([0.04, 0.01, float('nan'), 0.02], 0.05) == pytest.approx(
+      [0.05, 0.05 / 3, float('nan'), 0.025], nan_ok=True)
+
+
+def test_paired_power_against_simulated_paired_t_tests():
+  """The noncentral-t power of the paired test, and the smallest difference it detects with 80 % power, against
+  the rejection rate of scipy's paired t-test on simulated differences (independent of the formula)."""
+  sd, n, level = 0.004, 5, 0.05 / 3
+  smallest = report.detectable(sd, n, level)
+  rng = np.random.default_rng(0)
+  d = rng.normal(smallest, sd, size=(40_000, n))
+  rejected = np.mean(scipy.stats.ttest_1samp(d, 0.0, axis=1).pvalue < level)
+  assert rejected == pytest.approx(0.8, abs=0.01)
+  assert report.paired_power(smallest, sd, n, level) == pytest.approx(0.8, abs=1e-6)
+  # a large sample: (z_{1 - level/2} + z_{0.8}) sd / sqrt(n), the normal approximation
+  z = scipy.stats.norm.ppf(1 - 0.025) + scipy.stats.norm.ppf(0.8)
+  assert report.detectable(sd, 2000, 0.05) == pytest.approx(z * sd / np.sqrt(2000), rel=2e-3)
+  needed = report.seeds_needed(0.002, sd, 0.05)
+  assert report.paired_power(0.002, sd, needed, 0.05) >= 0.8 > report.paired_power(0.002, sd, needed - 1, 0.05)
+
+
+def test_each_paired_comparison_states_what_it_could_detect():
+  offsets = (0.00, 0.03, -0.02, 0.05, 0.01)
+  gains = {'max': (0,) * 5, 'avg': (0.004, 0.006, 0.005, 0.007, 0.003)}
+  results = [_fake_result(f'pool={p},seed={i}', p, i, 0.9 + o + g)
+             for p, gain in gains.items() for i, (o, g) in enumerate(zip(offsets, gain, strict=True))]
+  avg = next(line for line in report.significance_table(results).splitlines() if line.startswith('| pool=avg |'))
+  sd = float(np.std(gains['avg'], ddof=1))
+  cells = [c.strip() for c in avg.split('|')]
+  assert float(cells[11]) == pytest.approx(report.detectable(sd, 5, 0.05), abs=1e-4)
+  assert int(cells[12].replace(',', '')) == report.seeds_needed(0.002, sd, 0.05)
+
+
 def test_with_lr_pick_point_the_grid_table_shows_what_the_picking_seed_compared():
   """Seed 0 compares the rates; seeds 1 and 2 train at its pick. Each cell is seed 0's validation metric, not
   the mean of the three runs at the pick, so the picked rate's cell is the row's best."""
@@ -301,3 +336,37 @@ def test_what_a_new_reader_met_in_reports(tmp_path):
   assert bars['pool=avg'].mean - bars['pool=avg'].below == pytest.approx(0.0)
   assert report._bars_note(bars) == 'bars: 95 % interval over seeds, clipped to [0, 1]; dots: the seeds'
   assert report._spread([100, 100, 50]) == [100, pytest.approx(106), 50]
+
+
+def _by_budget(diffs_and_verdicts):
+  return {f: {'diff': d, 'verdict': v} for f, (d, v) in diffs_and_verdicts.items()}
+
+
+@pytest.mark.parametrize('cells,summary', [
+    ({0.25: (0.01, 'significantly higher'), 1.0: (0.02, 'significantly higher')}, 'holds at every budget'),
+    ({0.25: (-0.01, 'significantly lower'), 1.0: (0.02, 'significantly higher')}, 'changes sign'),
+    ({0.25: (0.001, 'no significant difference'), 0.5: (0.01, 'significantly higher'),
+      1.0: (0.02, 'significantly higher')}, 'significant only at 0.5, 1'),
+    ({0.25: (0.001, 'no significant difference'), 1.0: (-0.001, 'no test')}, 'no significant difference at any budget'),
+])
+def test_each_comparison_is_summarised_across_budgets_in_a_phrase(cells, summary):
+  assert report.budget_summary(_by_budget(cells)) == summary
+
+
+def test_verdicts_by_budget_are_paired_and_holm_adjusted_over_points_and_budgets():
+  offsets = (0.00, 0.03, -0.02, 0.05, 0.01)
+  gains = {'max': {0.5: (0,) * 5, 1.0: (0,) * 5},
+           'avg': {0.5: (-0.004, -0.006, -0.005, -0.007, -0.003), 1.0: (0.004, 0.006, 0.005, 0.007, 0.003)}}
+  results = [_bare(p, i, name=f'{p},seed={i}', test_accuracy=0.9 + o + g[1.0][i],
+                   **{f'budget={f:g}/test_accuracy': 0.9 + o + g[f][i] for f in g})
+             for p, g in gains.items() for i, o in enumerate(offsets)]
+  tests = report.budget_tests(results)
+  assert list(tests) == ['avg'] and list(tests['avg']) == [0.5, 1.0]
+  for f, t in tests['avg'].items():
+    want = report.paired([r.metrics[f'budget={f:g}/test_accuracy'] for r in results[5:]],
+                         [r.metrics[f'budget={f:g}/test_accuracy'] for r in results[:5]])
+    assert t['diff'] == pytest.approx(want['diff']) and t['p'] == pytest.approx(want['p'])
+  p_values = [t['p'] for t in tests['avg'].values()]
+  assert [t['holm'] for t in tests['avg'].values()] == pytest.approx(report.holm(p_values))
+  assert report.budget_summary(tests['avg']) == 'changes sign'
+  assert '| avg | 0.5 | -0.0050 |' in report.budget_table(results)

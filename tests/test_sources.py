@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import arrays, data, errors, sources, train
+from cnnjax import arrays, data, errors, preparation, sources, train
 from cnnjax.config import apply_overrides
 from cnnjax.datasets import pets_folder
 
@@ -88,23 +88,23 @@ def test_train_and_test_folders_and_grayscale(config, tmp_path):
 
 def test_an_interrupted_preparation_resumes_where_it_stopped(pets, tmp_path, monkeypatch):
   listing = sources.list_folder(str(pets))
-  monkeypatch.setattr(sources, 'CHUNK', 4)
-  calls, real = [], sources.images.decode
+  monkeypatch.setattr(preparation, 'CHUNK', 4)
+  calls, real = [], preparation.images.decode
 
   def dying(path, size, grayscale=False):
     calls.append(path)
     if len(calls) == 6:
       raise KeyboardInterrupt  # the user stops it in its second chunk
     return real(path, size, grayscale)
-  monkeypatch.setattr(sources.images, 'decode', dying)
+  monkeypatch.setattr(preparation.images, 'decode', dying)
   with pytest.raises(KeyboardInterrupt):
-    sources.prepare_folder('folder:pets', listing, str(tmp_path / 'arrays'), 16, False)
+    preparation.prepare(listing, str(tmp_path / 'arrays'), 16, False)
   progress = json.loads((tmp_path / 'arrays.partial' / 'progress.json').read_text())
   assert progress['done']['train'] == 4 and not (tmp_path / 'arrays').exists()
-  monkeypatch.setattr(sources.images, 'decode', real)
-  sources.prepare_folder('folder:pets', listing, str(tmp_path / 'arrays'), 16, False)
+  monkeypatch.setattr(preparation.images, 'decode', real)
+  preparation.prepare(listing, str(tmp_path / 'arrays'), 16, False)
   fresh = tmp_path / 'fresh'
-  sources.prepare_folder('folder:pets', listing, str(fresh), 16, False)
+  preparation.prepare(listing, str(fresh), 16, False)
   for name in ('train.image.npy', 'train.label.npy', 'test.image.npy'):
     np.testing.assert_array_equal(np.load(tmp_path / 'arrays' / name), np.load(fresh / name))
   assert not (tmp_path / 'arrays.partial').exists()
@@ -170,3 +170,57 @@ def test_bad_npz_files_are_refused_in_one_line(config, tmp_path, arrays_, messag
   with pytest.raises(errors.DataError, match=message):
     train.setup(config, str(tmp_path / 'data'))
   assert not list(tmp_path.glob(f'data/{arrays.ARRAYS_DIR}/*/info.json'))  # nothing prepared
+
+
+def test_a_tfds_dataset_of_varying_sizes_is_fitted_and_its_test_split_held_out(config, tmp_path, mock_dataset):
+  import io
+
+  import tensorflow_datasets as tfds
+  from PIL import ImageOps
+  config = apply_overrides(config, {'data.name': 'cats_vs_dogs', 'data.image_size': 16, 'batch_size': 8,
+                                    'eval_batch_size': 8, 'data.val_fraction': 0.25})
+  with mock_dataset('cats_vs_dogs', 40, splits=('train',)):  # its one split, of random sizes
+    run = train.setup(config, str(tmp_path / 'data'))
+    source = tfds.builder('cats_vs_dogs', data_dir=str(tmp_path / 'data')).as_data_source(
+        'train', decoders={'image': tfds.decode.SkipDecoding()})
+    examples = [source[i] for i in range(40)]
+  directory, info = _prepared(config, str(tmp_path / 'data'))
+  labels = np.array([e['label'] for e in examples])
+  held = sum(max(1, round(0.2 * np.sum(labels == c))) for c in np.unique(labels))  # stratified, each class
+  assert info.num_examples == {'train': 40 - held, 'test': held} and info.classes == ('cat', 'dog')
+  train_labels = np.load(os.path.join(directory, 'train.label.npy'))
+  test_labels = np.load(os.path.join(directory, 'test.label.npy'))
+  assert sorted([*train_labels, *test_labels]) == sorted(labels)
+  train_images = np.load(os.path.join(directory, 'train.image.npy'))
+  kept = [i for i in range(40) if i not in set(preparation.carve({'train': labels}, False)['test'][1])]
+  for row, i in ((0, kept[0]), (-1, kept[-1])):  # TFDS's order kept; each image fitted as pillow fits it
+    with Image.open(io.BytesIO(examples[i]['image'])) as image:
+      want = np.asarray(ImageOps.fit(image.convert('RGB'), (16, 16), method=Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(train_images[row], want)
+  np.testing.assert_allclose(info.mean, (train_images.reshape(-1, 3) / 255.0).mean(0), atol=1e-6)
+  assert run.spec.mean == info.mean and run.info.image_shape == (16, 16, 3)  # measured, not ImageNet's
+
+
+def test_a_tfds_name_trains_and_holds_the_built_in_datasets_examples(config, data_dir, tmp_path):
+  """tfds:digits (TFDS's records decoded by pillow, with tf.data reading tfrecord files) holds exactly the
+  examples of the built-in digits arrays (decoded by TFDS), in the same order."""
+  config = apply_overrides(config, {'data.name': 'tfds:digits', 'batch_size': 16, 'eval_batch_size': 16})
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'), data_dir)
+  assert np.isfinite(result.metrics['test_loss']) and result.run.info.image_shape == (8, 8, 1)
+  directory, info = _prepared(config, data_dir)
+  assert info.source['kind'] == 'tfds' and info.classes == tuple(str(c) for c in range(10))
+  built_in = apply_overrides(config, {'data.name': 'digits'})
+  train.setup(built_in, data_dir)
+  for split in ('train', 'test'):
+    got, want = arrays.load(directory, split), arrays.load(arrays.location(built_in.data, data_dir), split)
+    for feature in ('image', 'label'):
+      np.testing.assert_array_equal(got[feature], want[feature])
+
+
+@pytest.mark.parametrize('name,message', [
+    ('tfds:no_such_dataset', "TFDS has no dataset 'no_such_dataset'"),
+    ('tfds:wine_quality', 'cnnjax trains on TFDS datasets with an image feature "image" and a class label "label"'),
+])
+def test_a_tfds_name_that_cannot_serve_is_refused_in_one_line(config, name, message):
+  with pytest.raises(errors.DataError, match=message):
+    data.validate(apply_overrides(config, {'data.name': name}).data)

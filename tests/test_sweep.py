@@ -250,3 +250,19 @@ def test_a_task_waits_for_the_lead_that_another_task_trains_and_stops_when_it_fa
     sweep.lead_pick({lead.name: config}, lead, str(tmp_path), trainer=lambda trials: trained.append(trials))
   holder.wait()
   assert not trained
+
+
+def test_a_tiny_sweep_with_three_budgets_writes_verdicts_by_budget_and_their_plot(config, data_dir, tmp_path):
+  config = apply_overrides(config, {'optimizer.schedule': 'wsd', 'optimizer.warmup_steps': 2, 'num_train_steps': 16,
+                                    'budgets': (0.25, 0.5, 1.0), 'log_every_steps': 4, 'eval_every_steps': 4,
+                                    'checkpoint_every_steps': 8, 'seeds': 2})
+  sweep.run(config, lambda: [{'model.pool': 'max'}, {'model.pool': 'avg'}], str(tmp_path), data_dir)
+  result = sweep.load_result(str(tmp_path / 'pool=avg,seed=1'))
+  assert {'budget=0.25/test_accuracy', 'budget=0.5/test_accuracy', 'budget=1/test_accuracy'} <= set(result.metrics)
+  assert (tmp_path / 'pool=avg,seed=1' / 'budget=0.25' / 'metrics.jsonl').exists()
+  text = (tmp_path / 'report.md').read_text()
+  assert 'Verdicts by budget' in text and (tmp_path / 'test_accuracy_difference_by_budget.png').exists()
+  rows = [line for line in text.splitlines() if line.startswith('| pool=avg | 0.')]
+  assert [row.split('|')[2].strip() for row in rows] == ['0.25', '0.5']  # then budget 1
+  assert any(phrase in text for phrase in ('holds at every budget', 'changes sign', 'significant only at',
+                                           'no significant difference at any budget'))
