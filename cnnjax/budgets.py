@@ -68,12 +68,17 @@ def branch_config(config: ml_collections.ConfigDict, fraction: float) -> ml_coll
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for budgets that are not increasing fractions ending at 1, without a wsd schedule, that
-  would branch inside the warm-up, or with a population (each budget is a run of its own)."""
+  would branch inside the warm-up, or with a population (each budget is a run of its own); and for
+  lr_pick=halving without a grid and budgets to halve over."""
   budgets = config.budgets
   if not isinstance(budgets, Sequence) or isinstance(budgets, str) or not all(
       is_number(b) and 0 < b <= 1 for b in budgets):
     raise ConfigError(f'--config.budgets={budgets!r} must be fractions of num_train_steps in (0, 1], e.g. '
                       '(0.25,0.5,1.0), or () for one budget')
+  if config.lr_pick == 'halving' and (len(set(config.lr_grid)) < 2 or len(budgets) < 2):
+    raise ConfigError('--config.lr_pick=halving picks a rate at each budget on the mean over the seeds: set '
+                      '--config.lr_grid (2+ rates) and --config.budgets (2+ budgets, with '
+                      '--config.optimizer.schedule=wsd)')
   if not budgets:
     return
   if list(budgets) != sorted(set(budgets)) or budgets[-1] != 1:

@@ -21,7 +21,7 @@ RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 POPULATION_MAPS = ('auto', 'vmap', 'loop')  # config.population_map
 SPEEDUPS = ('auto', 'on', 'off')  # config.cpu_speedups (XLA:CPU's faster forms) and config.population
 T = TypeVar('T')
-LR_PICKS = ('run', 'point')  # config.lr_pick: whose validation picks a sweep point's learning rate
+LR_PICKS = ('run', 'point', 'halving')  # config.lr_pick: whose validation picks a sweep point's learning rate
 TEST_CHECKPOINTS = ('last', 'best_val')  # config.test_checkpoint: the weights the test split evaluates
 
 

@@ -40,13 +40,14 @@ class Hook(Protocol):
   def __call__(self, at: At, state: PyTree, metrics: Metrics) -> None: ...
 
 
-def chunk(step: int, most: int, config: ml_collections.ConfigDict) -> int:
+def chunk(step: int, most: int, config: ml_collections.ConfigDict, end: int | None = None) -> int:
   """How many steps the call after ``step`` runs: ``most`` where the next log, eval, checkpoint or budget branch
   step (or the last one) is that far or farther, else 1, so that those happen exactly where they would one step
   at a time and a run compiles two programs (``most`` steps and one step), not one per remainder."""
   every = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
   branches = [s for s in budgets.branch_steps(config) if s > step]
-  boundary = min([config.num_train_steps] + [(step // n + 1) * n for n in every] + branches)
+  boundary = min([config.num_train_steps, end or config.num_train_steps] + [(step // n + 1) * n for n in every]
+                 + branches)
   return most if boundary - step >= most else 1
 
 
@@ -57,24 +58,26 @@ def _at(step: int, config: ml_collections.ConfigDict, stop: bool) -> At:
 
 
 def train(run, state: PyTree, start_step: int, hooks: Sequence[Hook], preemption: workdirs.PreemptionSignals,
-          workdir: str) -> PyTree:
-  """Trains ``run`` (``train.Run``) from ``state`` at ``start_step`` to ``config.num_train_steps``, calling each
-  hook after each call; returns the last state.
+          workdir: str, end: int | None = None) -> PyTree:
+  """Trains ``run`` (``train.Run``) from ``state`` at ``start_step`` to ``config.num_train_steps`` (or to ``end``
+  before it, where the state is logged and saved as at a checkpoint step, to go on later), calling each hook
+  after each call; returns the last state.
 
   Raises:
     Preempted after the hooks saved a checkpoint, when a preemption signal came; what a hook raises.
   """
   config = run.config
   next_input, rng, in_flight = run.pipeline.train_inputs(start_step), run.step_rng(), []
-  step = start_step
-  while step < config.num_train_steps:
-    size = chunk(step, run.steps_per_dispatch, config)
+  step, end = start_step, config.num_train_steps if end is None else end
+  while step < end:
+    size = chunk(step, run.steps_per_dispatch, config, end)
     state, metrics = run.train_steps(size)(state, next_input(), rng)
     step += size
     in_flight = [*in_flight, metrics][-MAX_STEPS_IN_FLIGHT - 1:]
     if len(in_flight) > MAX_STEPS_IN_FLIGHT:  # bound the async queue without stalling the devices
       jax.block_until_ready(in_flight[0])
     at = _at(step, config, preemption.requested is not None)
+    at = dataclasses.replace(at, log=True, save=True) if step == end else at
     for hook in hooks:
       hook(at, state, metrics)
     if at.stop:

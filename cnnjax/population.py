@@ -30,12 +30,13 @@ class PopulationResult:
 
 def population_on(config: ml_collections.ConfigDict, platform: str) -> bool:
   """Whether a sweep trains a point's runs as one population on ``platform``: ``--config.population``, with
-  auto = on for GPU/TPU where the runs can be (threefry2x32, the device pipeline, the last weights tested), off on
-  CPU, where vmapped convolutions run slower per member than one run's (benchmarks/population.py)."""
+  auto = on for GPU/TPU where the runs can be (threefry2x32, the device pipeline, the last weights tested, one
+  budget), off on CPU, where vmapped convolutions run slower per member than one run's
+  (benchmarks/population.py)."""
   if config.population != 'auto':
     return config.population == 'on'
   return (platform != 'cpu' and config.rng_impl in train.VMAP_INVARIANT_RNGS and config.data.pipeline != 'host'
-          and config.test_checkpoint == 'last')
+          and config.test_checkpoint == 'last' and not config.budgets)
 
 
 def train_population(configs: list[ml_collections.ConfigDict], member_workdirs: list[str], workdir: str,

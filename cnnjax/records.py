@@ -56,7 +56,9 @@ class LrPick:
     scores: ``metric`` at each rate of ``grid``; None where the loss diverged.
     on_edge: whether the pick lies on the edge of a grid of two or more rates.
     extensions: rates tried beyond the configured grid.
-    picked_by: with lr_pick=point, the run (the point's first seed) whose grid picked the rate; None: this run's.
+    picked_by: with lr_pick=point, the run (the point's first seed) whose grid picked the rate; 'halving': the
+      mean over the point's seeds picked it (``halving``; ``scores`` are this run's at the shortest budget); None:
+      this run's.
   """
   picked: float
   metric: str

@@ -358,6 +358,23 @@ def budget_table(results: Sequence[Result], baseline: str = '') -> str:
           'over every point and budget.\n\n' + '\n'.join(lines))
 
 
+def budget_picks_table(results: Sequence[Result]) -> str:
+  """The learning rate each point picked at each budget (--config.lr_pick=halving), as markdown; '' without."""
+  picks = {name: {float(k.split('/')[0].removeprefix('budget=')): v for k, v in group[0].metrics.items()
+                  if k.startswith('budget=') and k.endswith('/learning_rate')}
+           for name, group in _group(results).items()}
+  fractions = sorted({f for by_budget in picks.values() for f in by_budget})
+  if not fractions:
+    return ''
+  lines = ['| point | ' + ' | '.join(f'budget {f:g}' for f in fractions) + ' |',
+           '|' + ' --- |' * (len(fractions) + 1)]
+  lines += [f'| {name} | ' + ' | '.join(f'{by_budget[f]:g}' if f in by_budget else '–' for f in fractions) + ' |'
+            for name, by_budget in picks.items()]
+  return ('Learning rate picked at each budget on the mean validation metric over the point\'s seeds (successive '
+          'halving: the better half of the rates went on to each next budget); each budget\'s metrics are of its '
+          'pick.\n\n' + '\n'.join(lines))
+
+
 def invariance_table(results: Sequence[Result], baseline: str = '') -> str:
   """Shift tolerance: at the largest measured shift, per point (mean over seeds), accuracy, agreement with the
   unshifted predictions and correct both unshifted and shifted; then the images correct both unshifted and
@@ -453,6 +470,10 @@ def grid_table(results: Sequence[Result]) -> str:
              + ('' if edges or len(single) == len(_group(chosen)) else ' Every other pick lies inside its grid.'))
   who = ("by each point's first seed on its validation metric (--config.lr_pick=point: the other seeds train at "
          'that pick)' if any(r.lr.picked_by for r in chosen) else 'per run by its validation metric')
+  if any(r.lr.picked_by == 'halving' for r in chosen):
+    who = ('on the mean validation metric over each point\'s seeds, by successive halving over the budgets '
+           '(--config.lr_pick=halving; the cells: each rate at the shortest budget, where every rate trained; the '
+           'rate picked at each budget: below)')
   return (f'Learning rate picked {who}; the test metrics above are of the picks only.\n\n' + '\n'.join(lines)
           + note)
 
@@ -553,6 +574,7 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   comparisons, grids = significance_table(results, baseline), grid_table(results)
   said, curves = conclusion(results, baseline), curve_table(results, histories)
   shifts, by_budget = invariance_table(results, baseline), budget_table(results, baseline)
+  by_budget = '\n\n'.join(s for s in (by_budget, budget_picks_table(results)) if s)
   files.write_json(os.path.join(workdir, 'results.json'),
                    {'points': [r.to_json() for r in results], 'summary': rows, 'conclusion': said,
                     'comparisons': comparisons, 'budgets': by_budget, 'learning_rates': grids, 'curves': curves,

@@ -24,7 +24,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnjax import analysis, checkpointing, files, heads, population, records, report, stamp, train, workdirs
+from cnnjax import (
+  analysis,
+  checkpointing,
+  files,
+  halving,
+  heads,
+  population,
+  records,
+  report,
+  stamp,
+  train,
+  workdirs,
+)
 from cnnjax.config import apply_overrides, check_int
 from cnnjax.errors import (
   CnnjaxError,
@@ -130,6 +142,13 @@ def run_points(configs: dict[str, ml_collections.ConfigDict], points: Sequence[P
     return
   for point in pending:
     logging.info('Sweep point %s: %s', point.name, point.overrides)
+  if configs[lead.name].lr_pick == 'halving':  # every seed of the setting: the pick is on their mean
+    picks = halving.pick({p.name: configs[p.name] for p in points},
+                         {p.name: os.path.join(workdir, p.name) for p in points}, data_dir, _lr_dir, next_learning_rate)
+    for point in pending:
+      trained, choice, seconds = picks[point.name]
+      finish_point(configs[point.name], point, os.path.join(workdir, point.name), trained, choice, seconds)
+    return
   together = population.population_on(configs[pending[0].name], jax.default_backend())
   trainer = functools.partial(_train_together, workdir=workdir) if together else _train_alone
   trainer = functools.partial(trainer, data_dir=data_dir)
@@ -399,6 +418,9 @@ def _validated_points(config: ml_collections.ConfigDict, get_sweep: Callable[[],
   if config.baseline_point and config.baseline_point not in groups:
     raise ConfigError(f'--config.baseline_point={config.baseline_point!r} is not a point of this sweep; choose one '
                       f'of {groups} (or \'\' for the first)')
+  if sweep_index is not None and config.lr_pick == 'halving':
+    raise ConfigError('--config.lr_pick=halving picks on the mean over a setting\'s seeds, which train together in '
+                      'one task: drop --sweep_index, or use --config.lr_pick=point')
   if sweep_index is not None and not 0 <= sweep_index < len(points):
     raise ConfigError(f'--sweep_index={sweep_index} is out of range: this sweep has {len(points)} points '
                       f'(0..{len(points) - 1})')

@@ -316,7 +316,7 @@ class TrainResult:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None,
-                       overwrite: bool = False) -> TrainResult:
+                       overwrite: bool = False, until: int | None = None) -> TrainResult | None:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating on the validation split
   every ``eval_every_steps`` and at the end, and on the test split once, at the end: the last weights, or with
   ``test_checkpoint=best_val`` those of the best validation evaluation (with val_fraction 0, the periodic
@@ -327,9 +327,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     workdir: where checkpoints, TensorBoard events, metrics.jsonl and config.json go.
     data_dir: TFDS data directory (None: tfds's default).
     overwrite: move a previous run in ``workdir`` aside instead of resuming it.
+    until: train only to this step (before num_train_steps), save it and return None: a later call goes on from
+      there (a sweep's successive halving trains its runs budget by budget).
 
   Returns:
-    The final metrics and variables, the start step and the run's set-up.
+    The final metrics and variables, the start step and the run's set-up; None with ``until``.
 
   Raises:
     Before anything is compiled or written: ConfigError for a config that cannot train or a workdir that holds
@@ -341,8 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
   run = setup(config, data_dir)  # validates, then prepares and checks the data; writes nothing to the workdir
   workdir = workdirs.resolve(workdir)  # a symbolic link is resolved once: the run stays in its target's tree
   with workdirs.held(run.config, workdir, overwrite) as preemption:
-    result = _train_and_evaluate(run, workdir, preemption)
-  return _shorter_budgets(result, workdir, data_dir) if config.budgets else result
+    result = _train_and_evaluate(run, workdir, preemption, until)
+  return _shorter_budgets(result, workdir, data_dir) if config.budgets and result else result
 
 
 def _shorter_budgets(result: TrainResult, workdir: str, data_dir: str | None) -> TrainResult:
@@ -384,8 +386,10 @@ def restore(run: Run, checkpoints: checkpointing.Checkpoints, workdir: str) -> t
   return state, start_step
 
 
-def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionSignals) -> TrainResult:
-  """The solo run: restore, the loop with a solo run's hooks, the selection of the tested weights, the test."""
+def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionSignals, until: int | None = None
+                        ) -> TrainResult | None:
+  """The solo run: restore, the loop with a solo run's hooks, the selection of the tested weights, the test (not
+  before num_train_steps: with ``until`` short of it, None once the state there is saved)."""
   config, backend = run.config, run.backend
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   best = (checkpointing.Checkpoints(workdir, checkpointing.BEST_CHECKPOINT_DIR, best=run.head.selection())
@@ -404,7 +408,12 @@ def _train_and_evaluate(run: Run, workdir: str, preemption: workdirs.PreemptionS
                                 loop.read_first_device)  # checked before any save
     hooks = [lambda at, *_: progress(at.step), metrics, periodic, loop.checkpoint(checkpoints, backend)]
     hooks += [budgets.Seeder(config, workdir, backend)] if config.budgets else []
-    state = loop.train(run, backend.from_checkpoint(state), start_step, hooks, preemption, workdir)
+    end = config.num_train_steps if until is None else min(until, config.num_train_steps)
+    state = backend.from_checkpoint(state)
+    if start_step < end:  # a run already past ``until`` (or finished) trains nothing more here
+      state = loop.train(run, state, start_step, hooks, preemption, workdir, end)
+    if end < config.num_train_steps:
+      return None
     chosen, eval_metrics = {}, periodic.latest
     if best is not None:  # test the best weights by validation, not the last
       chosen = {'selected_step': best.best_step()}

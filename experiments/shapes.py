@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   # While the pick lies on the grid's edge, train the next value beyond it (the grid's ratio), up to this often.
   config.lr_grid_extensions = 2
   # Whose validation picks a sweep point's rate: run (every seed picks its own from the grid) | point (the first
-  # seed picks, then the other seeds train at its pick only: ~1/len(grid) of the other seeds' cost).
+  # seed picks, then the other seeds train at its pick only: ~1/len(grid) of the other seeds' cost) | halving (with
+  # budgets: the mean over the seeds picks at each budget; the better half of the rates goes on to the next one).
   config.lr_pick = 'run'
   config.skip_nonfinite = False  # True: skip updates whose gradients are NaN/Inf instead of stopping the run
   config.head = 'multiclass'  # multiclass (softmax CE) | binary (sigmoid BCE) | regression (linear, MSE)

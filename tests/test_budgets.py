@@ -33,6 +33,12 @@ def test_a_shorter_budget_is_the_separate_run_of_that_budget_to_the_last_bit(con
   assert (tmp_path / 'budgets' / 'budget=0.5' / 'checkpoints').is_dir()
   again = train.train_and_evaluate(config, str(tmp_path / 'budgets'), data_dir)  # finished: resumed, not retrained
   assert again.metrics == together.metrics and again.start_step == 40
+  # Stopped in the constant phase, then inside the branch's cooldown, then resumed: the same run to the last bit.
+  stopped = str(tmp_path / 'stopped')
+  assert train.train_and_evaluate(config, stopped, data_dir, until=16) is None  # where budget 0.5 branches
+  branch = budgets.branch_config(config, 0.5)
+  assert train.train_and_evaluate(branch, budgets.branch_dir(stopped, 0.5), data_dir, until=18) is None
+  assert train.train_and_evaluate(config, stopped, data_dir).metrics == together.metrics
 
 
 @pytest.mark.parametrize('overrides,message', [

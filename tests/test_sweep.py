@@ -266,3 +266,39 @@ def test_a_tiny_sweep_with_three_budgets_writes_verdicts_by_budget_and_their_plo
   assert [row.split('|')[2].strip() for row in rows] == ['0.25', '0.5']  # then budget 1
   assert any(phrase in text for phrase in ('holds at every budget', 'changes sign', 'significant only at',
                                            'no significant difference at any budget'))
+
+
+def test_halving_picks_each_budgets_rate_on_the_mean_over_seeds_and_stops_the_dropped_rates(config, data_dir,
+                                                                                             tmp_path):
+  config = apply_overrides(config, {'optimizer.schedule': 'wsd', 'optimizer.warmup_steps': 2, 'num_train_steps': 16,
+                                    'budgets': (0.5, 1.0), 'log_every_steps': 2, 'eval_every_steps': 4,
+                                    'checkpoint_every_steps': 8, 'seeds': 2, 'lr_grid': (1e-3, 1e-2, 1e-1),
+                                    'lr_grid_extensions': 0, 'lr_pick': 'halving'})
+  sweep.run(config, lambda: [{'model.pool': 'max'}], str(tmp_path), data_dir)
+  seeds = ('pool=max,seed=0', 'pool=max,seed=1')
+
+  def val_at(seed, lr, branch=''):
+    rows = sweep.read_metrics(str(tmp_path / seed / f'lr={lr:g}' / branch))
+    return [r['val_accuracy'] for r in rows if 'val_accuracy' in r][-1]
+  means = {lr: sum(val_at(s, lr, 'budget=0.5') for s in seeds) / 2 for lr in (1e-3, 1e-2, 1e-1)}
+  picked = max(means, key=lambda lr: (means[lr], -lr))
+  result = sweep.load_result(str(tmp_path / seeds[1]))
+  assert result.metrics['budget=0.5/learning_rate'] == picked and result.lr.picked_by == 'halving'
+  dropped = min(means, key=lambda lr: (means[lr], -lr))  # the worse half of three: one rate stops at budget 0.5
+  stopped = train.checkpointing.Checkpoints(str(tmp_path / seeds[0] / f'lr={dropped:g}'))
+  assert stopped.latest_step() == 6  # its constant phase to budget 0.5's branch step (8 - 0.2 x 8), no further
+  stopped.close()
+  final = result.metrics['budget=1/learning_rate']
+  assert final != dropped and result.lr.picked == final
+  assert result.metrics['test_accuracy'] == result.metrics['budget=1/test_accuracy']
+  assert 'Learning rate picked at each budget' in (tmp_path / 'report.md').read_text()
+
+
+def test_halving_needs_a_grid_budgets_and_one_task_per_setting(config, tmp_path):
+  with pytest.raises(ConfigError, match='--config.lr_pick=halving picks a rate at each budget'):
+    sweep.run(apply_overrides(config, {'lr_pick': 'halving', 'lr_grid': (1e-3, 1e-2)}),
+              lambda: [{'model.pool': 'max'}], str(tmp_path))
+  halving = apply_overrides(config, {'lr_pick': 'halving', 'lr_grid': (1e-3, 1e-2), 'budgets': (0.5, 1.0),
+                                     'optimizer.schedule': 'wsd', 'optimizer.warmup_steps': 2})
+  with pytest.raises(ConfigError, match='drop --sweep_index'):
+    sweep.run(halving, lambda: [{'model.pool': 'max'}], str(tmp_path), sweep_index=0)
