@@ -30,6 +30,9 @@ flags.DEFINE_bool('overwrite', False, 'Move a previous run in --workdir aside (t
                   'start again, instead of resuming it.')
 flags.DEFINE_string('out', None, 'Write what the finished run (or sweep) measured, stamped with this command, the '
                     'commit, machine and versions, as JSON here, e.g. results/experiments/shapes.json.')
+flags.DEFINE_string('records', None, 'Also keep the run records (configs, metrics, results; no checkpoints) in this '
+                    'directory, e.g. results/runs/NAME, from which --report_only rebuilds the report; --out then '
+                    'stamps the commands that train it and rebuild it.')
 flags.DEFINE_bool('multihost', False, 'Join a multi-process run (jax.distributed.initialize); the coordinator comes '
                   'from the flags below or from the cluster environment (SLURM, TPU pods, Kubernetes).')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
@@ -111,8 +114,12 @@ def main(argv: list[str]) -> None:
       start = time.perf_counter()
       outcome = sweep.run_experiment(FLAGS.config, get_sweep, FLAGS.workdir, FLAGS.data_dir, FLAGS.sweep_index,
                                      FLAGS.report_only, FLAGS.overwrite)
-      if FLAGS.out and FLAGS.sweep_index is None and jax.process_index() == 0:
-        sweep.write_out(FLAGS.out, FLAGS.experiment, outcome, FLAGS.workdir, time.perf_counter() - start)
+      if FLAGS.sweep_index is None and jax.process_index() == 0:
+        seconds = time.perf_counter() - start
+        if FLAGS.records:
+          sweep.keep_records(FLAGS.workdir, FLAGS.records)
+        if FLAGS.out:
+          sweep.write_out(FLAGS.out, FLAGS.experiment, outcome, FLAGS.workdir, seconds, FLAGS.records)
   except DownloadTimeout as e:  # the download's threads may retry for minutes: do not wait for them
     print(f'\n{e.heading}: {e}', file=sys.stderr, flush=True)  # a line of its own after the download's progress bar
     os._exit(e.exit_status)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,3 +188,29 @@ class DataRecord:
       raise ValueError(f'data.json has schema {record["schema"]}, newer than this cnnjax reads (1)')
     fields = {**record, 'mean': tuple(record['mean']), 'std': tuple(record['std']), 'classes': tuple(record['classes'])}
     return cls(**fields)
+
+
+RECORD_FILES = ('config.json', 'metrics.jsonl', 'result.json', DATA_FILE, 'first_layer.npz')  # a run's records
+REPORT_FILES = ('report.md', 'results.json', 'results.csv')  # a sweep's report, beside its plots (*.png)
+NOT_RECORDS = ('checkpoints', 'best_checkpoint', '.populations')  # directories left out: weights, not records
+
+
+def keep(workdir: str, records: str) -> int:
+  """Copies the run records below ``workdir`` (each run's config, metrics, result and data record, first-layer
+  maps; a sweep's report and plots; no checkpoints) into ``records``, replacing what it held, so that the report
+  rebuilds from them (``--report_only``); returns the bytes kept."""
+  tmp = f'{records.rstrip(os.sep)}.tmp-{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  kept = 0
+  for parent, dirs, names in os.walk(workdir):
+    dirs[:] = sorted(d for d in dirs if d not in NOT_RECORDS and '.overwritten-' not in d)
+    top = parent == workdir
+    for name in names:
+      if name in RECORD_FILES or (top and (name in REPORT_FILES or name.endswith('.png'))):
+        target = os.path.join(tmp, os.path.relpath(parent, workdir), name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(os.path.join(parent, name), target)
+        kept += os.path.getsize(target)
+  shutil.rmtree(records, ignore_errors=True)
+  os.rename(tmp, records)
+  return kept

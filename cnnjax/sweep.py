@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -546,15 +547,45 @@ def check_out(path: str) -> None:
                        'directory')
 
 
+def keep_records(workdir: str, records_dir: str) -> None:
+  """``records.keep``: the run records of ``workdir`` copied into ``records_dir`` (``--records``)."""
+  workdir, records_dir = workdirs.resolve(workdir), workdirs.resolve(records_dir)
+  if records_dir == workdir:
+    return  # rebuilt in place: the records are already there
+  with files.storage_errors(f'keeping the run records in --records={records_dir}', f'the runs in {workdir} are intact',
+                            '--records'):
+    kept = records.keep(workdir, records_dir)
+  logging.info('Run records (no checkpoints): %s, %.1f MB.', records_dir, kept / 1e6)
+
+
+def commands(experiment: str, records_dir: str, argv: Sequence[str]) -> dict[str, str]:
+  """The commands that train an experiment from scratch keeping its records in ``records_dir`` and that rebuild its
+  report from them, from the command line ``argv`` that ran it (its other flags and overrides kept)."""
+  skip, args, tokens = ('--workdir', '--records', '--report_only', '--overwrite'), [], iter(argv[1:])
+  for token in tokens:
+    name = token.split('=', 1)[0]
+    if name in skip:
+      if '=' not in token and name in ('--workdir', '--records'):
+        next(tokens, None)  # its value came as the next token
+      continue
+    args.append(token)
+  head = ['python', argv[0], *args]
+  return {'train_command': ' '.join([*head, f'--workdir=/tmp/cnnjax/{experiment}', f'--records={records_dir}']),
+          'rebuild_command': ' '.join([*head, f'--workdir={records_dir}', '--report_only'])}
+
+
 def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResult, workdir: str,
-              seconds: float) -> None:
+              seconds: float, records_dir: str | None = None) -> None:
   """Writes what a finished experiment measured to ``path`` as JSON, stamped (``stamp.stamp``) with the command,
   commit, date, machine and versions: a single run's final metrics, or a sweep's summary rows, comparisons,
   learning rates, validation curves and shift tolerance (report.md's tables, from WORKDIR/results.json) and
   the sum of its points' wall times (which ``wall_seconds`` is not after --report_only). So a number quoted
-  from results/ names the command that regenerates it."""
+  from results/ names the command that regenerates it; with ``records_dir`` (``--records``), also the commands
+  that train it from scratch and rebuild it from its kept records."""
   record = {**stamp.stamp(), 'experiment': experiment, 'workdir': workdirs.resolve(workdir),
             'wall_seconds': round(seconds, 1)}
+  if records_dir:
+    record.update(records=records_dir, **commands(experiment, records_dir, sys.argv))
   if isinstance(outcome, train.TrainResult):
     record['metrics'] = {k: float(v) for k, v in outcome.metrics.items()}
   else:

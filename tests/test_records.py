@@ -1,6 +1,8 @@
 """Run records: names formatted and parsed in one place, each the other's inverse; result.json's typed, versioned
 schema, and the flat schema of earlier records read as well."""
 
+import os
+
 import pytest
 
 from cnnjax import records
@@ -61,3 +63,31 @@ def test_a_record_of_a_later_schema_or_missing_a_field_is_refused(tmp_path):
   (tmp_path / sweep.RESULT_FILE).write_text('{"schema": 2, "name": "a"}')
   with pytest.raises(errors.DamagedFile, match='is not a run\'s record'):
     sweep.load_result(str(tmp_path))
+
+
+def test_kept_records_hold_no_checkpoints_and_rebuild_the_same_report(config, data_dir, tmp_path):
+  import json
+
+  from cnnjax import sweep
+  config.num_train_steps, config.checkpoint_every_steps = 4, 4
+  get_sweep = lambda: [{'model.pool': 'max'}, {'model.pool': 'avg'}]  # noqa: E731
+  sweep.run(config, get_sweep, str(tmp_path / 'work'), data_dir)
+  sweep.keep_records(str(tmp_path / 'work'), str(tmp_path / 'records'))
+  kept = {os.path.relpath(os.path.join(p, n), tmp_path / 'records') for p, _, names in os.walk(tmp_path / 'records')
+          for n in names}
+  assert {'pool=max/result.json', 'pool=max/config.json', 'pool=max/metrics.jsonl', 'report.md'} <= kept
+  assert not any('checkpoint' in k or 'events.out' in k for k in kept)
+  sweep.run(config, get_sweep, str(tmp_path / 'records'), report_only=True)
+  before, after = (json.load(open(tmp_path / d / 'results.json')) for d in ('work', 'records'))
+  assert before['summary'] == after['summary'] and before['comparisons'] == after['comparisons']
+
+
+def test_the_stamped_commands_train_into_a_workdir_and_rebuild_from_the_records():
+  from cnnjax import sweep
+  got = sweep.commands('fm', 'results/runs/fm', ['launch.py', '--experiment=fm', '--workdir', '/tmp/x',
+                                                 '--config.seeds=5', '--out=results/experiments/fm.json'])
+  assert got == {
+      'train_command': 'python launch.py --experiment=fm --config.seeds=5 --out=results/experiments/fm.json '
+                       '--workdir=/tmp/cnnjax/fm --records=results/runs/fm',
+      'rebuild_command': 'python launch.py --experiment=fm --config.seeds=5 --out=results/experiments/fm.json '
+                         '--workdir=results/runs/fm --report_only'}
