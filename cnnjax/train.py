@@ -330,6 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
     until: train only to this step (before num_train_steps), save it and return None: a later call goes on from
       there (a sweep's successive halving trains its runs budget by budget).
 
+  The run's compiled programs are dropped when it returns (``jax.clear_caches``), so that a process may train
+  any number of runs.
+
   Returns:
     The final metrics and variables, the start step and the run's set-up; None with ``until``.
 
@@ -342,8 +345,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data_dir
   """
   run = setup(config, data_dir)  # validates, then prepares and checks the data; writes nothing to the workdir
   workdir = workdirs.resolve(workdir)  # a symbolic link is resolved once: the run stays in its target's tree
-  with workdirs.held(run.config, workdir, overwrite) as preemption:
-    result = _train_and_evaluate(run, workdir, preemption, until)
+  try:
+    with workdirs.held(run.config, workdir, overwrite) as preemption:
+      result = _train_and_evaluate(run, workdir, preemption, until)
+  finally:  # each run compiles its own programs; kept, a sweep's hundreds of runs exhaust the process's memory
+    jax.clear_caches()  # maps (vm.max_map_count) and LLVM aborts the process. The disk cache makes recompiling cheap
   return _shorter_budgets(result, workdir, data_dir) if config.budgets and result else result
 
 

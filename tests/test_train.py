@@ -1,5 +1,6 @@
 """Training: learning on shapes, shared compiled programs, exact resume (with the other back-end too), no
-re-tracing, other heads, refused configs, platform choices, populations against their solo runs."""
+re-tracing, memory maps that do not grow run after run, other heads, refused configs, platform choices,
+populations against their solo runs."""
 
 import functools
 import json
@@ -70,6 +71,18 @@ def test_learning_rates_and_seeds_share_one_compiled_program(config, data_dir, b
     batch = run.pipeline.train_inputs(0)()
     programs.add(run.train_step.lower(state, batch, run.keys()[1]).as_text())
   assert len(programs) == 1
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason='counts the memory maps that Linux lists')
+def test_runs_in_one_process_do_not_accumulate_memory_maps(config, data_dir, tmp_path):
+  """Every run compiles its own programs; kept, each adds hundreds of memory maps, and a sweep of a few hundred
+  runs reaches vm.max_map_count (65,530), where LLVM aborts the process."""
+  def maps_after_a_run(seed):
+    train.train_and_evaluate(apply_overrides(config, {'seed': seed}), str(tmp_path / str(seed)), data_dir)
+    with open('/proc/self/maps') as f:
+      return sum(1 for _ in f)
+  counts = [maps_after_a_run(seed) for seed in range(4)]
+  assert counts[-1] - counts[1] < 100, counts  # without clearing: about 370 more per run
 
 
 def test_shard_map_backend_trains_end_to_end(config, data_dir, tmp_path):
