@@ -2,9 +2,9 @@ r"""Shift tolerance on Fashion-MNIST: accuracy and prediction agreement under in
 average and no pooling, with a third conv block so that pooling is deep.
 
   python launch.py --experiment=fashion_mnist_invariance --workdir=/tmp/cnnjax/fm_invariance \
-      --out=results/experiments/fashion_mnist_invariance.json
+      --records=results/runs/fashion_mnist_invariance --out=results/experiments/fashion_mnist_invariance.json
 
-3 points x 5 seeds at the studies' budget (experiments/_fashion_mnist_study.py). It shows how much of a
+3 points x 5 seeds at budgets of 1.5 to 12 epochs (experiments/_fashion_mnist_study.py). It shows how much of a
 prediction survives a shift for each pooling; the quick offline version is `invariance`.
 """
 
