@@ -44,6 +44,12 @@ def _sweep_files() -> dict[str, dict]:
   return found
 
 
+def _rebuild_command(record: dict) -> str:
+  """The stamped command that rebuilds a report from its records: 'rebuild_command' (stamped beside the training
+  command by --records), or the 'command' of a report rebuilt with --report_only."""
+  return record.get('rebuild_command', record['command'])
+
+
 def _records_dir(command: str) -> str | None:
   """The committed run records a stamped command reads (its --workdir under results/runs), or None."""
   workdir = next((a.split('=', 1)[1] for a in command.split() if a.startswith('--workdir=')), '')
@@ -51,11 +57,11 @@ def _records_dir(command: str) -> str | None:
 
 
 def test_every_sweep_result_names_committed_records_or_is_listed_as_lost():
-  missing = {name for name, record in _sweep_files().items() if not _records_dir(record['command'])}
+  missing = {name for name, record in _sweep_files().items() if not _records_dir(_rebuild_command(record))}
   assert missing == RECORDS_LOST
 
 
-REBUILDABLE = sorted(name for name, record in _sweep_files().items() if _records_dir(record['command']))
+REBUILDABLE = sorted(name for name, record in _sweep_files().items() if _records_dir(_rebuild_command(record)))
 
 
 @pytest.mark.parametrize('name', REBUILDABLE)
@@ -67,8 +73,9 @@ def test_a_sweep_report_rebuilds_from_its_committed_records_to_the_same_numbers(
   committed = _sweep_files()[name]
   root = os.path.dirname(RESULTS)
   records = tmp_path / 'records'
-  shutil.copytree(os.path.join(root, _records_dir(committed['command'])), records)
-  args = [a for a in committed['command'].split()[2:] if not a.startswith(('--workdir=', '--out='))]
+  command = _rebuild_command(committed)
+  shutil.copytree(os.path.join(root, _records_dir(command)), records)
+  args = [a for a in command.split()[2:] if not a.startswith(('--workdir=', '--out='))]
   proc = subprocess.run([sys.executable, 'launch.py', *args, f'--workdir={records}', f'--out={tmp_path / "out.json"}'],
                         capture_output=True, text=True, cwd=root, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
