@@ -576,12 +576,12 @@ def commands(experiment: str, records_dir: str, argv: Sequence[str]) -> dict[str
 
 def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResult, workdir: str,
               seconds: float, records_dir: str | None = None) -> None:
-  """Writes what a finished experiment measured to ``path`` as JSON, stamped (``stamp.stamp``) with the command,
-  commit, date, machine and versions: a single run's final metrics, or a sweep's summary rows, comparisons,
-  learning rates, validation curves and shift tolerance (report.md's tables, from WORKDIR/results.json) and
-  the sum of its points' wall times (which ``wall_seconds`` is not after --report_only). So a number quoted
-  from results/ names the command that regenerates it; with ``records_dir`` (``--records``), also the commands
-  that train it from scratch and rebuild it from its kept records."""
+  """Writes what a finished experiment measured to ``path`` as JSON, stamped (``stamp.stamp``) with the command, commit,
+  date, machine and versions: a single run's final metrics, or a sweep's summary rows, comparisons, verdicts and
+  learning rates by budget, learning rates, validation curves and shift tolerance (report.md's tables, from
+  WORKDIR/results.json) and the sum of its points' wall times (which ``wall_seconds`` is not after --report_only). So
+  a number quoted from results/ names the command that regenerates it; with ``records_dir`` (``--records``), also the
+  commands that train it from scratch and rebuild it from its kept records."""
   record = {**stamp.stamp(), 'experiment': experiment, 'workdir': workdirs.resolve(workdir),
             'wall_seconds': round(seconds, 1)}
   if records_dir:
@@ -592,7 +592,7 @@ def write_out(path: str, experiment: str, outcome: list[Point] | train.TrainResu
     summary = files.read_json(os.path.join(workdirs.resolve(workdir), 'results.json'),
                               're-run with --report_only to rebuild it')
     record.update(points=len(outcome), summary=summary['summary'], conclusion=summary.get('conclusion'),
-                  comparisons=summary.get('comparisons'),
+                  comparisons=summary.get('comparisons'), budgets=summary.get('budgets'),
                   learning_rates=summary.get('learning_rates'), curves=summary.get('curves'),
                   invariance=summary.get('invariance'),
                   runs_wall_seconds=round(sum(r.get('wall_time_s', 0) for r in summary['points']), 1))

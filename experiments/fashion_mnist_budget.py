@@ -1,6 +1,6 @@
 r"""The training budget of the Fashion-MNIST studies (pooling, stride, parameter counts), chosen on validation.
 
-  python launch.py --experiment=fashion_mnist_budget --workdir=/tmp/cnnjax/fm_budget \
+  python launch.py --experiment=fashion_mnist_budget --workdir=/tmp/cnnjax/fm_budget --records=results/runs/fashion_mnist_budget \
       --out=results/experiments/fashion_mnist_budget.json
 
 The studies' shared baseline point (the `small` CNN with 2x2 max pooling, Adam 3e-3) trained for 16 epochs at a

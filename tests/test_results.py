@@ -25,7 +25,7 @@ def test_there_are_results():
 
 
 EXPERIMENTS = os.path.join(RESULTS, 'experiments')
-REPORT_KEYS = ('summary', 'comparisons', 'conclusion', 'learning_rates', 'curves', 'invariance')
+REPORT_KEYS = ('summary', 'comparisons', 'budgets', 'conclusion', 'learning_rates', 'curves', 'invariance')
 # Studies whose run records were not kept (their stamps name a --report_only on a temporary workdir): they are
 # to be trained again with --records=results/runs/NAME, then rebuilt like the others. A new file may not join them.
 RECORDS_LOST = {'fashion_mnist', 'fashion_mnist_budget', 'fashion_mnist_filters', 'fashion_mnist_invariance',

@@ -266,6 +266,8 @@ def test_a_tiny_sweep_with_three_budgets_writes_verdicts_by_budget_and_their_plo
   assert [row.split('|')[2].strip() for row in rows] == ['0.25', '0.5']  # then budget 1
   assert any(phrase in text for phrase in ('holds at every budget', 'changes sign', 'significant only at',
                                            'no significant difference at any budget'))
+  sweep.write_out(str(tmp_path / 'out.json'), 'tiny', [None] * 4, str(tmp_path), 1.0)  # --out carries the table
+  assert 'Verdicts by budget' in json.load(open(tmp_path / 'out.json'))['budgets']
 
 
 def test_halving_picks_each_budgets_rate_on_the_mean_over_seeds_and_stops_the_dropped_rates(config, data_dir,
