@@ -1,6 +1,6 @@
 """Races to a test accuracy: a cnnjax run as a user runs it and the PyTorch mirror of its recipe (same model,
 optimizer, schedule, batch and examples), each timed from its start to its first evaluation at the target. No
-flags: benchmarks/time_to_accuracy.py (CPU, several rounds) and benchmarks/accelerator_check.py (a GPU) use it.
+flags: benchmarks/time_to_accuracy.py (CPU, several seeds) and benchmarks/accelerator_check.py (a GPU) use it.
 """
 
 from __future__ import annotations
@@ -86,9 +86,25 @@ def run_torch(config, arm: str, train_data, test_data, image_shape, num_outputs:
 
 
 def summarize(evals: list[Evals], target: float) -> dict:
-  """Median seconds to target over the runs (None unless every run reached it) and median final accuracy."""
+  """One arm over its runs (one per seed): the median over seeds of the seconds to target (None unless every run
+  reached it) and of the seconds per epoch (between the first and the last evaluation, so compilation is not
+  counted), each seed's seconds to target, the median final accuracy and every run's evaluations."""
   reached = [next((s for _, s, acc in e if acc >= target), None) for e in evals]
+  per_epoch = [(e[-1][1] - e[0][1]) / (len(e) - 1) for e in evals if len(e) > 1]
   return {'seconds_to_target': statistics.median(reached) if None not in reached else None,
+          'seconds_to_target_per_seed': reached,
+          'seconds_per_epoch': statistics.median(per_epoch) if per_epoch else None,
           'final_test_accuracy': statistics.median(e[-1][2] for e in evals),
           'reached': f'{sum(r is not None for r in reached)}/{len(reached)}',
           'runs': [[{'step': st, 'seconds': s, 'test_accuracy': a} for st, s, a in e] for e in evals]}
+
+
+def ratio_of_medians(a: list[float], b: list[float]) -> dict:
+  """median(a) / median(b) of two arms' per-seed seconds, paired by seed, with a 95 % percentile bootstrap
+  interval over the seeds (scipy.stats.bootstrap, 9,999 resamples, fixed seed). With 5 seeds the interval is
+  coarse: it cannot reach beyond ratios the resampled medians can form."""
+  from scipy import stats
+  ratio = statistics.median(a) / statistics.median(b)
+  boot = stats.bootstrap((np.asarray(a), np.asarray(b)), lambda x, y: np.median(x) / np.median(y), paired=True,
+                         vectorized=False, n_resamples=9999, method='percentile', random_state=0)
+  return {'ratio': ratio, 'low': float(boot.confidence_interval.low), 'high': float(boot.confidence_interval.high)}

@@ -87,3 +87,24 @@ def test_mirror_steps_fit_a_fixed_batch():
   x, y = rng.normal(size=(32, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 32)
   losses = [float(trainer.train_step(x, y)) for _ in range(10)]
   assert losses[0] == pytest.approx(np.log(10), rel=0.1) and losses[-1] < 0.3 * losses[0], losses
+
+
+def test_a_race_summary_takes_medians_over_seeds_and_counts_runs_that_missed_the_target():
+  """Three seeds' evaluations (step, seconds, accuracy), hand-computed: seconds to 0.9 are 20, 30 and 20 (median
+  20); seconds per epoch, first to last evaluation, are 10, 15 and 5 (median 10)."""
+  evals = [[(1, 10, 0.8), (2, 20, 0.91), (3, 30, 0.92)], [(1, 15, 0.85), (2, 30, 0.9), (3, 45, 0.9)],
+           [(1, 20, 0.9), (2, 25, 0.9), (3, 30, 0.95)]]
+  summary = racing.summarize(evals, 0.9)
+  assert summary['seconds_to_target'] == 20 and summary['seconds_to_target_per_seed'] == [20, 30, 20]
+  assert summary['seconds_per_epoch'] == 10 and summary['final_test_accuracy'] == 0.92
+  assert summary['reached'] == '3/3'
+  missed = racing.summarize(evals, 0.94)
+  assert missed['seconds_to_target'] is None and missed['reached'] == '1/3'
+
+
+def test_a_ratio_of_medians_is_paired_by_seed_with_its_bootstrap_interval():
+  a, b = [10.0, 12.0, 11.0, 13.0, 9.0], [20.0, 24.0, 22.0, 26.0, 18.0]  # a is half of b on every seed
+  half = racing.ratio_of_medians(a, b)
+  assert half == {'ratio': 0.5, 'low': 0.5, 'high': 0.5}
+  spread = racing.ratio_of_medians([10.0, 30.0, 11.0, 13.0, 9.0], b)
+  assert spread['low'] <= spread['ratio'] == 11 / 22 < spread['high']  # one seed of five off the 0.5 line
