@@ -358,6 +358,20 @@ def budget_table(results: Sequence[Result], baseline: str = '') -> str:
           'over every point and budget.\n\n' + '\n'.join(lines))
 
 
+def budget_means_table(results: Sequence[Result]) -> str:
+  """Each point's main metric at each budget (mean ± 95 % interval over its seeds), as markdown; '' without
+  several budgets."""
+  metric, groups = main_metric(results), _group(results)
+  fractions = budget_fractions(results, metric)
+  if len(fractions) < 2:
+    return ''
+  lines = ['| point | ' + ' | '.join(f'budget {f:g}' for f in fractions) + ' |',
+           '|' + ' --- |' * (len(fractions) + 1)]
+  lines += [f'| {name} | ' + ' | '.join(_mean_cell([r.metrics[f'budget={f:g}/{metric}'] for r in runs])
+                                        for f in fractions) + ' |' for name, runs in groups.items()]
+  return f'{metric} at each budget (mean ± 95 % interval over seeds):\n\n' + '\n'.join(lines)
+
+
 def budget_picks_table(results: Sequence[Result]) -> str:
   """The learning rate each point picked at each budget (--config.lr_pick=halving), as markdown; '' without."""
   picks = {name: {float(k.split('/')[0].removeprefix('budget=')): v for k, v in group[0].metrics.items()
@@ -574,7 +588,7 @@ def write(workdir: str, results: Sequence[Result], histories: dict[str, list[dic
   comparisons, grids = significance_table(results, baseline), grid_table(results)
   said, curves = conclusion(results, baseline), curve_table(results, histories)
   shifts, by_budget = invariance_table(results, baseline), budget_table(results, baseline)
-  by_budget = '\n\n'.join(s for s in (by_budget, budget_picks_table(results)) if s)
+  by_budget = '\n\n'.join(s for s in (budget_means_table(results), by_budget, budget_picks_table(results)) if s)
   files.write_json(os.path.join(workdir, 'results.json'),
                    {'points': [r.to_json() for r in results], 'summary': rows, 'conclusion': said,
                     'comparisons': comparisons, 'budgets': by_budget, 'learning_rates': grids, 'curves': curves,

@@ -262,10 +262,13 @@ def test_a_tiny_sweep_with_three_budgets_writes_verdicts_by_budget_and_their_plo
   assert (tmp_path / 'pool=avg,seed=1' / 'budget=0.25' / 'metrics.jsonl').exists()
   text = (tmp_path / 'report.md').read_text()
   assert 'Verdicts by budget' in text and (tmp_path / 'test_accuracy_difference_by_budget.png').exists()
-  rows = [line for line in text.splitlines() if line.startswith('| pool=avg | 0.')]
+  rows = [line for line in text.splitlines() if line.startswith('| pool=avg | 0.') and '±' not in line]
   assert [row.split('|')[2].strip() for row in rows] == ['0.25', '0.5']  # then budget 1
   assert any(phrase in text for phrase in ('holds at every budget', 'changes sign', 'significant only at',
                                            'no significant difference at any budget'))
+  seeds = [sweep.load_result(str(tmp_path / f'pool=avg,seed={s}')).metrics['budget=0.25/test_accuracy'] for s in (0, 1)]
+  means = next(line for line in text.splitlines() if line.startswith('| pool=avg | ') and '±' in line.split('|')[2])
+  assert means.split('|')[2].strip().startswith(f'{sum(seeds) / 2:.4f} ± ')  # budget 0.25's mean over the seeds
   sweep.write_out(str(tmp_path / 'out.json'), 'tiny', [None] * 4, str(tmp_path), 1.0)  # --out carries the table
   assert 'Verdicts by budget' in json.load(open(tmp_path / 'out.json'))['budgets']
 
