@@ -767,7 +767,9 @@ def _plot_budgets(workdir: str, results: Sequence[Result], baseline: str = '') -
   ax.set(xscale='log', xlabel='budget (fraction of num_train_steps, log scale)',
          ylabel=f'{metric} difference from {base}')
   ax.set_title(f'{metric}: each point minus {base}, by budget\n(bars: 95 % paired interval over seeds)', fontsize=10)
-  _readable_log_axis(ax.xaxis)
+  fractions = sorted({f for by_budget in tests.values() for f in by_budget})
+  ax.set_xticks(fractions, [f'{f:g}' for f in fractions])  # the budgets themselves, not powers of ten
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   return _save(fig, workdir, f'{metric}_difference_by_budget.png')
