@@ -1,7 +1,7 @@
-r"""The training budget of the Fashion-MNIST studies (pooling, stride, parameter counts), chosen on validation.
+r"""The centre of the Fashion-MNIST studies' budgets (they span 1.5 to 12 epochs around it), chosen on validation.
 
-  python launch.py --experiment=fashion_mnist_budget --workdir=/tmp/cnnjax/fm_budget --records=results/runs/fashion_mnist_budget \
-      --out=results/experiments/fashion_mnist_budget.json
+  python launch.py --experiment=fashion_mnist_budget --workdir=/tmp/cnnjax/fm_budget \
+      --records=results/runs/fashion_mnist_budget --out=results/experiments/fashion_mnist_budget.json
 
 The studies' shared baseline point (the `small` CNN with 2x2 max pooling, Adam 3e-3) trained for 16 epochs at a
 constant learning rate after warm-up, 3 seeds, validation accuracy after every epoch. The rule: the budget is the
