@@ -8,11 +8,11 @@ conv32-BN-ReLU-maxpool -> conv64-... -> conv128-... -> dense 256 -> dropout 0.3 
 Adam 3e-3 with warm-up and cosine decay, batch 128, 20 epochs of the 55,000 training images, evaluated on the
 5,000 validation images each epoch. (Random shifts and erasing are flags too, --config.data.augment_crop=True
 --config.data.random_erasing=0.25; with them this model under-fits in 18 epochs: docs/studies.md.)
-The goal: test accuracy above 0.940 (the 95 % interval over seeds above it), above every row of Fashion-MNIST's published table with
-at most three conv layers (0.939). What each added practice gives: fashion_mnist_recipe_ladder, whose last rung
-(+shift1: double width, erasing and 1-pixel shifts over 40 epochs) comes closest: 0.9422 over 3 seeds, 95 %
-interval [0.9398, 0.9446], so not yet shown (fashion_mnist_recipe_best adds 2 seeds). Measured: docs/studies.md,
-Fashion-MNIST recipe.
+The goal: test accuracy above 0.940 (the 95 % interval over seeds above it), above every row of Fashion-MNIST's
+published table with at most three conv layers (0.939). What each added practice gives:
+fashion_mnist_recipe_ladder, whose last rung (+shift1: double width, erasing and 1-pixel shifts over 40 epochs)
+comes closest: 0.9422 over 3 seeds, 95 % interval [0.9398, 0.9446], so not yet shown (fashion_mnist_recipe_best
+adds 2 seeds). Measured: docs/studies.md, Fashion-MNIST recipe.
 """
 
 import ml_collections
