@@ -358,6 +358,11 @@ def budget_table(results: Sequence[Result], baseline: str = '') -> str:
           'over every point and budget.\n\n' + '\n'.join(lines))
 
 
+def _budget_header(fractions: Sequence[float]) -> list[str]:
+  """The header rows of a table with a column per budget."""
+  return ['| point | ' + ' | '.join(f'budget {f:g}' for f in fractions) + ' |', '|' + ' --- |' * (len(fractions) + 1)]
+
+
 def budget_means_table(results: Sequence[Result]) -> str:
   """Each point's main metric at each budget (mean ± 95 % interval over its seeds), as markdown; '' without
   several budgets."""
@@ -365,8 +370,7 @@ def budget_means_table(results: Sequence[Result]) -> str:
   fractions = budget_fractions(results, metric)
   if len(fractions) < 2:
     return ''
-  lines = ['| point | ' + ' | '.join(f'budget {f:g}' for f in fractions) + ' |',
-           '|' + ' --- |' * (len(fractions) + 1)]
+  lines = _budget_header(fractions)
   lines += [f'| {name} | ' + ' | '.join(_mean_cell([r.metrics[f'budget={f:g}/{metric}'] for r in runs])
                                         for f in fractions) + ' |' for name, runs in groups.items()]
   return f'{metric} at each budget (mean ± 95 % interval over seeds):\n\n' + '\n'.join(lines)
@@ -380,8 +384,7 @@ def budget_picks_table(results: Sequence[Result]) -> str:
   fractions = sorted({f for by_budget in picks.values() for f in by_budget})
   if not fractions:
     return ''
-  lines = ['| point | ' + ' | '.join(f'budget {f:g}' for f in fractions) + ' |',
-           '|' + ' --- |' * (len(fractions) + 1)]
+  lines = _budget_header(fractions)
   lines += [f'| {name} | ' + ' | '.join(f'{by_budget[f]:g}' if f in by_budget else '–' for f in fractions) + ' |'
             for name, by_budget in picks.items()]
   return ('Learning rate picked at each budget on the mean validation metric over the point\'s seeds (successive '
