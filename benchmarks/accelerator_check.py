@@ -15,7 +15,9 @@ under 8 minutes on one GPU, it measures and prints one JSON, written to results/
   population  member-images/s of the pooling sweep's model alone and in populations of 1, 3, 9 and 27 members
               (one vmapped program: what --config.population=auto decides by; docs/performance.md);
   race        seconds to 0.92 Fashion-MNIST test accuracy: cnnjax's fashion_mnist recipe as a run (device
-              pipeline, checkpoints and logs) against the same recipe in PyTorch with its data on the GPU.
+              pipeline, checkpoints and logs) against the same recipe in PyTorch with its data on the GPU;
+  speedrun    fashion_mnist_speedrun over 5 seeds, each timed from its call to its test accuracy, compilation
+              included (benchmarks/speedrun.py; the goal on one H100: <= 3 s).
 
 The device machine has jax, flax, optax, orbax, numpy, scipy, torch, pytest and tensorboard, but neither
 ml-collections nor TensorFlow (Datasets), and no network. Prepare what it needs here (ml-collections' wheel and
@@ -53,7 +55,7 @@ from cnnjax.config import apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_bool('smoke', False, 'Every section at toy sizes on the digits data (seconds on a CPU).')
-SECTIONS = ('tests', 'agreement', 'throughput', 'population', 'race')
+SECTIONS = ('tests', 'agreement', 'throughput', 'population', 'race', 'speedrun')
 flags.DEFINE_list('sections', list(SECTIONS), 'Sections to run, in this order.')
 flags.DEFINE_string('data_dir', None, 'The data directory holding cnnjax_arrays/ (TFDS\'s default if unset).')
 flags.DEFINE_string('out', None, 'Where the JSON goes (default results/accelerator/<card>.json; none with --smoke).')
@@ -73,10 +75,12 @@ def sizes() -> dict:
   if FLAGS.smoke:
     return {'data': 'digits', 'models': ('mnist',), 'batches': (16,), 'windows': 2, 'window_s': 0.1,
             'torch_arms': ('torch_eager',), 'steps': 4, 'epochs': 1, 'target': 0.5, 'population': [2],
+            'speedrun': {'seeds': 1, 'overrides': {'num_train_steps': 4, 'eval_every_steps': 4,
+                                                   'checkpoint_every_steps': 4, 'log_every_steps': 4}},
             'tests': ['tests/test_ops.py', '-k', 'max_pool_gradient']}
   return {'data': DATA, 'models': ('mnist', 'fashion_mnist'), 'batches': (128, 512, 2048), 'windows': 5,
           'window_s': 0.5, 'torch_arms': ('torch_eager', 'torch_channels_last', 'torch_compile'), 'steps': 20,
-          'epochs': 4, 'target': 0.92, 'population': [1, 3, 9, 27],
+          'epochs': 4, 'target': 0.92, 'population': [1, 3, 9, 27], 'speedrun': {'seeds': 5, 'overrides': {}},
           'tests': ['tests/test_ops.py', 'tests/test_models.py', 'tests/test_device_pipeline.py',
                     'tests/test_train.py']}
 
@@ -102,6 +106,15 @@ def torch_device() -> str | None:
   except ImportError:
     return None
   return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def speedrun() -> dict:
+  """fashion_mnist_speedrun's seeds, each timed from its call to its test accuracy, compilation included."""
+  from racing import summary_over_seeds, time_run
+  s = sizes()['speedrun']
+  config = config_of('fashion_mnist_speedrun', **s['overrides'])
+  runs = [time_run(apply_overrides(config, {'seed': seed}), FLAGS.data_dir) for seed in range(s['seeds'])]
+  return {'experiment': 'fashion_mnist_speedrun', 'steps': config.num_train_steps, **summary_over_seeds(runs)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -272,7 +285,7 @@ def main(argv):
             'sections': {}}
   start = time.perf_counter()
   sections = {'tests': run_tests, 'agreement': agreement, 'throughput': lambda: throughput(peak),
-              'population': population, 'race': race}
+              'population': population, 'race': race, 'speedrun': speedrun}
   for section in FLAGS.sections:
     began = time.perf_counter()
     try:  # one section's failure is a finding: the others still run; stdout is the JSON's alone

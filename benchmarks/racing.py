@@ -1,6 +1,7 @@
 """Races to a test accuracy: a cnnjax run as a user runs it and the PyTorch mirror of its recipe (same model,
 optimizer, schedule, batch and examples), each timed from its start to its first evaluation at the target. No
-flags: benchmarks/time_to_accuracy.py (CPU, several seeds) and benchmarks/accelerator_check.py (a GPU) use it.
+flags: benchmarks/time_to_accuracy.py (CPU, several seeds) and benchmarks/accelerator_check.py (a GPU) use it,
+as do benchmarks/speedrun.py and the check's speedrun section for whole runs timed to their test accuracy.
 """
 
 from __future__ import annotations
@@ -108,3 +109,27 @@ def ratio_of_medians(a: list[float], b: list[float]) -> dict:
   boot = stats.bootstrap((np.asarray(a), np.asarray(b)), lambda x, y: np.median(x) / np.median(y), paired=True,
                          vectorized=False, n_resamples=9999, method='percentile', random_state=0)
   return {'ratio': ratio, 'low': float(boot.confidence_interval.low), 'high': float(boot.confidence_interval.high)}
+
+
+def time_run(config, data_dir: str | None) -> dict:
+  """One timed run: {'seconds', 'test_accuracy', 'val_accuracy'}."""
+  from cnnjax import train
+  with tempfile.TemporaryDirectory(prefix='cnnjax-speedrun-') as workdir:
+    start = time.time()
+    metrics = train.train_and_evaluate(config, workdir, data_dir).metrics
+    seconds = time.time() - start
+  return {'seconds': seconds, 'test_accuracy': metrics['test_accuracy'], 'val_accuracy': metrics.get('val_accuracy')}
+
+
+def summary_over_seeds(runs: list[dict]) -> dict:
+  """A point over its seeds: accuracy means with their 95 % t half-widths, and median seconds."""
+  from cnnjax import report
+  out = {'seeds': len(runs)}
+  for metric in ('test_accuracy', 'val_accuracy'):
+    values = [r[metric] for r in runs]
+    if None not in values:
+      mean, half = report.interval(values)
+      out[metric] = {'mean': mean, 'interval': half, 'per_seed': values}
+  seconds = [r['seconds'] for r in runs]
+  out['seconds'] = {'median': statistics.median(seconds), 'per_seed': seconds}
+  return out

@@ -1,8 +1,8 @@
 r"""The Fashion-MNIST speedrun, timed over seeds: its test accuracy and wall seconds, its ladder and its frontier.
 
-  python benchmarks/speedrun.py --json=results/speedrun/cpu.json               # the speedrun, 5 seeds
+  python benchmarks/speedrun.py                                                # the speedrun, 5 seeds
   python benchmarks/speedrun.py --ladder --json=results/speedrun/ladder_cpu.json
-  python benchmarks/speedrun.py --epochs=2,3,4,6 --json=results/speedrun/frontier_cpu.json
+  python benchmarks/speedrun.py --epochs=2,4,8 --json=results/speedrun/cpu.json   # and its frontier
 
 A run is timed from the call of train.train_and_evaluate (in a fresh workdir, the data already prepared as
 arrays on disk) to its return with the test accuracy: loading the arrays, initialisation, compilation (no
@@ -12,15 +12,13 @@ machine's drift falls on every point alike. Per point: the test and validation a
 per seed) and the seconds (median, per seed); with --ladder each rung is compared with the one before it, seed
 by seed (paired t, and on validation, where the rungs were chosen). --epochs gives the accuracy-vs-seconds
 frontier of the speedrun's config at other budgets. The top-level seeds/test_accuracy/seconds are the speedrun's
-(the ladder's last rung, or the config's own budget on the frontier).
+(the ladder's rung best on validation, or the config's own budget on the frontier).
 """
 
 import itertools
-import statistics
-import tempfile
-import time
 
 from absl import app, flags
+from racing import summary_over_seeds, time_run
 
 from cnnjax.cli import parse_flags_with_experiment
 from cnnjax.config import apply_overrides
@@ -51,30 +49,6 @@ def points(experiment: str, ladder: bool, epochs: list[str], epoch: int) -> dict
   return {'speedrun': {}}
 
 
-def time_run(config, data_dir: str | None) -> dict:
-  """One timed run: {'seconds', 'test_accuracy', 'val_accuracy'}."""
-  from cnnjax import train
-  with tempfile.TemporaryDirectory(prefix='cnnjax-speedrun-') as workdir:
-    start = time.time()
-    metrics = train.train_and_evaluate(config, workdir, data_dir).metrics
-    seconds = time.time() - start
-  return {'seconds': seconds, 'test_accuracy': metrics['test_accuracy'], 'val_accuracy': metrics.get('val_accuracy')}
-
-
-def summary(runs: list[dict]) -> dict:
-  """A point over its seeds: accuracy means with their 95 % t half-widths, and median seconds."""
-  from cnnjax import report
-  out = {'seeds': len(runs)}
-  for metric in ('test_accuracy', 'val_accuracy'):
-    values = [r[metric] for r in runs]
-    if None not in values:
-      mean, half = report.interval(values)
-      out[metric] = {'mean': mean, 'interval': half, 'per_seed': values}
-  seconds = [r['seconds'] for r in runs]
-  out['seconds'] = {'median': statistics.median(seconds), 'per_seed': seconds}
-  return out
-
-
 def against_previous(named: dict[str, dict]) -> dict[str, dict]:
   """Each ladder rung against the rung before it, paired by seed: test and validation differences."""
   from cnnjax import report
@@ -84,6 +58,14 @@ def against_previous(named: dict[str, dict]) -> dict[str, dict]:
                   for m in ('test_accuracy', 'val_accuracy') if m in named[after]}
     out[after]['seconds_ratio'] = named[after]['seconds']['median'] / named[before]['seconds']['median']
   return out
+
+
+def speedrun_point(summaries: dict[str, dict], named: dict[str, dict], steps: int, ladder: bool) -> str | None:
+  """The point that is the speedrun: the ladder's rung with the best mean validation accuracy (where its choices
+  are made), else the point at the config's own number of steps (None where the frontier lacks it)."""
+  if ladder:
+    return max(summaries, key=lambda n: summaries[n]['val_accuracy']['mean'])
+  return next((n for n, o in named.items() if o.get('num_train_steps', steps) == steps), None)
 
 
 def main(argv):
@@ -104,11 +86,8 @@ def main(argv):
       r = runs[name][-1]
       print(f'seed {seed} {name}: {r["seconds"]:.1f}s test {r["test_accuracy"]:.4f} val {r["val_accuracy"]:.4f}',
             flush=True)
-  summaries = {name: summary(r) for name, r in runs.items()}
-  # the speedrun: the rung with the best mean validation accuracy, the config's own budget, or the one point
-  best = (max(summaries, key=lambda n: summaries[n]['val_accuracy']['mean']) if FLAGS.ladder else
-          next((n for n, o in named.items() if o.get('num_train_steps', config.num_train_steps)
-                == config.num_train_steps), None))
+  summaries = {name: summary_over_seeds(r) for name, r in runs.items()}
+  best = speedrun_point(summaries, named, config.num_train_steps, FLAGS.ladder)
   result = {**stamp.stamp(), 'experiment': FLAGS.experiment, 'batch_size': config.batch_size,
             'steps_per_epoch': epoch, 'speedrun_point': best, **summaries.get(best, {}), 'points': summaries}
   if FLAGS.ladder:

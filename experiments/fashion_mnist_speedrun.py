@@ -1,16 +1,17 @@
 r"""Fashion-MNIST in a minute of a 2-core CPU: the fastest cnnjax route to a strong test accuracy, for iterating.
 
-  python benchmarks/speedrun.py --json=results/speedrun/cpu.json        # the speedrun: 5 seeds, timed
+  python benchmarks/speedrun.py --epochs=2,4,8 --json=results/speedrun/cpu.json   # 5 seeds, and the frontier
   python benchmarks/speedrun.py --ladder --json=results/speedrun/ladder_cpu.json
   python launch.py --experiment=fashion_mnist_speedrun --workdir=/tmp/cnnjax/fm_speedrun   # one run, as usual
 
-fashion_mnist's batch-normalised CNN (conv32-BN-ReLU-maxpool -> conv64-... -> dense256 -> dropout 0.3 -> 10)
-with the practices of fast CIFAR-10 training (KellerJordan's airbench) that paid on Fashion-MNIST's validation
-split, each a config field: horizontal flips, label smoothing, test-time flips and an EMA of the weights
-(get_sweep is the ladder that added them one at a time). Validation is evaluated once, at the end (choices were
-made on it); the test split once, on the last weights. Timed from the call that trains (data already prepared
-as arrays) to its test accuracy, compilation included (no compilation cache). Measured: docs/studies.md,
-Fashion-MNIST speedrun; results/speedrun.
+fashion_mnist's batch-normalised CNN (conv32-BN-ReLU-maxpool -> conv64-... -> dense256 -> 10) for 4 epochs,
+with the practices of fast CIFAR-10 training (KellerJordan's airbench) as config fields: no dropout, horizontal
+flips, label smoothing 0.2, a triangular schedule, test-time flips and an EMA of the weights. get_sweep is the
+ladder that added them one a rung; this config is its last rung, the best on mean validation accuracy.
+Validation is evaluated once, at the end; the test split once, on the last weights. A run is timed from the call
+that trains (data already prepared as arrays) to its test accuracy, compilation included (no compilation cache).
+Measured on 2 CPU cores: 0.9213 test accuracy over 5 seeds in 61 s (median), short of the goal of 0.93 in 60 s;
+docs/studies.md, Fashion-MNIST speedrun, says what limits it.
 """
 
 import ml_collections

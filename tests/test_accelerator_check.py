@@ -18,7 +18,7 @@ def test_the_smoke_mode_runs_every_section_and_writes_one_json(data_dir, tmp_pat
   result = json.loads(out.read_text())
   assert json.loads(proc.stdout) == result
   sections = result['sections']
-  assert set(sections) == {'tests', 'agreement', 'throughput', 'population', 'race'}
+  assert set(sections) == {'tests', 'agreement', 'throughput', 'population', 'race', 'speedrun'}
   assert not [name for name, s in sections.items() if 'error' in s], sections
   assert sections['tests']['returncode'] == 0 and sections['tests']['passed'] >= 1
   for pair in ('pmap_vs_shard_map', 'cpu_speedups_on_vs_off'):  # the same steps, two ways: float32 rounding apart
@@ -28,5 +28,8 @@ def test_the_smoke_mode_runs_every_section_and_writes_one_json(data_dir, tmp_pat
   assert set(sections['population']['member_images_per_second_median']) == {'alone', 'population of 2'}
   (run,) = sections['race']['arms']['cnnjax_device']['runs']
   assert [e['step'] for e in run] == [sections['race']['steps']]  # one epoch: one evaluation, at its end
+  speed = sections['speedrun']
+  assert speed['seeds'] == 1 and speed['seconds']['per_seed'][0] > 0
+  assert 0 <= speed['test_accuracy']['mean'] <= 1
   for field in ('command', 'commit', 'machine', 'versions', 'card'):
     assert result[field]
