@@ -2,7 +2,8 @@ r"""Fashion-MNIST in a minute of a 2-core CPU: the fastest cnnjax route to a str
 
   python benchmarks/speedrun.py --epochs=2,4,8 --json=results/speedrun/cpu.json   # 5 seeds, and the frontier
   python benchmarks/speedrun.py --ladder --json=results/speedrun/ladder_cpu.json
-  python launch.py --experiment=fashion_mnist_speedrun --workdir=/tmp/cnnjax/fm_speedrun   # one run, as usual
+  python launch.py --experiment=fashion_mnist_speedrun --workdir=/tmp/cnnjax/fm_speedrun --sweep_index=30  # seed 0
+  python launch.py --experiment=fashion_mnist_speedrun --workdir=/tmp/cnnjax/fm_speedrun   # the ladder, untimed
 
 fashion_mnist's batch-normalised CNN (conv32-BN-ReLU-maxpool -> conv64-... -> dense256 -> 10) for 4 epochs,
 with the practices of fast CIFAR-10 training (KellerJordan's airbench) as config fields: no dropout, horizontal
