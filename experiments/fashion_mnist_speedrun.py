@@ -16,6 +16,7 @@ docs/studies.md, Fashion-MNIST speedrun, says what limits it.
 """
 
 import ml_collections
+from flax import traverse_util
 
 from experiments import fashion_mnist
 
@@ -43,8 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
 def get_sweep() -> list[dict]:
   """The ladder: fashion_mnist's model and recipe at this budget, then one practice added per rung, each rung
   keeping the ones before it (the last rung is get_config)."""
-  base = {'model.dropout': 0.3, 'data.augment_flip': False, 'label_smoothing': 0.0,
-          'optimizer.schedule': 'warmup_cosine', 'eval_flip': False, 'optimizer.ema_decay': 0.0}
+  recipe = traverse_util.flatten_dict(fashion_mnist.get_config().to_dict(), sep='.')
+  fields = ('model.dropout', 'data.augment_flip', 'label_smoothing', 'optimizer.schedule', 'eval_flip',
+            'optimizer.ema_decay')
+  base = {field: recipe[field] for field in fields}  # fashion_mnist's own values of the fields the rungs change
   rungs = [('base', {}), ('-dropout', {'model.dropout': 0.0}), ('+flip', {'data.augment_flip': True}),
            ('+ls0.2', {'label_smoothing': 0.2}), ('+triangular', {'optimizer.schedule': 'triangular'}),
            ('+tta', {'eval_flip': True}), ('+ema', {'optimizer.ema_decay': 0.99})]
@@ -53,3 +56,4 @@ def get_sweep() -> list[dict]:
     overrides = {**overrides, **change}
     sweep.append({'name': name, **overrides})
   return sweep
+
